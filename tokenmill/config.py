@@ -1,0 +1,34 @@
+"""Engine configuration. The CLI maps its flags one-to-one onto these fields."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None              # .gguf file or Hugging Face directory; None: bundled SmolLM2
+    device: str = "auto"                  # auto | cpu | cuda
+    dtype: str = "auto"                   # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
+    kv_cache_memory_gib: float = 1.0      # memory budget of the paged KV cache
+    block_size: int = 16                  # tokens per KV block
+    max_num_seqs: int = 64                # running requests at most
+    max_num_batched_tokens: int = 512     # tokens per engine step (prefill chunks + decodes)
+    max_model_len: int | None = None      # context length; None: the model's own
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    num_threads: int | None = None        # torch intra-op threads; None: all cores
+    show_progress: bool = True
+
+    def __post_init__(self):
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError("device must be auto, cpu or cuda")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError("dtype must be auto, float32, bfloat16 or float16")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.kv_cache_memory_gib <= 0:
+            raise ValueError("kv_cache_memory_gib must be positive")
+        if self.model is not None:
+            self.model = os.path.expanduser(self.model)

@@ -1,0 +1,1 @@
+"""The engine: plain Python + torch. Imports nothing from server/ or router/."""

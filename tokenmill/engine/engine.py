@@ -1,0 +1,182 @@
+"""LLMEngine: requests in, RequestOutputs out, one step at a time.
+
+  add_request(prompt, SamplingParams) -> n Requests in the scheduler's queue
+  step():  Scheduler.schedule() -> ScheduledBatch
+           ModelRunner.execute() -> logits (S, V)
+           Sampler -> token ids -> Scheduler.update() (token stops)
+           IncrementalDetokenizer (text, stop strings) -> RequestOutput per touched request
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from ..config import EngineConfig
+from ..model.loader import load_checkpoint
+from ..sampling_params import SamplingParams
+from .block_manager import BlockManager
+from .detokenizer import IncrementalDetokenizer
+from .model_runner import ModelRunner
+from .outputs import CompletionOutput, RequestOutput
+from .request import Request, RequestStatus
+from .sampler import Sampler
+from .scheduler import Scheduler
+from .stats import EngineStats
+
+
+class PromptTooLongError(ValueError):
+    pass
+
+
+@dataclass
+class _Group:
+    """One user request: its n samples and their detokenizers."""
+    prompt: str | None
+    prompt_token_ids: list[int]
+    children: list[Request]
+    detoks: list[IncrementalDetokenizer]
+    num_sent_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return all(c.status.is_finished for c in self.children)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        checkpoint = load_checkpoint(config.model)
+        self.model_config = checkpoint.config
+        self.model_name = checkpoint.config.name
+        self.model_path = checkpoint.path
+        self.tokenizer = checkpoint.tokenizer()
+        self.runner = ModelRunner(config, checkpoint)
+        capacity = self.runner.num_blocks * config.block_size
+        self.max_model_len = min(config.max_model_len or self.model_config.max_position,
+                                 self.model_config.max_position, capacity)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
+                                   config.max_num_batched_tokens, self.max_model_len,
+                                   config.enable_chunked_prefill)
+        self.sampler = Sampler()
+        self.groups: dict[str, _Group] = {}
+        self._aborted: list[str] = []
+        self._ids = itertools.count()
+        self.stats = EngineStats(num_kv_blocks=self.runner.num_blocks, block_size=config.block_size)
+
+    # ---- requests in -------------------------------------------------------------------
+    def add_request(self, request_id: str | None = None, prompt: str | None = None,
+                    params: SamplingParams | None = None, prompt_token_ids: list[int] | None = None,
+                    arrival_time: float | None = None) -> str:
+        params = params or SamplingParams()
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self.groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if prompt_token_ids is None:
+            if prompt is None:
+                raise ValueError("give a prompt or prompt_token_ids")
+            prompt_token_ids = self.tokenizer.encode(prompt)
+        self.validate(prompt_token_ids, params)
+        children = [Request(request_id if params.n == 1 else f"{request_id}-{i}", prompt_token_ids,
+                            params, self.tokenizer.eos_ids, index=i, parent_id=request_id,
+                            arrival_time=arrival_time)
+                    for i in range(params.n)]
+        detoks = [IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params) for _ in children]
+        self.groups[request_id] = _Group(prompt, list(prompt_token_ids), children, detoks, [0] * params.n)
+        for c in children:
+            self.scheduler.add(c)
+        return request_id
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        if not prompt_token_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {len(prompt_token_ids)} tokens, but this model's context is "
+                f"{self.max_model_len} tokens (and at least one must be left to generate)")
+        for what, ids in (("prompt token id", prompt_token_ids), ("logit_bias token id", params.logit_bias),
+                          ("stop token id", params.stop_token_ids)):
+            bad = [i for i in ids if not 0 <= i < vocab]
+            if bad:
+                raise ValueError(f"{what} {bad[0]} is out of range (vocabulary size {vocab})")
+
+    def abort_request(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks. Its final output (finish_reason
+        "abort") comes with the next step()."""
+        group = self.groups.get(request_id)
+        if group is None:
+            return False
+        for c in group.children:
+            self.scheduler.finish(c, RequestStatus.FINISHED_ABORTED)
+        self._aborted.append(request_id)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.groups)
+
+    # ---- one step ----------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        sampled: dict[str, int] = {}
+        if len(batch):
+            logits, reqs = self.runner.execute(batch)
+            if reqs:
+                out = self.sampler(logits, reqs)
+                for req, tok, lp in zip(reqs, out.token_ids, out.logprobs):
+                    sampled[req.request_id] = tok
+                    if lp is not None:
+                        req.logprobs.append(lp)
+            self.stats.num_steps += 1
+            self.stats.num_prompt_tokens += sum(
+                min(n, max(0, r.num_prompt_tokens - r.num_computed_tokens))
+                for r, n in zip(batch.requests, batch.num_new_tokens))
+            self.stats.num_generation_tokens += len(sampled)
+        touched: dict[str, None] = dict.fromkeys(self._aborted)
+        self._aborted = []
+        for req in self.scheduler.update(batch, sampled):
+            group = self.groups[req.parent_id]
+            token = req.output_token_ids[-1]
+            if token not in req.eos_ids or req.status != RequestStatus.FINISHED_STOPPED:
+                stop = group.detoks[req.index].add_token(token)
+                if stop is not None and not req.status.is_finished:
+                    req.stop_reason = stop
+                    self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED)
+            touched[req.parent_id] = None
+        outputs = [self._make_output(rid) for rid in touched if rid in self.groups]
+        return outputs
+
+    def _make_output(self, request_id: str) -> RequestOutput:
+        group = self.groups[request_id]
+        completions = []
+        for i, (req, detok) in enumerate(zip(group.children, group.detoks)):
+            finished = req.status.is_finished
+            delta = detok.flush(finished)
+            sent = group.num_sent_tokens[i]
+            group.num_sent_tokens[i] = req.num_output_tokens
+            completions.append(CompletionOutput(
+                index=req.index, text=detok.text[:detok.num_emitted], token_ids=list(req.output_token_ids),
+                text_delta=delta, token_ids_delta=req.output_token_ids[sent:],
+                logprobs=list(req.logprobs) if req.params.logprobs is not None else None,
+                finish_reason=req.finish_reason, stop_reason=req.stop_reason))
+        finished = group.finished
+        if finished:
+            del self.groups[request_id]
+            for req in group.children:
+                reason = req.finish_reason
+                self.stats.finished_by_reason[reason] = self.stats.finished_by_reason.get(reason, 0) + 1
+        first = group.children[0]
+        return RequestOutput(request_id, group.prompt, group.prompt_token_ids, completions, finished,
+                             num_cached_tokens=first.num_cached_tokens, metrics=first.metrics)
+
+    def get_stats(self) -> EngineStats:
+        s = self.stats
+        s.num_running = len(self.scheduler.running)
+        s.num_waiting = len(self.scheduler.waiting)
+        s.kv_cache_usage = self.block_manager.usage
+        s.prefix_cache_queries = self.block_manager.prefix_queries
+        s.prefix_cache_hits = self.block_manager.prefix_hits
+        s.num_preemptions = self.scheduler.num_preemptions
+        return s

@@ -1,0 +1,92 @@
+"""Scheduled batch -> one forward pass -> logits of the rows that need a next token.
+
+Owns the model, the device and the paged KV cache tensors. The cache is sized from a memory
+budget (EngineConfig.kv_cache_memory_gib), not a fixed number of sequences.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from tqdm import tqdm
+
+from ..config import EngineConfig
+from ..model.layers.attention import AttentionMetadata
+from ..model.llama import LlamaForCausalLM
+from .request import Request
+from .scheduler import ScheduledBatch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, checkpoint):
+        self.device = resolve_device(config.device)
+        if config.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = _DTYPES[config.dtype]
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
+        cfg = self.model_config = checkpoint.config
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                self.model = LlamaForCausalLM(cfg).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)
+        weights = tqdm(checkpoint.weights(), total=checkpoint.num_tensors(), unit="tensor",
+                       desc=f"Loading {cfg.name}", disable=not config.show_progress, leave=False)
+        self.model.load_weights(weights)
+
+        self.block_size = config.block_size
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        bytes_per_block = 2 * cfg.num_layers * config.block_size * cfg.num_kv_heads * cfg.head_dim * elem
+        self.num_blocks = int(config.kv_cache_memory_gib * 2**30 // bytes_per_block)
+        if self.num_blocks < 1:
+            raise ValueError("kv_cache_memory_gib is too small for a single KV block")
+        shape = (self.num_blocks, config.block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                           torch.zeros(shape, dtype=self.dtype, device=self.device))
+                          for _ in range(cfg.num_layers)]
+        self._block_offsets = torch.arange(config.block_size)
+
+    def _slots(self, req: Request, num_ctx: int) -> torch.Tensor:
+        # (ctx,) cache slot of every context position, through the request's block table
+        table = torch.tensor(req.block_table, dtype=torch.long)
+        return (table[:, None] * self.block_size + self._block_offsets).flatten()[:num_ctx]
+
+    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Request]]:
+        """Returns logits (S, vocab) for the S requests whose computation catches up with
+        their tokens this step (they get a new token), and those requests."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        seqs = []
+        sample_rows: list[int] = []
+        sample_reqs: list[Request] = []
+        for req, n in zip(batch.requests, batch.num_new_tokens):
+            start = req.num_computed_tokens
+            row = len(input_ids)
+            input_ids.extend(req.all_token_ids[start:start + n])
+            positions.extend(range(start, start + n))
+            seqs.append((row, n, self._slots(req, start + n)))
+            if start + n == req.num_tokens:
+                sample_rows.append(row + n - 1)
+                sample_reqs.append(req)
+        meta = AttentionMetadata.build(seqs, self.device)
+        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        hidden = self.model(ids, pos, meta, self.kv_caches)  # (T, hidden)
+        if not sample_rows:
+            return None, []
+        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden[rows]), sample_reqs

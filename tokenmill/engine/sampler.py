@@ -1,0 +1,134 @@
+"""Logits -> next tokens, for a batch with per-request parameters.
+
+Order of processing (each step only when some row needs it):
+  1. penalties (repetition, frequency, presence), logit_bias, min_tokens masking
+     -> "processed logits"; logprobs are the log-softmax of these
+  2. greedy rows: argmax of the processed logits
+  3. sampled rows: / temperature, top-k, top-p, min-p, softmax, then one draw
+Draws use the exponential race (argmax p_i / E_i with E_i ~ Exp(1)); a row with a seed draws
+its noise from its own generator, so its tokens do not depend on the rest of the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .request import Request
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    # per row: None, or (logprob of the sampled token, {token id: logprob} of the top ones)
+    logprobs: list[tuple[float, dict[int, float]] | None]
+
+
+def _padded(rows: list[list[int]], device) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    out = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out.to(device)
+
+
+def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
+    # (S, V) how often each token occurs in each row; padding (-1) lands in an extra column
+    ids = _padded(rows, device)
+    counts = torch.zeros(len(rows), vocab + 1, device=device)
+    counts.scatter_add_(1, torch.where(ids < 0, vocab, ids), torch.ones_like(ids, dtype=counts.dtype))
+    return counts[:, :vocab]
+
+
+def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
+    """Returns the processed logits (S, V); the input is not modified."""
+    logits = logits.clone()
+    S, V = logits.shape
+    dev = logits.device
+    if any(r.params.has_penalties for r in reqs):
+        rep = torch.tensor([r.params.repetition_penalty for r in reqs], device=dev).unsqueeze(1)
+        freq = torch.tensor([r.params.frequency_penalty for r in reqs], device=dev).unsqueeze(1)
+        pres = torch.tensor([r.params.presence_penalty for r in reqs], device=dev).unsqueeze(1)
+        out_counts = _token_counts([r.output_token_ids for r in reqs], V, dev)
+        if (rep != 1.0).any():
+            # repetition penalty looks at prompt and output (as HF and vLLM do)
+            seen = (_token_counts([r.prompt_token_ids for r in reqs], V, dev) + out_counts) > 0
+            penalised = torch.where(logits > 0, logits / rep, logits * rep)
+            logits = torch.where(seen, penalised, logits)
+        logits -= freq * out_counts + pres * (out_counts > 0).to(logits.dtype)
+    for i, r in enumerate(reqs):
+        p = r.params
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias.keys()), device=dev)
+            logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=dev, dtype=logits.dtype)
+        if r.num_output_tokens < p.min_tokens:
+            banned = set(r.eos_ids) | set(p.stop_token_ids)
+            if banned:
+                logits[i, torch.tensor(sorted(banned), device=dev)] = float("-inf")
+    return logits
+
+
+def apply_top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                            min_p: torch.Tensor) -> torch.Tensor:
+    """logits: (S, V) already divided by temperature; top_k (S,) long, 0 = off; top_p, min_p (S,).
+    Masked entries become -inf."""
+    S, V = logits.shape
+    if (top_k > 0).any() or (top_p < 1).any():
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        k = torch.where(top_k > 0, top_k, V).clamp(max=V)
+        ranks = torch.arange(V, device=logits.device).expand(S, V)
+        remove = ranks >= k.unsqueeze(1)
+        probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(-1)
+        # drop a token once the tokens before it already cover top_p (the first one always stays)
+        before = probs.cumsum(-1) - probs
+        remove |= (before > top_p.unsqueeze(1)) & (top_p < 1).unsqueeze(1)
+        remove[:, 0] = False
+        mask = torch.zeros_like(remove).scatter(1, order, remove)
+        logits = logits.masked_fill(mask, float("-inf"))
+    if (min_p > 0).any():
+        probs = logits.softmax(-1)
+        threshold = min_p.unsqueeze(1) * probs.max(-1, keepdim=True).values
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    return logits
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
+        # logits: (S, V) float32, one row per request that gets a token this step
+        S, V = logits.shape
+        dev = logits.device
+        processed = apply_penalties(logits, reqs)
+        tokens = processed.argmax(-1)
+        sampled_rows = [i for i, r in enumerate(reqs) if not r.params.is_greedy]
+        if sampled_rows:
+            rows = torch.tensor(sampled_rows, device=dev)
+            sub = [reqs[i].params for i in sampled_rows]
+            temp = torch.tensor([p.temperature for p in sub], device=dev).unsqueeze(1)
+            x = apply_top_k_top_p_min_p(
+                processed[rows] / temp,
+                torch.tensor([p.top_k for p in sub], device=dev),
+                torch.tensor([p.top_p for p in sub], device=dev),
+                torch.tensor([p.min_p for p in sub], device=dev))
+            probs = x.softmax(-1)
+            noise = torch.empty_like(probs)
+            unseeded = [j for j, i in enumerate(sampled_rows) if reqs[i].generator is None]
+            if unseeded:
+                noise[unseeded] = torch.empty(len(unseeded), V, device=dev).exponential_()
+            for j, i in enumerate(sampled_rows):
+                g = reqs[i].generator
+                if g is not None:  # CPU generator: same noise on every device
+                    noise[j] = torch.empty(V).exponential_(generator=g).to(dev)
+            tokens[rows] = (probs / noise).argmax(-1)
+        token_list = tokens.tolist()
+        logprobs: list = [None] * S
+        want = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
+        if want:
+            lp = processed[want].log_softmax(-1)
+            k = max(reqs[i].params.logprobs for i in want)
+            top_v, top_i = lp.topk(max(k, 1), dim=-1)
+            chosen = lp.gather(1, tokens[want].unsqueeze(1)).squeeze(1).tolist()
+            top_v, top_i = top_v.tolist(), top_i.tolist()
+            for j, i in enumerate(want):
+                n = reqs[i].params.logprobs
+                logprobs[i] = (chosen[j], dict(zip(top_i[j][:n], top_v[j][:n])))
+        return SamplerOutput(token_list, logprobs)

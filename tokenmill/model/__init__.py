@@ -1,0 +1,1 @@
+"""Model side of tokenmill: tensors in, tensors out. Knows nothing about requests."""

@@ -1,0 +1,36 @@
+"""Architecture hyper-parameters, filled in by a loader (GGUF metadata or config.json)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+
+
+@dataclass
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_position: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    head_dim: int = 0
+    attention_bias: bool = False  # qwen2: q/k/v projections carry a bias
+    tie_word_embeddings: bool = False
+    name: str = "model"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"unsupported architecture {self.architecture!r}; "
+                f"tokenmill supports: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        if self.head_dim == 0:
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")

@@ -1,0 +1,37 @@
+"""Linear layers. Fused projections (q/k/v, gate/up) are filled shard by shard at load time,
+so one GEMM replaces three (or two) per layer."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MergedLinear(Linear):
+    """Several projections of the same input stacked along the output dimension.
+
+    shard_sizes maps a shard name ("q", "k", "v" or "gate", "up") to its number of output rows.
+    """
+
+    def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool = False):
+        super().__init__(in_features, sum(shard_sizes.values()), bias)
+        self.shard_offsets: dict[str, tuple[int, int]] = {}
+        start = 0
+        for name, size in shard_sizes.items():
+            self.shard_offsets[name] = (start, size)
+            start += size
+
+    def load_shard(self, shard: str, param: str, tensor: torch.Tensor) -> None:
+        start, size = self.shard_offsets[shard]
+        target = getattr(self, param)
+        if tensor.shape[0] != size:
+            raise ValueError(f"shard {shard}.{param}: expected {size} rows, got {tuple(tensor.shape)}")
+        target.data[start:start + size].copy_(tensor)

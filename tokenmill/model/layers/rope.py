@@ -1,0 +1,56 @@
+"""Rotary position embedding, "rotate half" (NeoX / Hugging Face) layout.
+
+GGUF llama weights are stored in the interleaved layout; the loader permutes q/k back so
+one rotary implementation serves both file formats.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    # Llama 3.1 long-context scaling: keep high frequencies, divide low ones by `factor`,
+    # blend smoothly in between.
+    factor = scaling["factor"]
+    low = scaling.get("low_freq_factor", 1.0)
+    high = scaling.get("high_freq_factor", 4.0)
+    old_ctx = scaling.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    scaled = torch.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+    mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return torch.where(mid, blended, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, max_position: int, theta: float, scaling: dict | None = None):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type")
+        if kind == "llama3":
+            inv_freq = _llama3_inv_freq(inv_freq, scaling)
+        elif kind == "freq_factors":  # GGUF's rope_freqs tensor
+            inv_freq = inv_freq / torch.tensor(scaling["factors"], dtype=torch.float32)
+        elif kind == "linear":
+            inv_freq = inv_freq / scaling["factor"]
+        elif kind not in (None, "default"):
+            raise ValueError(f"unsupported rope scaling {kind!r} (supported: llama3, linear, GGUF rope_freqs)")
+        t = torch.arange(max_position, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)  # (max_position, head_dim/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (max_position, head_dim)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        # q: (T, n_heads, head_dim), k: (T, n_kv_heads, head_dim), positions: (T,)
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # (T, 1, head_dim)
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        return _apply(q, cos, sin), _apply(k, cos, sin)
+
+
+def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
