@@ -1,0 +1,118 @@
+"""Block manager: exact block ids, ref counts, prefix hits and eviction order."""
+from tokenmill.engine.block_manager import BlockManager
+from tokenmill.engine.request import Request
+from tokenmill.sampling_params import SamplingParams
+
+
+def req(tokens, rid="r"):
+    return Request(rid, tokens, SamplingParams(), eos_ids=[0])
+
+
+def admit(bm, r):
+    """What the scheduler does on admission: prefix hits, then blocks for the rest."""
+    hits = bm.get_computed_blocks(r)
+    n = r.num_tokens - len(hits) * bm.block_size
+    assert bm.can_allocate(r, n, hits)
+    bm.allocate(r, n, hits)
+    r.num_computed_tokens = r.num_tokens
+    return hits
+
+
+def test_allocation_takes_lowest_free_ids_in_order():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = req(list(range(10)))  # 10 tokens -> 3 blocks
+    admit(bm, a)
+    assert a.block_table == [0, 1, 2]
+    assert [bm.blocks[i].ref_count for i in range(4)] == [1, 1, 1, 0]
+    assert bm.num_free_blocks == 5
+    # two full blocks are hashed and cached; the partial third is not
+    assert bm.blocks[0].block_hash is not None and bm.blocks[1].block_hash is not None
+    assert bm.blocks[2].block_hash is None
+
+
+def test_prefix_hit_shares_blocks_and_counts_refs():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = req(list(range(10)), "a")
+    admit(bm, a)
+    b = req(list(range(8)) + [99, 98, 97], "b")  # same first two blocks
+    hits = admit(bm, b)
+    assert hits == [0, 1]
+    assert b.block_table == [0, 1, 3]
+    assert bm.blocks[0].ref_count == 2 and bm.blocks[1].ref_count == 2
+    assert bm.prefix_hits == 8 and bm.prefix_queries == 21
+
+
+def test_last_token_is_never_a_hit():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    admit(bm, req(list(range(8)), "a"))
+    b = req(list(range(8)), "b")  # identical 2-block prompt: only 1 block may hit
+    assert admit(bm, b) == [0]
+    assert b.block_table == [0, 2]
+
+
+def test_free_keeps_cache_and_evicts_least_recent_tail_first():
+    bm = BlockManager(num_blocks=4, block_size=2)
+    a = req([1, 2, 3, 4, 5], "a")  # blocks 0,1 full (cached), 2 partial
+    admit(bm, a)
+    bm.free(a)
+    assert [bm.blocks[i].ref_count for i in range(4)] == [0, 0, 0, 0]
+    # free order: untouched block 3 first, then a's blocks tail first
+    assert list(bm.free_queue) == [3, 2, 1, 0]
+    # the cached blocks still give hits after free
+    b = req([1, 2, 3, 4, 9], "b")
+    assert admit(bm, b) == [0, 1]
+    assert b.block_table == [0, 1, 3]  # new block from the front of the free queue
+    assert list(bm.free_queue) == [2]
+    bm.free(b)
+    assert list(bm.free_queue) == [2, 3, 1, 0]
+    # a 4-block request evicts everything, in free-queue order
+    c = req([7] * 8, "c")
+    assert admit(bm, c) == []
+    assert c.block_table == [2, 3, 1, 0]
+    assert sorted(bm.cached.values()) == [0, 1, 2, 3]  # only c's four full blocks
+    # the old prefix [1,2,3,4] is gone
+    d = req([1, 2, 3, 4, 5], "d")
+    assert bm.get_computed_blocks(d) == []
+
+
+def test_evicted_block_is_removed_from_cache():
+    bm = BlockManager(num_blocks=2, block_size=2)
+    a = req([1, 2, 3], "a")
+    admit(bm, a)
+    h0 = bm.blocks[0].block_hash
+    bm.free(a)
+    b = req([5, 6, 7, 8], "b")  # needs both blocks: block 1 then block 0 get reused
+    admit(bm, b)
+    assert b.block_table == [1, 0]
+    assert h0 not in bm.cached
+    assert bm.blocks[0].block_hash == b.block_hashes[1]
+
+
+def test_can_allocate_counts_revived_cached_blocks():
+    bm = BlockManager(num_blocks=3, block_size=2)
+    a = req([1, 2, 3, 4, 5], "a")  # all 3 blocks
+    admit(bm, a)
+    bm.free(a)  # all free, blocks 0 and 1 cached
+    b = req([1, 2, 3, 4, 6, 7, 8], "b")  # hits 2 blocks, needs 2 more: only 1 left
+    hits = bm.get_computed_blocks(b)
+    assert hits == [0, 1]
+    assert not bm.can_allocate(b, 3, hits)
+    assert bm.can_allocate(b, 2, hits)
+
+
+def test_prefix_caching_off_never_hits():
+    bm = BlockManager(num_blocks=8, block_size=4, enable_prefix_caching=False)
+    admit(bm, req(list(range(10)), "a"))
+    b = req(list(range(10)), "b")
+    assert admit(bm, b) == []
+    assert b.block_table == [3, 4, 5]
+    assert bm.cached == {}
+
+
+def test_usage():
+    bm = BlockManager(num_blocks=4, block_size=4)
+    a = req(list(range(5)))
+    admit(bm, a)
+    assert bm.usage == 0.5
+    bm.free(a)
+    assert bm.usage == 0.0
