@@ -54,12 +54,16 @@ def test_preemption_frees_newest_and_recomputes_everything():
     s.add(b)
     run_step(s)  # a: 2 blocks, b: 2 blocks, all used; each got 1 token (8 tokens)
     assert s.bm.num_free_blocks == 0
-    run_step(s)  # a needs a 3rd block for token 9: b is preempted
+    run_step(s)  # position 7 still fits in 2 blocks
+    assert s.num_preemptions == 0
+    run_step(s)  # a needs a 3rd block for position 8: b, the newest, is preempted
     assert s.num_preemptions == 1
     assert b.status == RequestStatus.WAITING and b.block_table == [] and b.num_computed_tokens == 0
     assert s.waiting[0] is b
-    assert b.output_token_ids == [7]  # its generated token is kept and will be recomputed
-    assert a.num_output_tokens == 2
+    assert b.output_token_ids == [7, 7]  # its tokens are kept and will be recomputed
+    assert a.num_output_tokens == 3 and a.block_table == [0, 1, 3]  # b freed tail first
+    run_step(s)  # b needs 3 blocks to recompute its 9 tokens; only 1 is free
+    assert b.status == RequestStatus.WAITING
 
 
 def test_token_stops():
