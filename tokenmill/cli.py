@@ -121,6 +121,27 @@ def cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": "".join(pieces)})
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .server.app import create_app
+    from .server.serving import ServerSettings
+    config = EngineConfig(**_pick(args, EngineConfig))
+    settings = ServerSettings(**_pick(args, ServerSettings))
+    app = create_app(config, settings)
+    name = app.state.tm.model_name
+    base = f"http://{settings.host}:{settings.port}"
+    auth = f" -H 'Authorization: Bearer {settings.api_key}'" if settings.api_key else ""
+    print(f"tokenmill: serving {name} on {base} (OpenAI /v1, Ollama /api, TGI /generate); "
+          f"the model loads in the background, GET {base}/health says when it is ready.\n"
+          f"  curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
+          f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
+          f"\"content\": \"What is the capital of France?\"}}]}}'", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenmill", description="Run and serve language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
                                 _sampling_parser(max_tokens=512, temperature=0.2, top_p=0.9)])
     c.add_argument("--system", default=None, help="system prompt")
     c.set_defaults(func=cmd_chat)
+
+    from .server.serving import ServerSettings
+    s = sub.add_parser("serve", help="HTTP server: OpenAI, Ollama and TGI APIs",
+                       parents=[_engine_parser()])
+    add_dataclass_flags(s.add_argument_group("server"), ServerSettings,
+                        {f.name: f.default for f in dataclasses.fields(ServerSettings)})
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=cmd_serve)
 
     args = parser.parse_args(argv)
     try:

@@ -50,6 +50,7 @@ class LLMEngine:
         self.model_config = checkpoint.config
         self.model_name = checkpoint.config.name
         self.model_path = checkpoint.path
+        self.quantization = checkpoint.quantization
         self.tokenizer = checkpoint.tokenizer()
         self.runner = ModelRunner(config, checkpoint)
         capacity = self.runner.num_blocks * config.block_size

@@ -103,6 +103,13 @@ class GGUFCheckpoint:
             self.config.rope_scaling = {"rope_type": "freq_factors",
                                         "factors": np.array(t.data, dtype=np.float32).tolist()}
 
+    @property
+    def quantization(self) -> str:
+        """The file's most common type among 2-D weights, e.g. "Q4_1"."""
+        from collections import Counter
+        kinds = Counter(t.tensor_type.name for t in self.reader.tensors if len(t.shape) == 2)
+        return kinds.most_common(1)[0][0] if kinds else "F32"
+
     def tokenizer(self) -> Tokenizer:
         return tokenizer_from_gguf(self.meta)
 

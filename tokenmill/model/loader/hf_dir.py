@@ -53,6 +53,10 @@ class HFCheckpoint:
         if not self.files:
             raise ValueError(f"{path}: no *.safetensors files")
 
+    @property
+    def quantization(self) -> str:
+        return str(self.raw.get("torch_dtype") or self.raw.get("dtype") or "float32").upper()
+
     def tokenizer(self) -> Tokenizer:
         gen_eos = []
         gen_path = os.path.join(self.path, "generation_config.json")

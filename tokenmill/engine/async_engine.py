@@ -1,0 +1,183 @@
+"""AsyncLLMEngine: the engine stepping in a background thread, served to asyncio code.
+
+    generate(prompt_token_ids, params) -> async iterator of RequestOutput
+
+This is the one interface the server uses (EngineClient); it holds no HTTP. Adds and aborts
+are queued as commands that the engine thread applies between steps, so the event loop never
+waits for a forward pass. Outputs go back through one asyncio.Queue per request. Leaving the
+iterator early (client gone, task cancelled) aborts the request and frees its KV blocks.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from ..config import EngineConfig
+from ..sampling_params import SamplingParams
+from .engine import LLMEngine
+from .outputs import RequestOutput
+from .stats import EngineStats
+
+
+class QueueFullError(RuntimeError):
+    pass
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class EngineClient(Protocol):
+    """What a server needs from an engine, in-process or remote."""
+    model_name: str
+    max_model_len: int
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None: ...
+    def generate(self, prompt_token_ids: list[int], params: SamplingParams,
+                 request_id: str | None = None) -> AsyncIterator[RequestOutput]: ...
+    async def abort(self, request_id: str) -> None: ...
+    def get_stats(self) -> EngineStats: ...
+
+
+def _size_of(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine, max_queue: int | None = None):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_config = engine.model_config
+        self.model_name = engine.model_name
+        self.max_model_len = engine.max_model_len
+        self.max_queue = max_queue
+        # facts about the model that the protocols report (Ollama /api/tags, TGI /info)
+        self.model_path = engine.model_path
+        self.quantization = engine.quantization
+        self.num_parameters = sum(p.numel() for p in engine.runner.model.parameters())
+        self.dtype = engine.runner.dtype
+        self.device_type = engine.runner.device.type
+        self.file_size = _size_of(engine.model_path)
+        self._digest: str | None = None
+        self._commands: deque = deque()
+        self._wake = threading.Event()
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._pending_adds = 0
+        self._ids = itertools.count()
+        self._stop = False
+        self.dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tokenmill-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, max_queue: int | None = None) -> "AsyncLLMEngine":
+        return cls(LLMEngine(config), max_queue)
+
+    # ---- engine thread -----------------------------------------------------------------
+    def _run(self):
+        try:
+            while not self._stop:
+                self._apply_commands()
+                if not self.engine.has_unfinished_requests():
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                for out in self.engine.step():
+                    self._deliver(out.request_id, out)
+        except BaseException as e:  # a dead engine must not leave clients waiting forever
+            traceback.print_exc()
+            self.dead = e
+            for rid in list(self._queues):
+                self._deliver(rid, EngineDeadError(f"engine failed: {e}"))
+
+    def _apply_commands(self):
+        while self._commands:
+            kind, *args = self._commands.popleft()
+            if kind == "add":
+                rid, ids, params, arrival = args
+                self._pending_adds -= 1
+                try:
+                    self.engine.add_request(rid, prompt_token_ids=ids, params=params, arrival_time=arrival)
+                except Exception as e:  # validated before, but never lose a request silently
+                    self._deliver(rid, e)
+            else:
+                self.engine.abort_request(args[0])
+
+    def _deliver(self, rid: str, item):
+        entry = self._queues.get(rid)
+        if entry is None:
+            return
+        loop, queue = entry
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def _command(self, *cmd):
+        self._commands.append(cmd)
+        self._wake.set()
+
+    # ---- client side (event loop) ------------------------------------------------------
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self.engine.validate(prompt_token_ids, params)
+
+    def num_waiting(self) -> int:
+        return len(self.engine.scheduler.waiting) + self._pending_adds
+
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        if self.dead is not None:
+            raise EngineDeadError(f"engine failed: {self.dead}")
+        self.validate(prompt_token_ids, params)
+        if self.max_queue is not None and self.num_waiting() >= self.max_queue:
+            raise QueueFullError(f"the queue is full ({self.max_queue} requests waiting); retry later")
+        rid = request_id or f"req-{next(self._ids)}"
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[rid] = (asyncio.get_running_loop(), queue)
+        self._pending_adds += 1
+        self._command("add", rid, list(prompt_token_ids), params, time.time())
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._queues.pop(rid, None)
+            if not finished:
+                self._command("abort", rid)
+
+    async def abort(self, request_id: str) -> None:
+        self._command("abort", request_id)
+
+    def get_stats(self) -> EngineStats:
+        return self.engine.get_stats()
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            h = hashlib.sha256()
+            files = [self.model_path] if os.path.isfile(self.model_path) else sorted(
+                os.path.join(self.model_path, f) for f in os.listdir(self.model_path))
+            for fn in files:
+                with open(fn, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+            self._digest = "sha256:" + h.hexdigest()
+        return self._digest
+
+    def shutdown(self):
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=5)

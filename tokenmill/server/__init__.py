@@ -1,0 +1,1 @@
+"""HTTP server: OpenAI, Ollama and TGI protocols over one EngineClient."""

@@ -1,0 +1,168 @@
+"""The FastAPI application: one engine client, three protocols, operations routes.
+
+The model loads in a background thread after the server starts listening, so /health can
+answer 503 while it loads and 200 once it is ready.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..config import EngineConfig
+from .errors import APIError, error_body, error_response, pydantic_message
+from .metrics import Metrics
+from .serving import ServerSettings, ServerState
+
+_OPEN_PATHS = {"/health"}
+
+
+class Gatekeeper:
+    """Pure ASGI middleware (streams and disconnects pass straight through): counts responses
+    by status, checks the API key, and refuses bodies over the size limit with 413."""
+
+    def __init__(self, app, state: ServerState):
+        self.app = app
+        self.state = state
+
+    async def _reply(self, send, path, status, message, headers=None):
+        body = json.dumps(error_body(path, status, message)).encode()
+        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.state.metrics.http.labels(str(status)).inc()
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        settings = self.state.settings
+        headers = dict(scope["headers"])
+        if settings.api_key and path not in _OPEN_PATHS:
+            auth = headers.get(b"authorization", b"").decode(errors="replace")
+            given = auth[7:] if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode()
+            if given != settings.api_key:
+                return await self._reply(send, path, 401, "invalid or missing API key",
+                                         {"WWW-Authenticate": "Bearer"})
+        limit = settings.max_body_bytes
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await self._reply(send, path, 413, f"request body is larger than {limit} bytes")
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            # read the whole body (bounded) up front, then replay it to the app
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return await self._reply(send, path, 413, f"request body is larger than {limit} bytes")
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return await receive()
+            inner_receive = replay
+        else:
+            inner_receive = receive
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.state.metrics.http.labels(str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, inner_receive, counting_send)
+
+
+def served_name(config: EngineConfig, settings: ServerSettings) -> str:
+    if settings.served_model_name:
+        return settings.served_model_name
+    from ..model.loader import default_model_path
+    path = config.model or default_model_path()
+    name = os.path.basename(os.path.normpath(path))
+    return name[:-5] if name.endswith(".gguf") else name
+
+
+def create_app(config: EngineConfig, settings: ServerSettings | None = None, engine=None) -> FastAPI:
+    """engine: an already-built EngineClient (tests, embedding); else one is loaded from config."""
+    settings = settings or ServerSettings()
+    state = ServerState(settings=settings, metrics=None)
+    state.metrics = Metrics(state)
+    state.model_name = served_name(config, settings)
+
+    def load():
+        from ..engine.async_engine import AsyncLLMEngine
+        try:
+            state.engine = AsyncLLMEngine.from_config(config, settings.max_queue)
+        except Exception as e:  # /health and every route report it
+            state.load_error = f"{type(e).__name__}: {e}"
+            print(f"tokenmill: model failed to load: {state.load_error}", flush=True)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if state.engine is None:
+            threading.Thread(target=load, name="tokenmill-load", daemon=True).start()
+        yield
+        if state.engine is not None and hasattr(state.engine, "shutdown"):
+            state.engine.shutdown()
+
+    app = FastAPI(title="tokenmill", version=__version__, lifespan=lifespan)
+    app.state.tm = state
+    state.engine = engine
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return error_response(request.url.path, e.status, e.message, e.param, e.code, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        message, param = pydantic_message(e.errors())
+        return error_response(request.url.path, 400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        message = e.detail if e.status_code != 404 else f"no route {request.method} {request.url.path}"
+        return error_response(request.url.path, e.status_code, str(message))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):
+        return error_response(request.url.path, 500, f"internal error: {type(e).__name__}: {e}")
+
+    @app.get("/health")
+    async def health():
+        if state.engine is None:
+            return JSONResponse({"status": "error" if state.load_error else "loading",
+                                 "error": state.load_error}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    from . import ollama, openai, tgi
+    app.include_router(openai.router)
+    app.include_router(ollama.router)
+    app.include_router(tgi.router)
+    app.add_middleware(Gatekeeper, state=state)
+    return app

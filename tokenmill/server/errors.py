@@ -1,0 +1,59 @@
+"""Errors in each client's own protocol shape.
+
+OpenAI: {"error": {"message", "type", "param", "code"}}; Ollama: {"error": "..."};
+TGI: {"error": "...", "error_type": "..."}. The shape is chosen by the route's path.
+"""
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+          503: "service_unavailable"}
+TGI_PATHS = ("/generate", "/generate_stream", "/info")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
+
+
+def protocol_of(path: str) -> str:
+    if path.startswith("/api/"):
+        return "ollama"
+    if path == "/" or path in TGI_PATHS:
+        return "tgi"
+    return "openai"
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None,
+               code: str | None = None) -> dict:
+    kind = protocol_of(path)
+    if kind == "ollama":
+        return {"error": message}
+    if kind == "tgi":
+        return {"error": message, "error_type": "validation" if status < 500 else "generation"}
+    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
+                      "param": param, "code": code}}
+
+
+def error_response(path: str, status: int, message: str, param: str | None = None,
+                   code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(path, status, message, param, code), status_code=status, headers=headers)
+
+
+def pydantic_message(errors: list[dict]) -> tuple[str, str | None]:
+    """First validation error as (message, param) for a 400."""
+    if not errors:
+        return "invalid request", None
+    e = errors[0]
+    loc = [str(x) for x in e.get("loc", ()) if x not in ("body",)]
+    param = ".".join(loc) or None
+    if e.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
+    if e.get("type") in ("json_invalid", "model_attributes_type") or param is None:
+        return f"the request body is not valid JSON: {e.get('msg')}", None
+    return f"{param}: {e.get('msg')}", param

@@ -1,0 +1,96 @@
+"""Prometheus metrics: vLLM's metric set under a `tokenmill:` prefix.
+
+Engine state (running / waiting / KV usage / prefix cache / preemptions / token counters) is
+read from the engine's plain-dataclass stats at scrape time; request latencies are observed
+when a request finishes; HTTP responses are counted by a middleware.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from ..engine.outputs import RequestOutput
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                    7.5, 10.0, 20.0, 40.0, 80.0, 160.0)
+
+
+class _EngineCollector:
+    def __init__(self, state):
+        self.state = state
+
+    def collect(self):
+        engine = self.state.engine
+        if engine is None:
+            return
+        s = engine.get_stats()
+        name = self.state.model_name
+
+        def gauge(metric, doc, value):
+            g = GaugeMetricFamily(metric, doc, labels=["model_name"])
+            g.add_metric([name], value)
+            return g
+
+        def counter(metric, doc, value):
+            c = CounterMetricFamily(metric, doc, labels=["model_name"])
+            c.add_metric([name], value)
+            return c
+
+        yield gauge("tokenmill:num_requests_running", "Requests in the running batch.", s.num_running)
+        yield gauge("tokenmill:num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting)
+        yield gauge("tokenmill:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1).",
+                    s.kv_cache_usage)
+        yield gauge("tokenmill:num_kv_blocks", "KV cache blocks in all.", s.num_kv_blocks)
+        yield counter("tokenmill:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                      s.prefix_cache_queries)
+        yield counter("tokenmill:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
+                      s.prefix_cache_hits)
+        yield counter("tokenmill:num_preemptions", "Requests preempted (freed and recomputed later).",
+                      s.num_preemptions)
+        yield counter("tokenmill:prompt_tokens", "Prompt tokens computed.", s.num_prompt_tokens)
+        yield counter("tokenmill:generation_tokens", "Tokens generated.", s.num_generation_tokens)
+
+
+class Metrics:
+    def __init__(self, state):
+        self.state = state
+        r = self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        self.request_success = Counter("tokenmill:request_success", "Finished requests by reason.",
+                                       labels + ["finished_reason"], registry=r)
+        self.ttft = Histogram("tokenmill:time_to_first_token_seconds", "Time to first token.",
+                              labels, buckets=_LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("tokenmill:time_per_output_token_seconds", "Time per output token "
+                              "after the first.", labels, buckets=_LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("tokenmill:e2e_request_latency_seconds", "Arrival to finish.",
+                             labels, buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram("tokenmill:request_queue_time_seconds", "Arrival to first "
+                                    "scheduled.", labels, buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompt_len = Histogram("tokenmill:request_prompt_tokens", "Prompt length.", labels,
+                                    buckets=(1, 8, 32, 128, 512, 2048, 8192, 32768), registry=r)
+        self.gen_len = Histogram("tokenmill:request_generation_tokens", "Generated tokens.", labels,
+                                 buckets=(1, 8, 32, 128, 512, 2048, 8192, 32768), registry=r)
+        self.http = Counter("tokenmill:http_responses", "HTTP responses by status code.",
+                            ["status"], registry=r)
+        r.register(_EngineCollector(state))
+
+    def observe_finished(self, out: RequestOutput) -> None:
+        name = self.state.model_name
+        m = out.metrics
+        for c in out.outputs:
+            self.request_success.labels(name, c.finish_reason or "abort").inc()
+            self.gen_len.labels(name).observe(len(c.token_ids))
+        self.prompt_len.labels(name).observe(len(out.prompt_token_ids))
+        if m is None or m.finish_time is None:
+            return
+        self.e2e.labels(name).observe(m.finish_time - m.arrival_time)
+        if m.first_scheduled_time is not None:
+            self.queue_time.labels(name).observe(m.first_scheduled_time - m.arrival_time)
+        if m.first_token_time is not None:
+            self.ttft.labels(name).observe(m.first_token_time - m.arrival_time)
+            n = len(out.outputs[0].token_ids)
+            if n > 1:
+                self.tpot.labels(name).observe((m.finish_time - m.first_token_time) / (n - 1))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

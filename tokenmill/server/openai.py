@@ -1,0 +1,303 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models,
+/tokenize, /detokenize. Streams are server-sent events ending in `data: [DONE]`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..engine.outputs import CompletionOutput, RequestOutput
+from ..model.loader.chat_template import ChatTemplateError
+from .errors import APIError
+from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .serving import generate, make_params, new_id, until_disconnect
+
+router = APIRouter()
+
+
+def _state(request: Request):
+    return request.app.state.tm
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def chat_prompt_ids(engine, messages) -> list[int]:
+    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+    try:
+        return engine.tokenizer.encode_chat(msgs)
+    except (ChatTemplateError, ValueError) as e:
+        raise APIError(400, str(e), param="messages") from e
+
+
+def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
+    if not raw:
+        return None
+    try:
+        return {int(k): v for k, v in raw.items()}
+    except ValueError as e:
+        raise APIError(400, "logit_bias keys must be token ids", param="logit_bias") from e
+
+
+def _common_params(body, max_tokens, logprobs):
+    return make_params(
+        n=body.n, temperature=1.0 if body.temperature is None else body.temperature, top_p=body.top_p,
+        top_k=body.top_k, min_p=body.min_p, max_tokens=max_tokens, min_tokens=body.min_tokens,
+        stop=body.stop, seed=body.seed, frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
+        logit_bias=_logit_bias(body.logit_bias), ignore_eos=body.ignore_eos,
+        stop_token_ids=body.stop_token_ids, skip_special_tokens=body.skip_special_tokens,
+        logprobs=logprobs)
+
+
+def _token_text(tok, token_id: int) -> str:
+    return tok.decode([token_id], skip_special_tokens=False)
+
+
+def _chat_logprobs(tok, token_ids, logprobs) -> dict:
+    content = []
+    for tid, (lp, top) in zip(token_ids, logprobs):
+        t = _token_text(tok, tid)
+        content.append({"token": t, "logprob": lp, "bytes": list(t.encode()),
+                        "top_logprobs": [{"token": (tt := _token_text(tok, i)), "logprob": v,
+                                          "bytes": list(tt.encode())} for i, v in top.items()]})
+    return {"content": content}
+
+
+def _completion_logprobs(tok, token_ids, logprobs, offset0: int = 0) -> dict:
+    tokens = [_token_text(tok, t) for t in token_ids]
+    offsets, pos = [], offset0
+    for t in tokens:
+        offsets.append(pos)
+        pos += len(t)
+    return {"tokens": tokens, "token_logprobs": [lp for lp, _ in logprobs],
+            "top_logprobs": [{_token_text(tok, i): v for i, v in top.items()} for _, top in logprobs],
+            "text_offset": offsets}
+
+
+def _usage(num_prompt: int, num_completion: int) -> dict:
+    return {"prompt_tokens": num_prompt, "completion_tokens": num_completion,
+            "total_tokens": num_prompt + num_completion}
+
+
+async def _merge(streams):
+    """Interleave several async iterators: yields (stream index, item)."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i, s):
+        try:
+            async for item in s:
+                await queue.put((i, item))
+        except BaseException as e:
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(streams)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        for s in streams:
+            await s.aclose()
+
+
+# ---- chat ------------------------------------------------------------------------------
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state = _state(request)
+    state.check_model(body.model)
+    body.check_unsupported()
+    engine = state.get_engine()
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+    prompt_ids = chat_prompt_ids(engine, body.messages)
+    params = _common_params(body, body.max_completion_tokens or body.max_tokens,
+                            (body.top_logprobs or 0) if body.logprobs else None)
+    rid, created, model, tok = new_id("chatcmpl"), int(time.time()), body.model, engine.tokenizer
+    stream = await generate(state, prompt_ids, params, rid)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_chat_stream(stream, rid, created, model, tok, params, len(prompt_ids),
+                                              include_usage), media_type="text/event-stream")
+
+    async def collect() -> RequestOutput:
+        final = None
+        async for out in stream:
+            final = out
+        return final
+
+    final = await until_disconnect(request, collect())
+    choices = []
+    for c in final.outputs:
+        choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
+                        "logprobs": _chat_logprobs(tok, c.token_ids, c.logprobs) if c.logprobs is not None else None,
+                        "finish_reason": c.finish_reason})
+    completion = sum(len(c.token_ids) for c in final.outputs)
+    return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
+                         "choices": choices, "usage": _usage(len(prompt_ids), completion),
+                         "system_fingerprint": None})
+
+
+async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, include_usage):
+    base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": None}
+    if include_usage:
+        base["usage"] = None
+    started: set[int] = set()
+    num_completion = {}
+
+    def chunk(index, delta, finish=None, logprobs=None):
+        return _sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                                          "finish_reason": finish}]})
+
+    try:
+        async for out in stream:
+            for c in out.outputs:
+                if c.index not in started:
+                    started.add(c.index)
+                    yield chunk(c.index, {"role": "assistant", "content": ""})
+                lp = None
+                if c.logprobs is not None and c.token_ids_delta:
+                    n = len(c.token_ids_delta)
+                    lp = _chat_logprobs(tok, c.token_ids_delta, c.logprobs[-n:])
+                if c.text_delta or lp:
+                    yield chunk(c.index, {"content": c.text_delta}, logprobs=lp)
+                if c.finish_reason and c.index not in num_completion:
+                    num_completion[c.index] = len(c.token_ids)
+                    yield chunk(c.index, {}, finish=c.finish_reason)
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(num_completion.values()))})
+        yield "data: [DONE]\n\n"
+    except APIError as e:  # e.g. the engine died mid-stream: tell the client in-band
+        yield _sse({"error": {"message": e.message, "type": "server_error", "param": None, "code": e.status}})
+
+
+# ---- completions -----------------------------------------------------------------------
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    state = _state(request)
+    state.check_model(body.model)
+    body.check_unsupported()
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(400, "best_of other than n is not supported", param="best_of")
+    engine = state.get_engine()
+    tok = engine.tokenizer
+    p = body.prompt
+    if isinstance(p, str):
+        prompts = [tok.encode(p)]
+    elif p and all(isinstance(x, int) for x in p):
+        prompts = [list(p)]
+    elif p and all(isinstance(x, str) for x in p):
+        prompts = [tok.encode(x) for x in p]
+    elif p and all(isinstance(x, list) for x in p):
+        prompts = [list(x) for x in p]
+    else:
+        raise APIError(400, "prompt must be a non-empty string, list of strings or token ids", param="prompt")
+    params = _common_params(body, body.max_tokens, body.logprobs)
+    rid, created, model = new_id("cmpl"), int(time.time()), body.model
+    streams = []
+    try:
+        for ids in prompts:
+            streams.append(await generate(state, ids, params))
+    except BaseException:
+        for s in streams:
+            await s.aclose()
+        raise
+    num_prompt = sum(len(ids) for ids in prompts)
+    n = params.n
+
+    def choice(i: int, c: CompletionOutput, text: str, token_ids, logprobs, finish):
+        return {"index": i * n + c.index, "text": text, "finish_reason": finish,
+                "logprobs": _completion_logprobs(tok, token_ids, logprobs) if logprobs is not None else None}
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        async def sse():
+            base = {"id": rid, "object": "text_completion", "created": created, "model": model}
+            done_tokens = {}
+            async for i, out in _merge(streams):
+                for c in out.outputs:
+                    k = len(c.token_ids_delta)
+                    lp = c.logprobs[-k:] if c.logprobs is not None and k else ([] if c.logprobs is not None else None)
+                    if c.text_delta or c.finish_reason:
+                        yield _sse({**base, "choices": [choice(i, c, c.text_delta, c.token_ids_delta, lp,
+                                                               c.finish_reason)]})
+                    if c.finish_reason:
+                        done_tokens[(i, c.index)] = len(c.token_ids)
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(done_tokens.values()))})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream")
+
+    async def collect():
+        finals = {}
+        async for i, out in _merge(streams):
+            if out.finished:
+                finals[i] = out
+        return finals
+
+    finals = await until_disconnect(request, collect())
+    choices, completion = [], 0
+    for i in range(len(prompts)):
+        for c in finals[i].outputs:
+            choices.append(choice(i, c, c.text, c.token_ids, c.logprobs, c.finish_reason))
+            completion += len(c.token_ids)
+    return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                         "choices": choices, "usage": _usage(num_prompt, completion)})
+
+
+# ---- models, tokenizer ----------------------------------------------------------------
+@router.get("/v1/models")
+async def models(request: Request):
+    state = _state(request)
+    engine = state.get_engine()
+    return {"object": "list", "data": [{"id": state.model_name, "object": "model",
+                                        "created": int(state.started), "owned_by": "tokenmill",
+                                        "max_model_len": engine.max_model_len}]}
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request):
+    state = _state(request)
+    state.check_model(body.model, required=False)
+    engine = state.get_engine()
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "give exactly one of prompt or messages", param="prompt")
+    if body.messages is not None:
+        ids = chat_prompt_ids(engine, body.messages)
+    else:
+        ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    return {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request):
+    state = _state(request)
+    state.check_model(body.model, required=False)
+    engine = state.get_engine()
+    vocab = engine.model_config.vocab_size
+    bad = [t for t in body.tokens if not 0 <= t < vocab]
+    if bad:
+        raise APIError(400, f"token id {bad[0]} is out of range (vocabulary size {vocab})", param="tokens")
+    return {"prompt": engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}
