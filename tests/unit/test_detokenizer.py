@@ -54,3 +54,15 @@ def test_hold_back_never_leaks_stop_prefix(tok):
 def test_earliest_stop_wins(tok):
     out, stop, _ = stream(tok, "one two three", stop=["three", "two"])
     assert stop == "two" and "".join(out) == "one "
+
+
+def test_incomplete_utf8_at_the_end_is_flushed_when_finished(tok):
+    ids = tok.encode("ok 🦀", add_special_tokens=False)
+    d = IncrementalDetokenizer(tok, [], SamplingParams())
+    out = []
+    for i in ids[:-1]:  # the crab's last byte never comes
+        d.add_token(i)
+        out.append(d.flush(False))
+    assert "\ufffd" not in "".join(out)
+    out.append(d.flush(True))
+    assert "".join(out).startswith("ok ") and "".join(out).endswith("\ufffd")

@@ -24,6 +24,7 @@ class IncrementalDetokenizer:
         self.stops = params.stop
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.max_stop = self.hold + 1
+        self.stopped = False
 
     def add_token(self, token_id: int) -> str | None:
         """Feed one token; returns the stop string if one now appears in the text."""
@@ -42,10 +43,18 @@ class IncrementalDetokenizer:
             return None
         pos, stop = min(found)  # the earliest stop string wins
         self.text = self.text[:pos]
+        self.stopped = True
         return stop
 
     def flush(self, finished: bool) -> str:
         """Text ready to show: everything once finished, else all but the held-back tail."""
+        if finished and not self.stopped and self.read_offset < len(self.ids):
+            # tokens still waiting to complete a UTF-8 character never will: show what they are
+            tail = self.tokenizer.decode(self.ids[self.prefix_offset:], skip_special_tokens=self.skip_special)
+            head = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset],
+                                         skip_special_tokens=self.skip_special)
+            self.text += tail[len(head):]
+            self.read_offset = len(self.ids)
         end = len(self.text) if finished else max(self.num_emitted, len(self.text) - self.hold)
         delta = self.text[self.num_emitted:end]
         self.num_emitted = end
