@@ -92,5 +92,8 @@ class Metrics:
             if n > 1:
                 self.tpot.labels(name).observe((m.finish_time - m.first_token_time) / (n - 1))
 
+    def observe_aborted(self, num_outputs: int) -> None:
+        self.request_success.labels(self.state.model_name, "abort").inc(num_outputs)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

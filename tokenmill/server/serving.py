@@ -107,8 +107,10 @@ async def _with_metrics(state, first, stream):
             yield out
     finally:
         await stream.aclose()  # aborts the request if it did not finish
-        if out is not None and out.finished:
+        if out.finished:
             state.metrics.observe_finished(out)
+        else:
+            state.metrics.observe_aborted(len(out.outputs))
 
 
 async def until_disconnect(request: Request, coro):

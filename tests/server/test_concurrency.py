@@ -1,0 +1,53 @@
+"""The bundled SmolLM2 behind a real server: 16 concurrent streaming clients are batched
+together and each gets the same greedy text it gets alone."""
+import threading
+import time
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TOPICS = ["cats", "the sea", "bread", "chess", "rain", "trains", "music", "stars",
+          "coffee", "snow", "bees", "maps", "clocks", "kites", "owls", "tea"]
+
+
+def test_answers_paris(smol_server):
+    c = openai.OpenAI(base_url=smol_server.url + "/v1", api_key="x", max_retries=0)
+    r = c.chat.completions.create(model=smol_server.model, temperature=0, max_tokens=30,
+                                  messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in r.choices[0].message.content
+
+
+def test_16_concurrent_streams_are_batched_and_unchanged(smol_server):
+    client = openai.OpenAI(base_url=smol_server.url + "/v1", api_key="x", max_retries=0, timeout=300)
+
+    def ask(topic):
+        stream = client.chat.completions.create(
+            model=smol_server.model, temperature=0, max_tokens=32, stream=True,
+            messages=[{"role": "user", "content": f"Write one sentence about {topic}."}])
+        return "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+
+    alone = {t: ask(t) for t in TOPICS}
+
+    peak = [0]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], smol_server.metric("tokenmill:num_requests_running"))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    together = {}
+    threads = [threading.Thread(target=lambda t=t: together.__setitem__(t, ask(t))) for t in TOPICS]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stop.set()
+    watcher.join()
+    assert together == alone
+    assert peak[0] > 1, "the engine never ran two requests at once"
+    assert smol_server.metric("tokenmill:kv_cache_usage_perc") == 0.0

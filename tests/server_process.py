@@ -1,0 +1,58 @@
+"""A real `tokenmill serve` subprocess on loopback, for tests."""
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, args: list[str], log_path: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenmill.cli", "serve", "--port", str(self.port),
+             "--log-level", "warning", *args],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {open(log_path).read()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not become healthy in 120 s")
+        self.model = httpx.get(self.url + "/v1/models", headers=self.auth()).json()["data"][0]["id"] \
+            if "--api-key" not in args else None
+
+    def auth(self):
+        return {}
+
+    def metric(self, name: str, headers=None, label: str = "") -> float:
+        """Sum of a metric's samples (those whose labels contain `label`); 0 if none yet."""
+        text = httpx.get(self.url + "/metrics", headers=headers or {}).text
+        total = 0.0
+        for line in text.splitlines():
+            if (line.startswith(name + "{") or line.startswith(name + " ")) and label in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
