@@ -14,12 +14,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, args: list[str], log_path: str):
-        self.port = free_port()
+    """`tokenmill serve` (or another subcommand, e.g. router) as a subprocess; ready when
+    /health says 200."""
+
+    def __init__(self, args: list[str], log_path: str, command: str = "serve", port: int | None = None):
+        self.args, self.command = args, command
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "w")
+        self.log = open(log_path, "a")
+        self.log_path = log_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenmill.cli", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "tokenmill.cli", command, "--port", str(self.port),
              "--log-level", "warning", *args],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
@@ -34,11 +39,8 @@ class Server:
             time.sleep(0.2)
         else:
             raise RuntimeError("server did not become healthy in 120 s")
-        self.model = httpx.get(self.url + "/v1/models", headers=self.auth()).json()["data"][0]["id"] \
+        self.model = httpx.get(self.url + "/v1/models").json()["data"][0]["id"] \
             if "--api-key" not in args else None
-
-    def auth(self):
-        return {}
 
     def metric(self, name: str, headers=None, label: str = "") -> float:
         """Sum of a metric's samples (those whose labels contain `label`); 0 if none yet."""
@@ -48,6 +50,11 @@ class Server:
             if (line.startswith(name + "{") or line.startswith(name + " ")) and label in line:
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def kill(self):
+        """Die the hard way, mid-request."""
+        self.proc.kill()
+        self.proc.wait()
 
     def stop(self):
         self.proc.terminate()

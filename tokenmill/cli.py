@@ -121,8 +121,59 @@ def cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": "".join(pieces)})
 
 
+def _serve_replicas(args, argv: list[str]) -> int:
+    """`serve --replicas N`: N engine processes on the next ports, threads split between them,
+    and a router in front on --port."""
+    import os
+    import subprocess
+    import uvicorn
+
+    from .router.app import create_router_app
+    n = args.replicas
+    threads = max(1, (args.num_threads or os.cpu_count() or 1) // n)
+    # the replicas get every flag but the router's own; the API key is checked at the router
+    drop = {"--replicas", "--port", "--host", "--api-key", "--num-threads"} | {
+        a.option_strings[0] for a in _router_actions()}
+    keep, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        name = tok.split("=", 1)[0]
+        if name in drop:
+            skip = "=" not in tok and name not in ("--no-cache",)
+            continue
+        keep.append(tok)
+    ports = [args.port + 1 + i for i in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tokenmill.cli", *keep, "--port", str(p),
+                               "--num-threads", str(threads), "--log-level", "warning"]) for p in ports]
+    args.backend = [f"http://127.0.0.1:{p}" for p in ports]
+    args.route, args.route_model, args.route_key = None, None, None
+    args.api_key = [args.api_key] if args.api_key else None
+    try:
+        cfg = router_config(args)
+        print(f"tokenmill: {n} replicas ({threads} threads each) on ports {ports[0]}-{ports[-1]}, "
+              f"router on http://{args.host}:{args.port}", flush=True)
+        uvicorn.run(create_router_app(cfg), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=15)
+    return 0
+
+
+def _router_actions():
+    p = argparse.ArgumentParser(add_help=False)
+    _add_router_flags(p, with_backends=False)
+    return [a for a in p._actions if a.option_strings]
+
+
 def cmd_serve(args) -> int:
     import uvicorn
+
+    if args.replicas > 1:
+        return _serve_replicas(args, sys.argv[1:] if args.argv is None else args.argv)
 
     from .server.app import create_app
     from .server.serving import ServerSettings
@@ -139,6 +190,97 @@ def cmd_serve(args) -> int:
           f"\"content\": \"What is the capital of France?\"}}]}}'", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
+    return 0
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        if "=" not in v:
+            raise ValueError(f"{flag} takes NAME=VALUE, got {v!r}")
+        k, val = v.split("=", 1)
+        out[k] = val
+    return out
+
+
+def router_config(args):
+    from .router.config import ClassifierConfig, RouteConfig, RouterConfig
+    urls: dict[str, list[str]] = {}
+    for name, url in ((n, u) for n, u in (r.split("=", 1) if "=" in r else (None, r)
+                                          for r in args.route or [])):
+        if name is None:
+            raise ValueError(f"--route takes NAME=URL, got {url!r}")
+        urls.setdefault(name, []).append(url)
+    if args.backend:
+        urls.setdefault("default", []).extend(args.backend)
+    models, keys = _pairs(args.route_model, "--route-model"), _pairs(args.route_key, "--route-key")
+    prices = {}
+    for name, v in _pairs(args.price, "--price").items():
+        try:
+            pin, pout = (float(x) for x in v.split(","))
+        except ValueError:
+            raise ValueError(f"--price takes NAME=IN,OUT (dollars per million tokens), got {v!r}") from None
+        prices[name] = (pin, pout)
+    routes = [RouteConfig(n, u, models.get(n), keys.get(n), *prices.get(n, (0.0, 0.0))) for n, u in urls.items()]
+    api_keys = {}
+    for k in args.api_key or []:
+        name, _, key = k.rpartition("=") if "=" in k else ("", "", k)
+        api_keys[key] = name or "key-" + __import__("hashlib").sha256(key.encode()).hexdigest()[:8]
+    return RouterConfig(
+        routes=routes, policy=args.policy, health_interval_s=args.health_interval,
+        max_queue=args.max_queue, max_outstanding=args.max_outstanding, cache_url=args.cache_url,
+        cache_ttl_s=args.cache_ttl, cache_max_entries=args.cache_max_entries, cache_enabled=not args.no_cache,
+        ledger_path=args.ledger, api_keys=api_keys, rate_limit_rpm=args.rate_limit_rpm,
+        rate_limit_tpm=args.rate_limit_tpm, max_retries=args.max_retries,
+        classifier=ClassifierConfig(large_threshold=args.large_threshold))
+
+
+def _add_router_flags(p: argparse.ArgumentParser, with_backends: bool = True) -> None:
+    g = p.add_argument_group("router")
+    if with_backends:
+        g.add_argument("--backend", action="append", help="model server URL (repeatable): route `default`")
+        g.add_argument("--route", action="append", help="NAME=URL (repeatable): hybrid routing, e.g. "
+                       "small=http://127.0.0.1:8001 large=https://api.example.com")
+        g.add_argument("--route-model", action="append", help="NAME=MODEL: model name sent upstream")
+        g.add_argument("--route-key", action="append", help="NAME=ENVVAR: upstream API key from the environment")
+    g.add_argument("--price", action="append", help="ROUTE=IN,OUT dollars per million prompt/completion tokens")
+    g.add_argument("--policy", default="least_outstanding",
+                   choices=["least_outstanding", "prefix_affinity", "round_robin"])
+    g.add_argument("--cache-url", default=None, help="redis://host:port/db to share the response cache")
+    g.add_argument("--no-cache", action="store_true", help="turn the response cache off")
+    g.add_argument("--cache-ttl", type=float, default=3600.0)
+    g.add_argument("--cache-max-entries", type=int, default=10000)
+    g.add_argument("--ledger", default="tokenmill-usage.sqlite", help="SQLite file of the cost ledger")
+    g.add_argument("--rate-limit-rpm", type=int, default=None, help="per key requests per minute")
+    g.add_argument("--rate-limit-tpm", type=int, default=None, help="per key tokens per minute")
+    g.add_argument("--health-interval", type=float, default=2.0)
+    g.add_argument("--max-outstanding", type=int, default=256)
+    g.add_argument("--router-max-queue", dest="max_queue", type=int, default=512)
+    g.add_argument("--max-retries", type=int, default=2)
+    g.add_argument("--large-threshold", type=float, default=3.0, help="classifier score that goes large")
+
+
+def cmd_router(args) -> int:
+    import uvicorn
+
+    from .router.app import create_router_app
+    cfg = router_config(args)
+    app = create_router_app(cfg)
+    print(f"tokenmill router on http://{args.host}:{args.port} -> "
+          + "; ".join(f"{r.name}: {', '.join(r.urls)}" for r in cfg.routes), flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_usage(args) -> int:
+    from .router.ledger import usage_report
+    import os
+    if not os.path.exists(args.ledger):
+        raise FileNotFoundError(f"no ledger at {args.ledger}")
+    rows = usage_report(args.ledger, args.by)
+    print(f"{args.by:<24} {'requests':>9} {'cached':>7} {'prompt tok':>11} {'compl tok':>10} {'cost $':>10}")
+    for group, n, hits, p, c, cost in rows:
+        print(f"{str(group):<24} {n:>9} {hits or 0:>7} {p or 0:>11} {c or 0:>10} {cost or 0:>10.6f}")
     return 0
 
 
@@ -164,9 +306,27 @@ def main(argv: list[str] | None = None) -> int:
     add_dataclass_flags(s.add_argument_group("server"), ServerSettings,
                         {f.name: f.default for f in dataclasses.fields(ServerSettings)})
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--replicas", type=int, default=1,
+                   help="start N engine processes (threads split between them) behind a router")
+    _add_router_flags(s, with_backends=False)
     s.set_defaults(func=cmd_serve)
 
+    r = sub.add_parser("router", help="OpenAI-compatible gateway in front of model servers")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=8000)
+    r.add_argument("--api-key", action="append", dest="api_key",
+                   help="[NAME=]KEY accepted at the router (repeatable); none: open")
+    r.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_router_flags(r)
+    r.set_defaults(func=cmd_router)
+
+    u = sub.add_parser("usage", help="cost and tokens per key / route / day from the router's ledger")
+    u.add_argument("--ledger", default="tokenmill-usage.sqlite")
+    u.add_argument("--by", default="key", choices=["key", "route", "day", "model"])
+    u.set_defaults(func=cmd_usage)
+
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:

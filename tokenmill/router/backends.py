@@ -1,0 +1,82 @@
+"""Backends and their pools: health checks, in-flight counts, and the balancing policies."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+
+import httpx
+
+from .config import RouteConfig
+
+
+class Backend:
+    def __init__(self, url: str, api_key: str | None = None):
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.healthy = False
+        self.outstanding = 0
+        self.model: str | None = None  # what /v1/models says it serves
+        self.last_error: str | None = None
+        self.last_check = 0.0
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    async def check(self, client: httpx.AsyncClient) -> None:
+        try:
+            r = await client.get(self.url + "/v1/models", headers=self.headers(), timeout=2.0)
+            ok = r.status_code == 200
+            if ok:
+                data = r.json().get("data") or []
+                self.model = data[0]["id"] if data else self.model
+            self.last_error = None if ok else f"HTTP {r.status_code}"
+        except (httpx.HTTPError, ValueError, KeyError) as e:
+            ok = False
+            self.last_error = f"{type(e).__name__}: {e}"
+        self.healthy = ok
+        self.last_check = time.time()
+
+    def mark_failed(self, why: str) -> None:
+        self.healthy = False
+        self.last_error = why
+
+
+def _rendezvous(key: str, backend: Backend) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}|{backend.url}".encode(), digest_size=8).digest(), "big")
+
+
+class Pool:
+    """The backends of one route."""
+
+    def __init__(self, route: RouteConfig):
+        self.route = route
+        self.backends = [Backend(u, route.api_key) for u in route.urls]
+        self._rr = itertools.count()
+
+    def healthy(self) -> list[Backend]:
+        return [b for b in self.backends if b.healthy]
+
+    def order(self, policy: str, affinity_key: str | None, max_imbalance: int) -> list[Backend]:
+        """Healthy backends, best first, for this request."""
+        live = self.healthy()
+        if not live:
+            return []
+        start = next(self._rr) % len(live)
+        rotated = live[start:] + live[:start]  # round-robin tie-breaking
+        if policy == "round_robin":
+            return rotated
+        by_load = sorted(rotated, key=lambda b: b.outstanding)  # stable: keeps rotation on ties
+        if policy == "prefix_affinity" and affinity_key:
+            affine = max(live, key=lambda b: _rendezvous(affinity_key, b))
+            # bounded: a hot prefix cannot pile everything onto one replica
+            if affine.outstanding - by_load[0].outstanding < max_imbalance:
+                return [affine] + [b for b in by_load if b is not affine]
+        return by_load
+
+
+async def health_loop(pools: list[Pool], interval: float, client: httpx.AsyncClient) -> None:
+    while True:
+        await asyncio.gather(*(b.check(client) for p in pools for b in p.backends))
+        await asyncio.sleep(interval)

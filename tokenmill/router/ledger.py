@@ -1,0 +1,49 @@
+"""Cost ledger: every request the router answers, in SQLite."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    ts REAL NOT NULL, day TEXT NOT NULL, api_key TEXT NOT NULL, route TEXT NOT NULL,
+    backend TEXT, model TEXT, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    latency_ms REAL NOT NULL, cache_hit INTEGER NOT NULL, status INTEGER NOT NULL, cost REAL NOT NULL
+)"""
+
+
+class Ledger:
+    def __init__(self, path: str):
+        self.path = path
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.db.execute(_SCHEMA)
+        self.db.commit()
+
+    def record(self, *, api_key: str, route: str, backend: str | None, model: str | None,
+               prompt_tokens: int, completion_tokens: int, latency_s: float, cache_hit: bool,
+               status: int, cost: float) -> None:
+        now = time.time()
+        with self.lock:
+            self.db.execute("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                            (now, time.strftime("%Y-%m-%d", time.gmtime(now)), api_key, route, backend,
+                             model, prompt_tokens, completion_tokens, latency_s * 1000, int(cache_hit),
+                             status, cost))
+            self.db.commit()
+
+    def close(self):
+        with self.lock:
+            self.db.close()
+
+
+def usage_report(path: str, by: str = "key") -> list[tuple]:
+    """Rows of (group, requests, cache hits, prompt tokens, completion tokens, cost)."""
+    column = {"key": "api_key", "route": "route", "day": "day", "model": "model"}[by]
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(
+            f"SELECT {column}, COUNT(*), SUM(cache_hit), SUM(prompt_tokens), SUM(completion_tokens), "
+            f"SUM(cost) FROM requests GROUP BY {column} ORDER BY {column}").fetchall()
+    finally:
+        db.close()
