@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import typing
 
@@ -130,7 +131,7 @@ def _serve_replicas(args, argv: list[str]) -> int:
 
     from .router.app import create_router_app
     n = args.replicas
-    threads = max(1, (args.num_threads or os.cpu_count() or 1) // n)
+    threads = max(1, (getattr(args, "num_threads", None) or os.cpu_count() or 1) // n)
     # the replicas get every flag but the router's own; the API key is checked at the router
     drop = {"--replicas", "--port", "--host", "--api-key", "--num-threads"} | {
         a.option_strings[0] for a in _router_actions()}
@@ -146,7 +147,20 @@ def _serve_replicas(args, argv: list[str]) -> int:
         keep.append(tok)
     ports = [args.port + 1 + i for i in range(n)]
     procs = [subprocess.Popen([sys.executable, "-m", "tokenmill.cli", *keep, "--port", str(p),
-                               "--num-threads", str(threads), "--log-level", "warning"]) for p in ports]
+                               "--num-threads", str(threads), "--log-level", "warning"],
+                              preexec_fn=_die_with_parent) for p in ports]
+
+    def stop_replicas(*_):
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    # uvicorn re-raises SIGTERM/SIGINT after its own shutdown; end the replicas then too
+    signal.signal(signal.SIGTERM, lambda *a: (stop_replicas(), sys.exit(0)))
     args.backend = [f"http://127.0.0.1:{p}" for p in ports]
     args.route, args.route_model, args.route_key = None, None, None
     args.api_key = [args.api_key] if args.api_key else None
@@ -156,11 +170,17 @@ def _serve_replicas(args, argv: list[str]) -> int:
               f"router on http://{args.host}:{args.port}", flush=True)
         uvicorn.run(create_router_app(cfg), host=args.host, port=args.port, log_level=args.log_level)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=15)
+        stop_replicas()
     return 0
+
+
+def _die_with_parent():
+    """Replica processes get SIGTERM if the `serve --replicas` process dies (Linux)."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _router_actions():
