@@ -340,6 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_router_flags(r)
     r.set_defaults(func=cmd_router)
 
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    from .benchmark import serve as bench_serve
+    bench_serve.add_parser(bsub)
+
+    e = sub.add_parser("eval", help="model quality evaluations")
+    esub = e.add_subparsers(dest="eval_command", required=True)
+    from .benchmark import perplexity as eval_perplexity
+    eval_perplexity.add_parser(esub)
+
     u = sub.add_parser("usage", help="cost and tokens per key / route / day from the router's ledger")
     u.add_argument("--ledger", default="tokenmill-usage.sqlite")
     u.add_argument("--by", default="key", choices=["key", "route", "day", "model"])

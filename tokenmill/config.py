@@ -10,6 +10,7 @@ class EngineConfig:
     model: str | None = None              # .gguf file or Hugging Face directory; None: bundled SmolLM2
     device: str = "auto"                  # auto | cpu | cuda
     dtype: str = "auto"                   # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
+    quantization: str = "auto"            # auto (int8 on CPU, none on CUDA) | none | int8
     kv_cache_memory_gib: float = 1.0      # memory budget of the paged KV cache
     block_size: int = 16                  # tokens per KV block
     max_num_seqs: int = 64                # running requests at most
@@ -23,6 +24,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError("device must be auto, cpu or cuda")
+        if self.quantization not in ("auto", "none", "int8"):
+            raise ValueError("quantization must be auto, none or int8")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError("dtype must be auto, float32, bfloat16 or float16")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):

@@ -1,4 +1,6 @@
 """`tokenmill serve --replicas 2`: the whole production picture from one command."""
+import time
+
 import httpx
 
 from server_process import Server
@@ -9,7 +11,10 @@ def test_serve_replicas_behind_a_router(tiny_router_model, logs):
                 "--kv-cache-memory-gib", "0.02", "--health-interval", "0.3", "--ledger", str(logs / "rep.db")],
                str(logs / "replicas.log"))
     try:
-        assert httpx.get(s.url + "/health").json()["healthy_backends"] == {"default": 2}
+        deadline = time.time() + 60  # the router is up once one replica is; wait for both
+        while httpx.get(s.url + "/health").json()["healthy_backends"] != {"default": 2}:
+            assert time.time() < deadline, "the second replica never became healthy"
+            time.sleep(0.2)
         backends = set()
         for i in range(4):
             r = httpx.post(s.url + "/v1/chat/completions", timeout=60,
