@@ -17,7 +17,7 @@ from tokenmill.model.loader import load_checkpoint
 def our_logits(path: str, ids: list[int], split: int) -> torch.Tensor:
     """Prefill ids[:split] in one pass, then feed the rest one token at a time.
     Returns (len(ids), vocab) logits."""
-    runner = ModelRunner(EngineConfig(model=path, kv_cache_memory_gib=0.001, block_size=4,
+    runner = ModelRunner(EngineConfig(model=path, kv_cache_memory_gib=0.001, block_size=4, quantization="none",
                                       show_progress=False), load_checkpoint(path))
     bs = runner.block_size
     blocks = list(range(len(ids) // bs + 1))[::-1]  # a scrambled block table: order must not matter

@@ -5,16 +5,25 @@ sequence reads its whole context back through its block table. Because all write
 happen before any read, a sequence may read blocks that another sequence of the same step is
 filling (this is how n>1 samples and same-step prefix hits share prompt blocks).
 
-Sequences are grouped by query length (decode: 1 token; prefill chunks: many) and each group
-runs as one padded scaled_dot_product_attention call, so a mixed batch costs two kernel calls
-per layer, not one per request.
+Sequences are grouped by kind (decode: 1 query token; prefill chunk: many) and by context
+bucket (context length rounded up to a multiple of BUCKET), and each group runs as one padded
+batched attention, so a mixed batch costs a few kernel calls per layer, not one per request.
+
+Batch invariance: a sequence's result must not depend on what else is in the batch (same
+greedy tokens alone or batched; int8 activation rounding would amplify any drift). Every
+reduction in a group runs over the group's context length, and that length is the sequence's
+own bucket, whoever else is in the group; so the reductions have the same shape alone or
+batched. (PyTorch's fused SDPA picks kernels and block sizes from the padded shapes, which is
+why attention is written out here.)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+
+BUCKET = 256  # context lengths are padded to a multiple of this
 
 
 @dataclass
@@ -37,17 +46,17 @@ class AttentionMetadata:
         """seqs: per sequence (first row in the flattened batch, number of new tokens, (ctx,)
         long tensor of cache slots of the whole context including the new tokens)."""
         slot_mapping = torch.cat([slots[len(slots) - n_new:] for _, n_new, slots in seqs])
-        buckets: dict[bool, list] = {}
+        buckets: dict[tuple[bool, int], list] = {}
         for s in seqs:
-            buckets.setdefault(decode_split and s[1] == 1, []).append(s)
-        groups = [_build_group(b, device) for b in buckets.values()]
+            key = (decode_split and s[1] == 1, -(-len(s[2]) // BUCKET) * BUCKET)
+            buckets.setdefault(key, []).append(s)
+        groups = [_build_group(b, device, ctx_pad) for (_, ctx_pad), b in buckets.items()]
         return AttentionMetadata(slot_mapping.to(device), groups)
 
 
-def _build_group(seqs, device) -> AttentionGroup:
+def _build_group(seqs, device, C: int) -> AttentionGroup:
     B = len(seqs)
     Q = max(n for _, n, _ in seqs)
-    C = max(len(slots) for _, _, slots in seqs)
     q_index = torch.zeros(B, Q, dtype=torch.long)
     kv_slots = torch.zeros(B, C, dtype=torch.long)
     q_pos = torch.full((B, Q), -1, dtype=torch.long)  # context position of each query
@@ -81,16 +90,19 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     flat_v = v_cache.view(-1, Hkv, D)
     flat_k.index_copy_(0, meta.slot_mapping, k.to(flat_k.dtype))
     flat_v.index_copy_(0, meta.slot_mapping, v.to(flat_v.dtype))
+    G = Hq // Hkv  # query heads per kv head (GQA): they share one K/V read, no copies
     out = torch.empty_like(q)
     for g in meta.groups:
         B, Q = g.q_index.shape
-        qg = q[g.q_index].transpose(1, 2)             # (B, Hq, Q, D)
-        kg = flat_k[g.kv_slots].transpose(1, 2).to(q.dtype)  # (B, Hkv, C, D)
-        vg = flat_v[g.kv_slots].transpose(1, 2).to(q.dtype)
-        if Hkv != Hq:
-            kg = kg.repeat_interleave(Hq // Hkv, dim=1)  # (B, Hq, C, D)
-            vg = vg.repeat_interleave(Hq // Hkv, dim=1)
-        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask, scale=scale)
-        o = o.transpose(1, 2).reshape(B * Q, Hq, D)   # (B*Q, Hq, D)
+        C = g.kv_slots.shape[1]
+        # query head h uses kv head h // G, so heads are grouped kv-major
+        qg = q[g.q_index].view(B, Q, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * Q, D)
+        kg = flat_k[g.kv_slots].to(q.dtype).transpose(1, 2)  # (B, Hkv, C, D)
+        vg = flat_v[g.kv_slots].to(q.dtype).transpose(1, 2)  # (B, Hkv, C, D)
+        scores = torch.matmul(qg, kg.transpose(2, 3)) * scale  # (B, Hkv, G*Q, C)
+        mask = g.mask.repeat(1, 1, G, 1)                       # (B, 1, G*Q, C)
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        o = torch.matmul(probs, vg)                            # (B, Hkv, G*Q, D)
+        o = o.view(B, Hkv, G, Q, D).permute(0, 3, 1, 2, 4).reshape(B * Q, Hq, D)
         out[g.dst] = o[g.src]
     return out
