@@ -24,7 +24,7 @@ def our_logits(path: str, ids: list[int], split: int) -> torch.Tensor:
     slots = torch.tensor([blocks[p // bs] * bs + p % bs for p in range(len(ids))])
     out = []
     for start, end in [(0, split)] + [(p, p + 1) for p in range(split, len(ids))]:
-        meta = AttentionMetadata.build([(0, end - start, slots[:end])], torch.device("cpu"))
+        meta = AttentionMetadata.build([(0, end - start, slots[:end])], torch.device("cpu"), bs)
         hidden = runner.model(torch.tensor(ids[start:end]), torch.arange(start, end), meta, runner.kv_caches)
         out.append(runner.model.compute_logits(hidden))
     return torch.cat(out)

@@ -33,7 +33,7 @@ def perplexity(model_path: str | None, text: str, quantization: str, context: in
         window = ids[start:start + context + 1]
         inp, target = window[:-1], window[1:]
         slots = torch.arange(len(inp))  # blocks 0.. in order
-        meta = AttentionMetadata.build([(0, len(inp), slots)], runner.device)
+        meta = AttentionMetadata.build([(0, len(inp), slots)], runner.device, runner.block_size)
         hidden = runner.model(torch.tensor(inp, device=runner.device), torch.arange(len(inp), device=runner.device),
                               meta, runner.kv_caches)
         logits = runner.model.compute_logits(hidden)  # (L, vocab)

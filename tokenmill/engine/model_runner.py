@@ -59,7 +59,7 @@ class ModelRunner:
         self.num_blocks = int(config.kv_cache_memory_gib * 2**30 // bytes_per_block)
         if self.num_blocks < 1:
             raise ValueError("kv_cache_memory_gib is too small for a single KV block")
-        shape = (self.num_blocks, config.block_size, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_kv_heads, self.num_blocks, config.block_size, cfg.head_dim)  # heads first
         self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
                            torch.zeros(shape, dtype=self.dtype, device=self.device))
                           for _ in range(cfg.num_layers)]
@@ -87,7 +87,7 @@ class ModelRunner:
             if start + n == req.num_tokens:
                 sample_rows.append(row + n - 1)
                 sample_reqs.append(req)
-        meta = AttentionMetadata.build(seqs, self.device)
+        meta = AttentionMetadata.build(seqs, self.device, self.block_size)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         hidden = self.model(ids, pos, meta, self.kv_caches)  # (T, hidden)

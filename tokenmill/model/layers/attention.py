@@ -29,10 +29,12 @@ BUCKET = 256  # context lengths are padded to a multiple of this
 @dataclass
 class AttentionGroup:
     q_index: torch.Tensor   # (B, Q) rows of the flattened token batch; padding points at row 0
-    kv_slots: torch.Tensor  # (B, C) cache slots of each sequence's context; padding -> slot 0
+    kv_blocks: torch.Tensor  # (B, C / block_size) cache blocks of each context; padding -> block 0
     mask: torch.Tensor      # (B, 1, Q, C) True where a query may attend to a key
     src: torch.Tensor       # (N,) valid entries of the flattened (B*Q) group output
     dst: torch.Tensor       # (N,) their rows in the flattened token batch
+    neg_mask: torch.Tensor | None = None  # (1, B, G*Q, C) ~mask for the G heads, made by layer 0
+    head_blocks: torch.Tensor | None = None  # (Hkv * B * C/block_size,) gather rows, made by layer 0
 
 
 @dataclass
@@ -41,31 +43,35 @@ class AttentionMetadata:
     groups: list[AttentionGroup]
 
     @staticmethod
-    def build(seqs: list[tuple[int, int, torch.Tensor]], device: torch.device,
+    def build(seqs: list[tuple[int, int, torch.Tensor]], device: torch.device, block_size: int,
               decode_split: bool = True) -> "AttentionMetadata":
         """seqs: per sequence (first row in the flattened batch, number of new tokens, (ctx,)
-        long tensor of cache slots of the whole context including the new tokens)."""
+        long tensor of cache slots of the whole context including the new tokens; slot =
+        block * block_size + offset)."""
+        if BUCKET % block_size:
+            raise ValueError(f"block_size must divide {BUCKET}")
         slot_mapping = torch.cat([slots[len(slots) - n_new:] for _, n_new, slots in seqs])
         buckets: dict[tuple[bool, int], list] = {}
         for s in seqs:
             key = (decode_split and s[1] == 1, -(-len(s[2]) // BUCKET) * BUCKET)
             buckets.setdefault(key, []).append(s)
-        groups = [_build_group(b, device, ctx_pad) for (_, ctx_pad), b in buckets.items()]
+        groups = [_build_group(b, device, ctx_pad, block_size) for (_, ctx_pad), b in buckets.items()]
         return AttentionMetadata(slot_mapping.to(device), groups)
 
 
-def _build_group(seqs, device, C: int) -> AttentionGroup:
+def _build_group(seqs, device, C: int, block_size: int) -> AttentionGroup:
     B = len(seqs)
     Q = max(n for _, n, _ in seqs)
     q_index = torch.zeros(B, Q, dtype=torch.long)
-    kv_slots = torch.zeros(B, C, dtype=torch.long)
+    kv_blocks = torch.zeros(B, C // block_size, dtype=torch.long)
     q_pos = torch.full((B, Q), -1, dtype=torch.long)  # context position of each query
     ctx_len = torch.zeros(B, 1, dtype=torch.long)
     src, dst = [], []
     for b, (start, n_new, slots) in enumerate(seqs):
         ctx = len(slots)
         q_index[b, :n_new] = torch.arange(start, start + n_new)
-        kv_slots[b, :ctx] = slots
+        first = slots[::block_size]  # the first slot of each block
+        kv_blocks[b, :len(first)] = first // block_size
         q_pos[b, :n_new] = torch.arange(ctx - n_new, ctx)
         ctx_len[b, 0] = ctx
         src.extend(range(b * Q, b * Q + n_new))
@@ -74,7 +80,7 @@ def _build_group(seqs, device, C: int) -> AttentionGroup:
     mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < ctx_len[:, :, None])
     mask[:, :, 0] |= q_pos < 0  # padded queries attend to key 0 so their softmax stays finite
     return AttentionGroup(
-        q_index=q_index.to(device), kv_slots=kv_slots.to(device),
+        q_index=q_index.to(device), kv_blocks=kv_blocks.to(device),
         mask=mask.unsqueeze(1).to(device),
         src=torch.tensor(src, dtype=torch.long, device=device),
         dst=torch.tensor(dst, dtype=torch.long, device=device))
@@ -83,26 +89,33 @@ def _build_group(seqs, device, C: int) -> AttentionGroup:
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     k_cache: torch.Tensor, v_cache: torch.Tensor,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    # q: (T, Hq, D); k, v: (T, Hkv, D); caches: (num_blocks, block_size, Hkv, D)
+    # q: (T, Hq, D); k, v: (T, Hkv, D); caches: (Hkv, num_blocks, block_size, D).
+    # Heads first and whole blocks gathered: a context comes out as one contiguous
+    # (Hkv, B, C, D) tensor, copied in 4 KB runs, that batched matmuls read in place.
     T, Hq, D = q.shape
-    Hkv = k.shape[1]
-    flat_k = k_cache.view(-1, Hkv, D)
-    flat_v = v_cache.view(-1, Hkv, D)
-    flat_k.index_copy_(0, meta.slot_mapping, k.to(flat_k.dtype))
-    flat_v.index_copy_(0, meta.slot_mapping, v.to(flat_v.dtype))
-    G = Hq // Hkv  # query heads per kv head (GQA): they share one K/V read, no copies
+    Hkv, num_blocks, block_size, _ = k_cache.shape
+    flat_k = k_cache.view(Hkv, num_blocks * block_size, D)
+    flat_v = v_cache.view(Hkv, num_blocks * block_size, D)
+    flat_k.index_copy_(1, meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
+    flat_v.index_copy_(1, meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
+    G = Hq // Hkv  # query heads per kv head (GQA): they share one K/V read
     out = torch.empty_like(q)
     for g in meta.groups:
         B, Q = g.q_index.shape
-        C = g.kv_slots.shape[1]
+        C = g.kv_blocks.shape[1] * block_size
         # query head h uses kv head h // G, so heads are grouped kv-major
-        qg = q[g.q_index].view(B, Q, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * Q, D)
-        kg = flat_k[g.kv_slots].to(q.dtype).transpose(1, 2)  # (B, Hkv, C, D)
-        vg = flat_v[g.kv_slots].to(q.dtype).transpose(1, 2)  # (B, Hkv, C, D)
-        scores = torch.matmul(qg, kg.transpose(2, 3)) * scale  # (B, Hkv, G*Q, C)
-        mask = g.mask.repeat(1, 1, G, 1)                       # (B, 1, G*Q, C)
-        probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        o = torch.matmul(probs, vg)                            # (B, Hkv, G*Q, D)
-        o = o.view(B, Hkv, G, Q, D).permute(0, 3, 1, 2, 4).reshape(B * Q, Hq, D)
+        qg = q[g.q_index].view(B, Q, Hkv, G, D).permute(2, 0, 3, 1, 4).reshape(Hkv, B, G * Q, D)
+        if g.head_blocks is None:  # rows of the (Hkv * num_blocks, block_size * D) view
+            g.head_blocks = (torch.arange(Hkv, device=q.device)[:, None] * num_blocks
+                             + g.kv_blocks.view(1, -1)).view(-1)
+        kg = k_cache.view(-1, block_size * D).index_select(0, g.head_blocks).view(Hkv, B, C, D).to(q.dtype)
+        vg = v_cache.view(-1, block_size * D).index_select(0, g.head_blocks).view(Hkv, B, C, D).to(q.dtype)
+        scores = torch.matmul(qg, kg.transpose(2, 3)) * scale  # (Hkv, B, G*Q, C)
+        if g.neg_mask is None:  # the same for every layer of the step
+            g.neg_mask = (~g.mask).view(1, B, Q, C).repeat(1, 1, G, 1)  # (1, B, G*Q, C)
+        scores.masked_fill_(g.neg_mask, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        o = torch.matmul(probs, vg)                            # (Hkv, B, G*Q, D)
+        o = o.view(Hkv, B, G, Q, D).permute(1, 3, 0, 2, 4).reshape(B * Q, Hq, D)
         out[g.dst] = o[g.src]
     return out
