@@ -5,9 +5,10 @@ sequence reads its whole context back through its block table. Because all write
 happen before any read, a sequence may read blocks that another sequence of the same step is
 filling (this is how n>1 samples and same-step prefix hits share prompt blocks).
 
-Sequences are grouped by kind (decode: 1 query token; prefill chunk: many) and by context
-bucket (context length rounded up to a multiple of BUCKET), and each group runs as one padded
-batched attention, so a mixed batch costs a few kernel calls per layer, not one per request.
+Decodes (1 query token) are grouped by context bucket (context length rounded up to a
+multiple of BUCKET) and each group runs as one padded batched attention; each prefill chunk
+runs on its own (no query padding). A step costs a few kernel calls per layer, not one per
+request.
 
 Batch invariance: a sequence's result must not depend on what else is in the batch (same
 greedy tokens alone or batched; int8 activation rounding would amplify any drift). Every
@@ -51,9 +52,12 @@ class AttentionMetadata:
         if BUCKET % block_size:
             raise ValueError(f"block_size must divide {BUCKET}")
         slot_mapping = torch.cat([slots[len(slots) - n_new:] for _, n_new, slots in seqs])
-        buckets: dict[tuple[bool, int], list] = {}
-        for s in seqs:
-            key = (decode_split and s[1] == 1, -(-len(s[2]) // BUCKET) * BUCKET)
+        buckets: dict[tuple[int, int], list] = {}
+        for i, s in enumerate(seqs):
+            # decodes share a group per context bucket; each prefill chunk gets its own group
+            # (no query padding; a step rarely has more than a couple of them)
+            kind = -1 if (decode_split and s[1] == 1) else i
+            key = (kind, -(-len(s[2]) // BUCKET) * BUCKET)
             buckets.setdefault(key, []).append(s)
         groups = [_build_group(b, device, ctx_pad, block_size) for (_, ctx_pad), b in buckets.items()]
         return AttentionMetadata(slot_mapping.to(device), groups)
@@ -104,13 +108,13 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         B, Q = g.q_index.shape
         C = g.kv_blocks.shape[1] * block_size
         # query head h uses kv head h // G, so heads are grouped kv-major
-        qg = q[g.q_index].view(B, Q, Hkv, G, D).permute(2, 0, 3, 1, 4).reshape(Hkv, B, G * Q, D)
+        qg = q[g.q_index].view(B, Q, Hkv, G, D).permute(2, 0, 3, 1, 4).reshape(Hkv, B, G * Q, D) * scale
         if g.head_blocks is None:  # rows of the (Hkv * num_blocks, block_size * D) view
             g.head_blocks = (torch.arange(Hkv, device=q.device)[:, None] * num_blocks
                              + g.kv_blocks.view(1, -1)).view(-1)
         kg = k_cache.view(-1, block_size * D).index_select(0, g.head_blocks).view(Hkv, B, C, D).to(q.dtype)
         vg = v_cache.view(-1, block_size * D).index_select(0, g.head_blocks).view(Hkv, B, C, D).to(q.dtype)
-        scores = torch.matmul(qg, kg.transpose(2, 3)) * scale  # (Hkv, B, G*Q, C)
+        scores = torch.matmul(qg, kg.transpose(2, 3))          # (Hkv, B, G*Q, C)
         if g.neg_mask is None:  # the same for every layer of the step
             g.neg_mask = (~g.mask).view(1, B, Q, C).repeat(1, 1, G, 1)  # (1, B, G*Q, C)
         scores.masked_fill_(g.neg_mask, float("-inf"))
