@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..config import SUPPORTED_ARCHITECTURES, ModelConfig
+from .gguf_header import read_header
 from .tokenizer import Tokenizer, tokenizer_from_gguf
 
 _LAYER_NAMES = {
@@ -22,21 +23,10 @@ _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "
 
 
 def _open(path: str):
-    import gguf
     try:
-        return gguf.GGUFReader(path)
-    except Exception as e:  # the reader raises ValueError, struct.error, IndexError... on junk
-        raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
-
-
-def read_metadata(reader) -> dict:
-    meta = {}
-    for key, field in reader.fields.items():
-        try:
-            meta[key] = field.contents()
-        except Exception:
-            continue
-    return meta
+        return read_header(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
 
 
 def hf_name(gguf_name: str) -> str | None:
@@ -94,43 +84,56 @@ def config_from_metadata(meta: dict, tensor_names: set[str]) -> ModelConfig:
 class GGUFCheckpoint:
     def __init__(self, path: str):
         self.path = path
-        self.reader = _open(path)
-        self.meta = read_metadata(self.reader)
-        names = {t.name for t in self.reader.tensors}
+        self.meta, self.tensors, self._buf = _open(path)
+        names = {t.name for t in self.tensors}
         self.config = config_from_metadata(self.meta, names)
         if "rope_freqs.weight" in names:  # llama 3.1 scaling, baked in as per-frequency divisors
-            t = next(t for t in self.reader.tensors if t.name == "rope_freqs.weight")
+            t = next(t for t in self.tensors if t.name == "rope_freqs.weight")
             self.config.rope_scaling = {"rope_type": "freq_factors",
-                                        "factors": np.array(t.data, dtype=np.float32).tolist()}
+                                        "factors": self._dequantize(t).reshape(-1).tolist()}
 
     @property
     def quantization(self) -> str:
         """The file's most common type among 2-D weights, e.g. "Q4_1"."""
         from collections import Counter
-        kinds = Counter(t.tensor_type.name for t in self.reader.tensors if len(t.shape) == 2)
+        from gguf import GGMLQuantizationType
+        kinds = Counter(GGMLQuantizationType(t.type_code).name for t in self.tensors if len(t.shape) == 2)
         return kinds.most_common(1)[0][0] if kinds else "F32"
 
     def tokenizer(self) -> Tokenizer:
         return tokenizer_from_gguf(self.meta)
 
     def num_tensors(self) -> int:
-        return len(self.reader.tensors)
+        return len(self.tensors)
+
+    def _dequantize(self, t) -> np.ndarray:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+        from gguf.quants import dequantize
+        qtype = GGMLQuantizationType(t.type_code)
+        shape = tuple(int(d) for d in reversed(t.shape))  # row-major: (out, in)
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        raw = np.frombuffer(self._buf, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        raw = raw.reshape(*shape[:-1], shape[-1] // block * type_size)
+        if qtype == GGMLQuantizationType.F32:
+            return raw.view(np.float32).reshape(shape)
+        try:
+            return dequantize(raw, qtype).reshape(shape)
+        except NotImplementedError as e:
+            raise ValueError(f"{t.name}: tensor type {qtype.name} cannot be dequantized") from e
 
     def weights(self):
-        from gguf.quants import dequantize
+        from concurrent.futures import ThreadPoolExecutor
+        wanted = [(t, hf_name(t.name)) for t in self.tensors if hf_name(t.name) is not None]
+        # numpy releases the GIL in the bulk of dequantization: two tensors at a time
+        with ThreadPoolExecutor(2) as pool:
+            for (t, name), w in zip(wanted, pool.map(lambda tn: self._dequantize(tn[0]), wanted)):
+                yield name, self._finish(t, w)
+
+    def _finish(self, t, w: np.ndarray) -> torch.Tensor:
         cfg = self.config
-        for t in self.reader.tensors:
-            name = hf_name(t.name)
-            if name is None:
-                continue
-            shape = tuple(int(d) for d in reversed(t.shape))
-            try:
-                w = dequantize(t.data, t.tensor_type).reshape(shape)
-            except NotImplementedError as e:
-                raise ValueError(f"{t.name}: tensor type {t.tensor_type.name} cannot be dequantized") from e
-            if cfg.architecture == "llama":
-                if t.name.endswith("attn_q.weight") or t.name.endswith("attn_q.bias"):
-                    w = unpermute_qk(w, cfg.num_heads)
-                elif t.name.endswith("attn_k.weight") or t.name.endswith("attn_k.bias"):
-                    w = unpermute_qk(w, cfg.num_kv_heads)
-            yield name, torch.from_numpy(np.array(w, dtype=np.float32))  # a writable copy
+        if cfg.architecture == "llama":
+            if t.name.endswith("attn_q.weight") or t.name.endswith("attn_q.bias"):
+                w = unpermute_qk(w, cfg.num_heads)
+            elif t.name.endswith("attn_k.weight") or t.name.endswith("attn_k.bias"):
+                w = unpermute_qk(w, cfg.num_kv_heads)
+        return torch.from_numpy(np.array(w, dtype=np.float32))  # a writable copy
