@@ -34,7 +34,7 @@ def long_document(i: int, words: int = 700) -> str:
 SHARED_SYSTEM = ("You are the support assistant of a large online shop. Follow these rules carefully. "
                  + " ".join(f"Rule {k}: always answer politely, mention the order number when the customer "
                             f"gives one, never promise a delivery date you cannot check, and keep answers "
-                            f"short and useful." for k in range(1, 26)))
+                            f"short and useful." for k in range(1, 30)))
 
 
 def prompt_set(name: str, n: int) -> list[list[dict]]:

@@ -18,6 +18,10 @@ class Ledger:
         self.path = path
         self.lock = threading.Lock()
         self.db = sqlite3.connect(path, check_same_thread=False)
+        # WAL + NORMAL: a commit per request without an fsync per request (a crash may lose
+        # the last few rows, never corrupt the file)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(_SCHEMA)
         self.db.commit()
 
