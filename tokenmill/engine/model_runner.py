@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..config import EngineConfig
 from ..model.layers.attention import AttentionMetadata
+from ..model.layers.native import kernels
 from ..model.layers.quantized import quantize_model
 from ..model.llama import LlamaForCausalLM
 from .request import Request
@@ -64,6 +65,10 @@ class ModelRunner:
                            torch.zeros(shape, dtype=self.dtype, device=self.device))
                           for _ in range(cfg.num_layers)]
         self._block_offsets = torch.arange(config.block_size)
+        # the C++ attention kernel: CPU, float32, head_dim a multiple of 16; built (or found in
+        # torch's extension cache) now, so that no request waits for a compiler
+        self.use_native = (self.device.type == "cpu" and self.dtype == torch.float32
+                           and cfg.head_dim % 16 == 0 and kernels() is not None)
 
     def _slots(self, req: Request, num_ctx: int) -> torch.Tensor:
         # (ctx,) cache slot of every context position, through the request's block table
@@ -83,11 +88,11 @@ class ModelRunner:
             row = len(input_ids)
             input_ids.extend(req.all_token_ids[start:start + n])
             positions.extend(range(start, start + n))
-            seqs.append((row, n, self._slots(req, start + n)))
+            seqs.append((row, n, self._slots(req, start + n), req.num_prompt_tokens))
             if start + n == req.num_tokens:
                 sample_rows.append(row + n - 1)
                 sample_reqs.append(req)
-        meta = AttentionMetadata.build(seqs, self.device, self.block_size)
+        meta = AttentionMetadata.build(seqs, self.device, self.block_size, self.use_native)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         hidden = self.model(ids, pos, meta, self.kv_caches)  # (T, hidden)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .native import kernels
+
 
 BUCKET = 128  # context lengths are padded to a multiple of this (measured: 128 beats 256)
 
@@ -41,26 +43,59 @@ class AttentionGroup:
 @dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor      # (T,) cache slot written by each new token
-    groups: list[AttentionGroup]
+    groups: list[AttentionGroup]    # rows for the PyTorch path
+    # rows for the C++ kernel (one query row at a time); None: no kernel this step
+    rows: torch.Tensor | None = None          # (R,) their place in the batch
+    row_seq: torch.Tensor | None = None       # (R,) their row of block_tables
+    row_ctx: torch.Tensor | None = None       # (R,) how many keys each sees (position + 1)
+    block_tables: torch.Tensor | None = None  # (S, max_blocks)
 
     @staticmethod
-    def build(seqs: list[tuple[int, int, torch.Tensor]], device: torch.device, block_size: int,
-              decode_split: bool = True) -> "AttentionMetadata":
+    def build(seqs: list[tuple], device: torch.device, block_size: int,
+              native: bool = False) -> "AttentionMetadata":
         """seqs: per sequence (first row in the flattened batch, number of new tokens, (ctx,)
-        long tensor of cache slots of the whole context including the new tokens; slot =
-        block * block_size + offset)."""
+        long tensor of cache slots of the whole context including the new tokens (slot =
+        block * block_size + offset), and optionally the prompt length).
+
+        native: the kernel takes every token past the prompt (decodes, and generated tokens
+        recomputed after a preemption); prompt tokens take the PyTorch path. Each token thus
+        goes the same way however the batch is made up, chunked or preempted."""
         if BUCKET % block_size:
             raise ValueError(f"block_size must divide {BUCKET}")
-        slot_mapping = torch.cat([slots[len(slots) - n_new:] for _, n_new, slots in seqs])
+        slot_mapping = torch.cat([s[2][len(s[2]) - s[1]:] for s in seqs])
         buckets: dict[tuple[int, int], list] = {}
-        for i, s in enumerate(seqs):
+        kernel_rows, kernel_seqs = [], []
+        for i, (start, n_new, slots, *rest) in enumerate(seqs):
+            first = len(slots) - n_new  # position of the first new token
+            n_torch = n_new
+            if native:
+                num_prompt = rest[0] if rest else len(slots)
+                n_torch = min(n_new, max(0, num_prompt - first))
+                if n_torch < n_new:
+                    kernel_rows += [(start + r, len(kernel_seqs), first + r + 1) for r in range(n_torch, n_new)]
+                    kernel_seqs.append(slots)
+            if n_torch == 0:
+                continue
+            ctx_slots = slots[:first + n_torch]
             # decodes share a group per context bucket; each prefill chunk gets its own group
             # (no query padding; a step rarely has more than a couple of them)
-            kind = -1 if (decode_split and s[1] == 1) else i
-            key = (kind, -(-len(s[2]) // BUCKET) * BUCKET)
-            buckets.setdefault(key, []).append(s)
+            kind = -1 if n_torch == 1 else i
+            key = (kind, -(-len(ctx_slots) // BUCKET) * BUCKET)
+            buckets.setdefault(key, []).append((start, n_torch, ctx_slots))
         groups = [_build_group(b, device, ctx_pad, block_size) for (_, ctx_pad), b in buckets.items()]
-        return AttentionMetadata(slot_mapping.to(device), groups)
+        meta = AttentionMetadata(slot_mapping.to(device), groups)
+        if kernel_rows:
+            max_blocks = max(-(-len(sl) // block_size) for sl in kernel_seqs)
+            tables = torch.zeros(len(kernel_seqs), max_blocks, dtype=torch.long)
+            for i, sl in enumerate(kernel_seqs):
+                heads = sl[::block_size]  # the first slot of each block
+                tables[i, :len(heads)] = heads // block_size
+            rows, seq, ctx = zip(*kernel_rows)
+            meta.rows = torch.tensor(rows, device=device)
+            meta.row_seq = torch.tensor(seq, device=device)
+            meta.row_ctx = torch.tensor(ctx, device=device)
+            meta.block_tables = tables.to(device)
+        return meta
 
 
 def _build_group(seqs, device, C: int, block_size: int) -> AttentionGroup:
@@ -94,6 +129,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     k_cache: torch.Tensor, v_cache: torch.Tensor,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
     # q: (T, Hq, D); k, v: (T, Hkv, D); caches: (Hkv, num_blocks, block_size, D).
+    # Rows that the metadata gives to the C++ kernel (csrc/paged_attention.cpp: generated tokens,
+    # CPU, float32) read the cache in place; prompt chunks (where batched matmuls win) and
+    # everything on other devices take the PyTorch path, also the kernel's test reference.
     # Heads first and whole blocks gathered: a context comes out as one contiguous
     # (Hkv, B, C, D) tensor, copied in 4 KB runs, that batched matmuls read in place.
     T, Hq, D = q.shape
@@ -102,8 +140,11 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     flat_v = v_cache.view(Hkv, num_blocks * block_size, D)
     flat_k.index_copy_(1, meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
     flat_v.index_copy_(1, meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
-    G = Hq // Hkv  # query heads per kv head (GQA): they share one K/V read
     out = torch.empty_like(q)
+    if meta.rows is not None:  # generated tokens: the kernel reads the cache in place
+        out[meta.rows] = kernels().paged_attention_rows(q[meta.rows], k_cache, v_cache, meta.row_seq,
+                                                        meta.row_ctx, meta.block_tables, scale)
+    G = Hq // Hkv  # query heads per kv head (GQA): they share one K/V read
     for g in meta.groups:
         B, Q = g.q_index.shape
         C = g.kv_blocks.shape[1] * block_size
