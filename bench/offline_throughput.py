@@ -45,6 +45,11 @@ def main():
              "output_tok_per_s": round(n_out / dt, 1)}
         results.append(r)
         print(f"concurrency {c:3d}: {n_out:5d} output tokens in {dt:6.2f} s -> {n_out / dt:7.1f} tok/s")
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kv = llm.engine.runner.num_blocks * llm.engine.config.block_size
+    print(f"quantization {llm.engine.runner.quantization}: peak RSS {rss:.0f} MB "
+          f"(KV cache {llm.engine.config.kv_cache_memory_gib} GiB = {kv} tokens)")
     print(json.dumps(results))
 
 

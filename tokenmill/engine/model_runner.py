@@ -61,9 +61,14 @@ class ModelRunner:
         if self.num_blocks < 1:
             raise ValueError("kv_cache_memory_gib is too small for a single KV block")
         shape = (cfg.num_kv_heads, self.num_blocks, config.block_size, cfg.head_dim)  # heads first
-        self.kv_caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
-                           torch.zeros(shape, dtype=self.dtype, device=self.device))
-                          for _ in range(cfg.num_layers)]
+        # One allocation for all layers. On CPU, a large torch.empty (far above glibc's 32 MiB
+        # mmap threshold) is a fresh anonymous mmap: zero pages that the OS hands out lazily, so
+        # start-up does not pay to write 1 GiB of zeros (1.2 s here). Zeros matter: padded reads
+        # of unwritten slots are multiplied by 0. Small caches may come from reused heap: zeroed.
+        nbytes = 2 * cfg.num_layers * self.num_blocks * bytes_per_block // 2
+        alloc = torch.empty if self.device.type == "cpu" and nbytes >= 256 * 2**20 else torch.zeros
+        self._kv = alloc((cfg.num_layers, 2, *shape), dtype=self.dtype, device=self.device)
+        self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
         self._block_offsets = torch.arange(config.block_size)
         # the C++ attention kernel: CPU, float32, head_dim a multiple of 16; built (or found in
         # torch's extension cache) now, so that no request waits for a compiler

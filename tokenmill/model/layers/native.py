@@ -1,14 +1,44 @@
 """Our C++ kernels (tokenmill/csrc), built on first use with torch.utils.cpp_extension and
-cached by torch (~/.cache/torch_extensions). If a compiler is missing or the build fails,
-callers fall back to the pure-PyTorch path, which the tests compare the kernels against."""
+cached by torch (~/.cache/torch_extensions). The module name carries a hash of the source, so
+a cached build is imported directly (importing cpp_extension and checking the build costs a
+second or more of start-up) and a changed source builds anew. If a compiler is missing or the
+build fails, callers fall back to the pure-PyTorch path, which the tests compare kernels against."""
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
+import importlib.util
 import os
+import sys
 import threading
 
+import torch
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "csrc", "paged_attention.cpp")
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 _lock = threading.Lock()
 _module = None
 _failed: str | None = None
+
+
+def _name() -> str:
+    with open(_SOURCE, "rb") as f:
+        digest = hashlib.sha1(f.read() + " ".join(_FLAGS).encode()).hexdigest()[:10]
+    return f"tokenmill_kernels_{digest}"
+
+
+def _cached(name: str):
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "torch_extensions")
+    flavour = "cpu" if torch.version.cuda is None else f"cu{torch.version.cuda.replace('.', '')}"
+    path = os.path.join(base, f"py{sys.version_info.major}{sys.version_info.minor}_{flavour}", name, name + ".so")
+    if not os.path.exists(path):
+        return None
+    spec = importlib.util.spec_from_file_location(name, path,
+                                                  loader=importlib.machinery.ExtensionFileLoader(name, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def kernels():
@@ -22,11 +52,12 @@ def kernels():
     with _lock:
         if _module is None and _failed is None:
             try:
-                from torch.utils.cpp_extension import load
-                src = os.path.join(os.path.dirname(__file__), "..", "..", "csrc", "paged_attention.cpp")
-                _module = load(name="tokenmill_paged_attention_v1", sources=[os.path.abspath(src)],
-                               extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
-                               extra_ldflags=["-fopenmp"], verbose=False)
+                name = _name()
+                _module = _cached(name)
+                if _module is None:
+                    from torch.utils.cpp_extension import load
+                    _module = load(name=name, sources=[os.path.abspath(_SOURCE)], extra_cflags=_FLAGS,
+                                   extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as e:  # no compiler, no headers...: the PyTorch path still works
                 _failed = f"{type(e).__name__}: {e}"
     return _module
