@@ -65,7 +65,7 @@ class ModelRunner:
         # mmap threshold) is a fresh anonymous mmap: zero pages that the OS hands out lazily, so
         # start-up does not pay to write 1 GiB of zeros (1.2 s here). Zeros matter: padded reads
         # of unwritten slots are multiplied by 0. Small caches may come from reused heap: zeroed.
-        nbytes = 2 * cfg.num_layers * self.num_blocks * bytes_per_block // 2
+        nbytes = self.num_blocks * bytes_per_block
         alloc = torch.empty if self.device.type == "cpu" and nbytes >= 256 * 2**20 else torch.zeros
         self._kv = alloc((cfg.num_layers, 2, *shape), dtype=self.dtype, device=self.device)
         self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
