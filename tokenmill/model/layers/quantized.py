@@ -6,6 +6,8 @@ activations with one range per call, which would make a request's output depend 
 requests in the batch; so we scale each token row to max|x| = 1 first and append one
 calibration row [1, -1, 0...] that pins the range to [-1, 1] in every call. Activations are then
 quantized per token, and each row's result is independent of the batch (bitwise).
+Quality on the bundled model (tokenmill eval perplexity): weights alone at int8 cost +0.65%
+perplexity; fbgemm's 8-bit activations bring it to +2.6%.
 
 Elsewhere (CUDA, or no fbgemm) the same int8 weights run through a pure-PyTorch weight-only
 path, which the tests also use as the reference.
@@ -21,6 +23,20 @@ from torch import nn
 from .linear import Linear
 
 QUANTIZATIONS = ("none", "int8")
+
+
+def _has_avx512_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vnni" in f.read()
+    except OSError:
+        return False
+
+
+# fbgemm's AVX2 kernels add u8 x s8 pairs in int16, which can saturate: there activations get
+# 7 bits (reduce_range). With AVX-512 VNNI the products accumulate in int32, so 8 bits are safe;
+# measured here: perplexity +2.6% over fp32 with 8 bits, +10% with 7.
+REDUCE_RANGE = not _has_avx512_vnni()
 
 
 def _fbgemm_available() -> bool:
@@ -56,7 +72,7 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features).float()                   # (T, in)
         row_scale = x2.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)  # (T, 1)
         xn = torch.cat([x2 / row_scale, self._calib])                   # (T+1, in), range [-1, 1]
-        y = torch.ops.quantized.linear_dynamic(xn, self.packed, True)[:-1]  # (T, out)
+        y = torch.ops.quantized.linear_dynamic(xn, self.packed, REDUCE_RANGE)[:-1]  # (T, out)
         if self.bias is not None:  # bias was added before the row scale came back: undo, redo
             y = (y - self.bias) * row_scale + self.bias
         else:
