@@ -61,17 +61,19 @@ def test_replica_killed_mid_burst_fails_no_request(tiny_router_model, logs):
     r = router([a for s in rs for a in ("--backend", s.url)] + ["--ledger", str(logs / "failover.db")],
                logs, "failover")
     try:
-        body = dict(BODY, max_tokens=300, ignore_eos=True)  # long enough to be in flight
+        body = dict(BODY, max_tokens=1500, ignore_eos=True)  # long enough to be in flight
         with cf.ThreadPoolExecutor(24) as pool:
-            futs = [pool.submit(httpx.post, r.url + "/v1/chat/completions", json=body, timeout=120)
+            futs = [pool.submit(httpx.post, r.url + "/v1/chat/completions", json=body, timeout=300)
                     for _ in range(24)]
-            time.sleep(1.0)
             victim = rs[1]
-            assert victim.metric("tokenmill:num_requests_running") > 0  # it had work in flight
+            deadline = time.time() + 30
+            while victim.metric("tokenmill:num_requests_running") < 2:  # it has work in flight
+                assert time.time() < deadline, "the burst never reached the victim"
+                time.sleep(0.05)
             victim.kill()
             results = [f.result() for f in futs]
         assert [x.status_code for x in results] == [200] * 24
-        assert all(x.json()["usage"]["completion_tokens"] == 300 for x in results)
+        assert all(x.json()["usage"]["completion_tokens"] == 1500 for x in results)
         assert r.metric("tokenmill_router:retries_total") >= 1
         assert r.metric("tokenmill_router:backend_healthy", label=victim.url) == 0
         # it comes back on the same port and is readmitted
