@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import os
 import signal
 import sys
+import types
 import typing
 
 from .config import EngineConfig
@@ -20,7 +23,7 @@ def _flag_type(hint):
     """Map a dataclass field type to (argparse kwargs)."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:  # X | None
         return _flag_type(args[0])
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
@@ -125,7 +128,6 @@ def cmd_chat(args) -> int:
 def _serve_replicas(args, argv: list[str]) -> int:
     """`serve --replicas N`: N engine processes on the next ports, threads split between them,
     and a router in front on --port."""
-    import os
     import subprocess
     import uvicorn
 
@@ -245,7 +247,7 @@ def router_config(args):
     api_keys = {}
     for k in args.api_key or []:
         name, _, key = k.rpartition("=") if "=" in k else ("", "", k)
-        api_keys[key] = name or "key-" + __import__("hashlib").sha256(key.encode()).hexdigest()[:8]
+        api_keys[key] = name or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
     return RouterConfig(
         routes=routes, policy=args.policy, health_interval_s=args.health_interval,
         max_queue=args.max_queue, max_outstanding=args.max_outstanding, cache_url=args.cache_url,
@@ -294,7 +296,6 @@ def cmd_router(args) -> int:
 
 def cmd_usage(args) -> int:
     from .router.ledger import usage_report
-    import os
     if not os.path.exists(args.ledger):
         raise FileNotFoundError(f"no ledger at {args.ledger}")
     rows = usage_report(args.ledger, args.by)
