@@ -3,7 +3,6 @@
 Checks prefill logits and step-by-step decode logits through the paged KV cache, for llama
 (separate output layer) and qwen2 (q/k/v biases, tied embeddings), loaded from a Hugging Face
 directory and from GGUF files (llama: q/k permuted by the converter, which we must undo)."""
-import numpy as np
 import pytest
 import torch
 

@@ -4,7 +4,7 @@ import torch
 
 from tokenmill import SamplingParams
 from tokenmill.model.layers.linear import Linear, MergedLinear
-from tokenmill.model.layers.quantized import Int8Linear, quantize_model, reference_int8_linear
+from tokenmill.model.layers.quantized import Int8Linear, reference_int8_linear
 
 
 def layer(inp=576, out=1536, bias=True, seed=0):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field
 
 from ..config import EngineConfig

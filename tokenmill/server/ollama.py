@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import __version__
 from ..model.loader.chat_template import ChatTemplateError
 from .errors import APIError, pydantic_message
-from .serving import generate, make_params, until_disconnect
+from .serving import final_output, generate, make_params
 
 router = APIRouter()
 
@@ -147,13 +147,7 @@ async def _respond(request, state, body, prompt_ids, kind: str):
                 yield json.dumps({"error": e.message}) + "\n"
         return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
-    async def collect():
-        final = None
-        async for out in stream:
-            final = out
-        return final
-
-    final = await until_disconnect(request, collect())
+    final = await final_output(request, stream)
     return JSONResponse({**piece(final.outputs[0].text), **_final_stats(final, started)})
 
 

@@ -9,11 +9,11 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..engine.outputs import CompletionOutput, RequestOutput
+from ..engine.outputs import CompletionOutput
 from ..model.loader.chat_template import ChatTemplateError
 from .errors import APIError
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
-from .serving import generate, make_params, new_id, until_disconnect
+from .serving import final_output, generate, make_params, new_id, until_disconnect
 
 router = APIRouter()
 
@@ -139,13 +139,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         return StreamingResponse(_chat_stream(stream, rid, created, model, tok, params, len(prompt_ids),
                                               include_usage), media_type="text/event-stream")
 
-    async def collect() -> RequestOutput:
-        final = None
-        async for out in stream:
-            final = out
-        return final
-
-    final = await until_disconnect(request, collect())
+    final = await final_output(request, stream)
     choices = []
     for c in final.outputs:
         choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},

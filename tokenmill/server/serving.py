@@ -113,6 +113,16 @@ async def _with_metrics(state, first, stream):
             state.metrics.observe_aborted(len(out.outputs))
 
 
+async def final_output(request: Request, stream) -> RequestOutput:
+    """The last output of a non-streaming request, or 499 if the client leaves first."""
+    async def last():
+        out = None
+        async for out in stream:
+            pass
+        return out
+    return await until_disconnect(request, last())
+
+
 async def until_disconnect(request: Request, coro):
     """Await coro, but cancel it (which aborts its engine request) if the client disconnects
     first. Starlette's StreamingResponse does the same for streams by itself."""

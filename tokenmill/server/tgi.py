@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from .errors import APIError
-from .serving import generate, make_params, until_disconnect
+from .serving import final_output, generate, make_params
 
 router = APIRouter()
 
@@ -88,21 +88,18 @@ def _top(tok, top: dict) -> list[dict]:
     return [_token(tok, i, v) for i, v in top.items()]
 
 
-async def _generate(body: GenerateRequest, request: Request):
+async def _start(body: GenerateRequest, request: Request):
+    """(tokenizer, parameters, engine output stream, text to put before the answer)"""
     state = _state(request)
     engine, ids, params = _prepare(state, body)
-    tok = engine.tokenizer
     p = body.parameters
     stream = await generate(state, ids, params)
-    prefix = body.inputs if p.return_full_text else ""
+    return engine.tokenizer, p, stream, body.inputs if p.return_full_text else ""
 
-    async def collect():
-        final = None
-        async for out in stream:
-            final = out
-        return final
 
-    final = await until_disconnect(request, collect())
+async def _generate(body: GenerateRequest, request: Request):
+    tok, p, stream, prefix = await _start(body, request)
+    final = await final_output(request, stream)
     c = final.outputs[0]
     result = {"generated_text": prefix + c.text}
     if p.details:
@@ -115,12 +112,7 @@ async def _generate(body: GenerateRequest, request: Request):
 
 
 async def _generate_stream(body: GenerateRequest, request: Request):
-    state = _state(request)
-    engine, ids, params = _prepare(state, body)
-    tok = engine.tokenizer
-    p = body.parameters
-    stream = await generate(state, ids, params)
-    prefix = body.inputs if p.return_full_text else ""
+    tok, p, stream, prefix = await _start(body, request)
 
     async def sse():
         index = 0
