@@ -1,14 +1,15 @@
-"""Paged attention in plain PyTorch.
+"""Paged attention: a C++ kernel for generated tokens, PyTorch for prompt chunks.
 
 Every layer first writes the step's new K/V into the paged cache (slot_mapping), then each
 sequence reads its whole context back through its block table. Because all writes of a layer
 happen before any read, a sequence may read blocks that another sequence of the same step is
 filling (this is how n>1 samples and same-step prefix hits share prompt blocks).
 
-Decodes (1 query token) are grouped by context bucket (context length rounded up to a
-multiple of BUCKET) and each group runs as one padded batched attention; each prefill chunk
-runs on its own (no query padding). A step costs a few kernel calls per layer, not one per
-request.
+Tokens past the prompt go to csrc/paged_attention.cpp (CPU, float32), which reads the cache in
+place one query row at a time. Prompt chunks (and every token where the kernel cannot run) take
+the PyTorch path: single-token rows are grouped by context bucket (context length rounded up to
+a multiple of BUCKET), each group one padded batched attention; each prompt chunk runs on its
+own (no query padding). A step costs a few kernel calls per layer, not one per request.
 
 Batch invariance: a sequence's result must not depend on what else is in the batch (same
 greedy tokens alone or batched; int8 activation rounding would amplify any drift). Every
