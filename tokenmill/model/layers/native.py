@@ -14,16 +14,20 @@ import threading
 
 import torch
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "csrc", "paged_attention.cpp")
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "csrc")
+_SOURCES = sorted(os.path.abspath(os.path.join(_DIR, f)) for f in os.listdir(_DIR) if f.endswith(".cpp"))
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
 _lock = threading.Lock()
 _module = None
 _failed: str | None = None
 
 
 def _name() -> str:
-    with open(_SOURCE, "rb") as f:
-        digest = hashlib.sha1(f.read() + " ".join(_FLAGS).encode()).hexdigest()[:10]
+    h = hashlib.sha1(" ".join(_FLAGS).encode())
+    for path in _SOURCES:
+        with open(path, "rb") as f:
+            h.update(f.read())
+    digest = h.hexdigest()[:10]
     return f"tokenmill_kernels_{digest}"
 
 
@@ -56,7 +60,7 @@ def kernels():
                 _module = _cached(name)
                 if _module is None:
                     from torch.utils.cpp_extension import load
-                    _module = load(name=name, sources=[os.path.abspath(_SOURCE)], extra_cflags=_FLAGS,
+                    _module = load(name=name, sources=_SOURCES, extra_cflags=_FLAGS,
                                    extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as e:  # no compiler, no headers...: the PyTorch path still works
                 _failed = f"{type(e).__name__}: {e}"

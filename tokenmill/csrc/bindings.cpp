@@ -1,0 +1,15 @@
+// The Python module of our kernels: one extension built from every .cpp in this folder.
+#include <torch/extension.h>
+
+torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                                   torch::Tensor row_seq, torch::Tensor row_ctx,
+                                   torch::Tensor block_tables, double scale);
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale,
+                          torch::Tensor wsum, torch::Tensor bias, int64_t gemm_min_rows);
+bool int8_linear_has_vnni();
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_attention_rows", &paged_attention_rows, "paged attention, one query row at a time");
+  m.def("int8_linear", &int8_linear, "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");
+  m.def("int8_linear_has_vnni", &int8_linear_has_vnni, "whether the AVX-512 VNNI row loop runs here");
+}
