@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tokenmill.model.layers.attention import AttentionMetadata, paged_attention
+from tokenmill.model.layers.attention import AttentionMetadata, paged_attention, write_cache
 from tokenmill.model.layers.native import kernels
 
 H, HKV, D, BS, NB = 9, 3, 64, 16, 64
@@ -29,6 +29,11 @@ def setup(seqs_spec, seed=0, native=True):
     return q, k, v, kc, vc, AttentionMetadata.build(seqs, torch.device("cpu"), BS, native)
 
 
+def attend(q, k, v, kc, vc, meta, scale):
+    write_cache(k, v, kc, vc, meta)
+    return paged_attention(q, kc, vc, meta, scale)
+
+
 def test_kernel_is_built():
     assert kernels() is not None, "the C++ kernel did not build (is a C++ compiler installed?)"
 
@@ -37,22 +42,22 @@ def test_kernel_is_built():
 def test_kernel_matches_pytorch_path(spec):
     q, k, v, kc, vc, meta = setup(spec)
     assert meta.rows is not None and not meta.groups  # all rows to the kernel
-    got = paged_attention(q, k, v, kc.clone(), vc.clone(), meta, D ** -0.5)
+    got = attend(q, k, v, kc.clone(), vc.clone(), meta, D ** -0.5)
     q, k, v, kc, vc, ref_meta = setup(spec, native=False)
     assert ref_meta.rows is None
-    ref = paged_attention(q, k, v, kc.clone(), vc.clone(), ref_meta, D ** -0.5)
+    ref = attend(q, k, v, kc.clone(), vc.clone(), ref_meta, D ** -0.5)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_rows_do_not_depend_on_the_batch():
     spec = [(40, 1), (300, 1), (100, 30), (77, 1)]
     q, k, v, kc, vc, meta = setup(spec, seed=1)
-    batched = paged_attention(q, k, v, kc, vc, meta, 0.125)
+    batched = attend(q, k, v, kc, vc, meta, 0.125)
     for i, row in enumerate(meta.rows.tolist()):  # each token alone, same cache contents
         table = meta.block_tables[int(meta.row_seq[i])]
         slots = (table[:, None] * BS + torch.arange(BS)).flatten()[:int(meta.row_ctx[i])]
         alone_meta = AttentionMetadata.build([(0, 1, slots, 0)], torch.device("cpu"), BS, True)
-        alone = paged_attention(q[row:row + 1], k[row:row + 1], v[row:row + 1], kc, vc, alone_meta, 0.125)
+        alone = attend(q[row:row + 1], k[row:row + 1], v[row:row + 1], kc, vc, alone_meta, 0.125)
         assert torch.equal(alone, batched[row:row + 1])
 
 

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers.attention import AttentionMetadata, paged_attention
+from .layers.attention import AttentionMetadata, paged_attention, write_cache
 from .layers.linear import Linear, MergedLinear
+from .layers.native import fused_ops
 from .layers.norm import RMSNorm
 from .layers.rope import RotaryEmbedding
 
@@ -26,12 +27,20 @@ class Attention(nn.Module):
 
     def forward(self, x, positions, rope, meta, k_cache, v_cache):
         T = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        qkv = self.qkv_proj(x)                           # (T, (Hq + 2 Hkv) * D)
+        kern = fused_ops(qkv)
+        if kern is not None and k_cache.dtype == torch.float32:
+            # rotary in place and the new k, v into the cache: one call
+            kern.rope_and_cache(qkv, positions, rope.cos, rope.sin, k_cache, v_cache,
+                                meta.slot_mapping, self.num_heads, self.num_kv_heads)
+        q, k, v = qkv.split(self.split, dim=-1)
         q = q.view(T, self.num_heads, self.head_dim)     # (T, Hq, D)
         k = k.view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(T, self.num_kv_heads, self.head_dim)
-        q, k = rope(positions, q, k)
-        o = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)
+        if kern is None or k_cache.dtype != torch.float32:
+            q, k = rope(positions, q, k)
+            write_cache(k, v, k_cache, v_cache, meta)
+        o = paged_attention(q, k_cache, v_cache, meta, self.scale)
         return self.o_proj(o.reshape(T, -1))
 
 
@@ -43,7 +52,11 @@ class MLP(nn.Module):
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)  # (T, 2 * intermediate)
+        kern = fused_ops(gate_up)
+        if kern is not None:
+            return self.down_proj(kern.silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -55,9 +68,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, positions, rope, meta, kv):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, meta, *kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, positions, rope, meta, kv):
+        # x: the previous layer's output (for layer 0, the embeddings, and residual None);
+        # residual: the stream before it. Returns this layer's (output, residual).
+        if residual is None:
+            residual = x
+            x = self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, positions, rope, meta, *kv)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 # Hugging Face parameter name suffix -> (module suffix, shard) for fused projections.
@@ -85,10 +106,10 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         # input_ids, positions: (T,) -> hidden: (T, hidden)
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         for layer, kv in zip(self.layers, kv_caches):
-            x = layer(x, positions, self.rope, meta, kv)
-        return self.norm(x)
+            x, residual = layer(x, residual, positions, self.rope, meta, kv)
+        return self.norm(x, residual)[0]
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

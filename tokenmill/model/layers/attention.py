@@ -126,10 +126,17 @@ def _build_group(seqs, device, C: int, block_size: int) -> AttentionGroup:
         dst=torch.tensor(dst, dtype=torch.long, device=device))
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    k_cache: torch.Tensor, v_cache: torch.Tensor,
+def write_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                meta: AttentionMetadata) -> None:
+    # k, v: (T, Hkv, D) -> the cache slots of meta.slot_mapping
+    Hkv, num_blocks, block_size, D = k_cache.shape
+    k_cache.view(Hkv, -1, D).index_copy_(1, meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
+    v_cache.view(Hkv, -1, D).index_copy_(1, meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    # q: (T, Hq, D); k, v: (T, Hkv, D); caches: (Hkv, num_blocks, block_size, D).
+    # q: (T, Hq, D); caches: (Hkv, num_blocks, block_size, D), this step's k, v already written.
     # Rows that the metadata gives to the C++ kernel (csrc/paged_attention.cpp: generated tokens,
     # CPU, float32) read the cache in place; prompt chunks (where batched matmuls win) and
     # everything on other devices take the PyTorch path, also the kernel's test reference.
@@ -137,11 +144,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     # (Hkv, B, C, D) tensor, copied in 4 KB runs, that batched matmuls read in place.
     T, Hq, D = q.shape
     Hkv, num_blocks, block_size, _ = k_cache.shape
-    flat_k = k_cache.view(Hkv, num_blocks * block_size, D)
-    flat_v = v_cache.view(Hkv, num_blocks * block_size, D)
-    flat_k.index_copy_(1, meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
-    flat_v.index_copy_(1, meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
-    out = torch.empty_like(q)
+    out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
     if meta.rows is not None:  # generated tokens: the kernel reads the cache in place
         out[meta.rows] = kernels().paged_attention_rows(q[meta.rows], k_cache, v_cache, meta.row_seq,
                                                         meta.row_ctx, meta.block_tables, scale)

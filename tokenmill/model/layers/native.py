@@ -65,3 +65,10 @@ def kernels():
             except Exception as e:  # no compiler, no headers...: the PyTorch path still works
                 _failed = f"{type(e).__name__}: {e}"
     return _module
+
+
+def fused_ops(x: torch.Tensor):
+    """The kernel module when x can take the fused row ops (CPU, float32), else None."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    return kernels()
