@@ -39,11 +39,13 @@ def test_kernel_is_built():
 
 
 @pytest.mark.parametrize("spec", [[(1, 1)], [(40, 1), (300, 1), (17, 17)], [(100, 30), (5, 1), (260, 260), (129, 1)]])
-def test_kernel_matches_pytorch_path(spec):
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+def test_kernel_matches_pytorch_path(spec, cache_dtype):
     q, k, v, kc, vc, meta = setup(spec)
+    kc, vc = kc.to(cache_dtype), vc.to(cache_dtype)
     assert meta.rows is not None and not meta.groups  # all rows to the kernel
     got = attend(q, k, v, kc.clone(), vc.clone(), meta, D ** -0.5)
-    q, k, v, kc, vc, ref_meta = setup(spec, native=False)
+    _, _, _, _, _, ref_meta = setup(spec, native=False)
     assert ref_meta.rows is None
     ref = attend(q, k, v, kc.clone(), vc.clone(), ref_meta, D ** -0.5)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

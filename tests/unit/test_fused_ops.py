@@ -32,7 +32,8 @@ def test_silu_mul():
     torch.testing.assert_close(kernels().silu_mul(gate_up), F.silu(gate) * up, rtol=1e-6, atol=1e-6)
 
 
-def test_rope_and_cache_equal_the_pytorch_path():
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+def test_rope_and_cache_equal_the_pytorch_path(cache_dtype):
     torch.manual_seed(0)
     Hq, Hkv, D, NB, BS = 9, 3, 64, 8, 16
     rope = RotaryEmbedding(D, 512, 10000.0)
@@ -41,7 +42,8 @@ def test_rope_and_cache_equal_the_pytorch_path():
     positions = torch.randint(0, 512, (T,))
     slots = torch.randperm(NB * BS)[:T]
     meta = AttentionMetadata(slot_mapping=slots, groups=[])
-    kc, vc = torch.zeros(Hkv, NB, BS, D), torch.zeros(Hkv, NB, BS, D)
+    kc = torch.zeros(Hkv, NB, BS, D, dtype=cache_dtype)
+    vc = torch.zeros(Hkv, NB, BS, D, dtype=cache_dtype)
     q, k, v = qkv.split((Hq * D, Hkv * D, Hkv * D), dim=-1)
     q_ref, k_ref = rope(positions, q.reshape(T, Hq, D), k.reshape(T, Hkv, D))
     kc_ref, vc_ref = kc.clone(), vc.clone()

@@ -82,16 +82,22 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
   return out;
 }
 
+template <typename C>
+void store_row(const float* src, int64_t D, C* dst) {
+  for (int64_t i = 0; i < D; ++i) dst[i] = static_cast<C>(src[i]);  // float16: round to nearest
+}
+
 // qkv: (T, (Hq + 2 Hkv) * D), rows [q heads | k heads | v heads]. Rotates q and k in place
 // ("rotate half" layout: x * cos + rotate_half(x) * sin, the same two products and one add
 // per element as the PyTorch path, so bitwise equal) and writes k, v into the caches
-// (Hkv, num_blocks * block_size, D) at slot_mapping (T,). cos, sin: (max_position, D).
-void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
+// (Hkv, num_blocks * block_size, D), float32 or float16, at slot_mapping (T,).
+// cos, sin: (max_position, D).
+template <typename C>
+void rope_and_cache_impl(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
                     torch::Tensor sin, torch::Tensor k_cache, torch::Tensor v_cache,
                     torch::Tensor slot_mapping, int64_t Hq, int64_t Hkv) {
   check_rows(qkv, "qkv");
-  TORCH_CHECK(k_cache.scalar_type() == at::kFloat && k_cache.is_contiguous() && v_cache.is_contiguous(),
-              "caches must be contiguous float32");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   const int64_t T = qkv.size(0), D = k_cache.size(-1), half = D / 2;
   TORCH_CHECK(qkv.size(1) == (Hq + 2 * Hkv) * D, "qkv width does not match the heads");
   const int64_t slots = k_cache.numel() / (Hkv * D);
@@ -101,8 +107,8 @@ void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor co
   const int64_t* sm = slot_mapping.data_ptr<int64_t>();
   const float* cp = cos.data_ptr<float>();
   const float* sp = sin.data_ptr<float>();
-  float* kc = k_cache.data_ptr<float>();
-  float* vc = v_cache.data_ptr<float>();
+  C* kc = k_cache.data_ptr<C>();
+  C* vc = v_cache.data_ptr<C>();
   for (int64_t t = 0; t < T; ++t) TORCH_CHECK(sm[t] >= 0 && sm[t] < slots, "slot out of range");
   at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
     std::vector<float> tmp(D);
@@ -120,9 +126,19 @@ void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor co
       }
       const int64_t slot = sm[t];
       for (int64_t h = 0; h < Hkv; ++h) {
-        std::copy(row + (Hq + h) * D, row + (Hq + h + 1) * D, kc + (h * slots + slot) * D);
-        std::copy(row + (Hq + Hkv + h) * D, row + (Hq + Hkv + h + 1) * D, vc + (h * slots + slot) * D);
+        store_row(row + (Hq + h) * D, D, kc + (h * slots + slot) * D);
+        store_row(row + (Hq + Hkv + h) * D, D, vc + (h * slots + slot) * D);
       }
     }
   });
+}
+
+void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
+                    torch::Tensor sin, torch::Tensor k_cache, torch::Tensor v_cache,
+                    torch::Tensor slot_mapping, int64_t Hq, int64_t Hkv) {
+  TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "k and v caches differ in dtype");
+  if (k_cache.scalar_type() == at::kHalf)
+    return rope_and_cache_impl<at::Half>(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, Hq, Hkv);
+  TORCH_CHECK(k_cache.scalar_type() == at::kFloat, "the cache must be float32 or float16");
+  rope_and_cache_impl<float>(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, Hq, Hkv);
 }

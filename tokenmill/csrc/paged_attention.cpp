@@ -19,10 +19,15 @@ namespace {
 
 constexpr int kLanes = 16;  // fixed lane order: the same rounding whatever the build vectorizes
 
-inline float dot(const float* a, const float* b, int64_t D) {
+// the cache holds float32 or float16 (at::Half); arithmetic is float32 either way
+inline float val(const float* p, int64_t i) { return p[i]; }
+inline float val(const at::Half* p, int64_t i) { return static_cast<float>(p[i]); }
+
+template <typename C>
+inline float dot(const float* a, const C* b, int64_t D) {
   float lanes[kLanes] = {0};
   for (int64_t d = 0; d < D; d += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] = __builtin_fmaf(a[d + l], b[d + l], lanes[l]);
+    for (int l = 0; l < kLanes; ++l) lanes[l] = __builtin_fmaf(a[d + l], val(b, d + l), lanes[l]);
   float s = 0.f;
   for (int l = 0; l < kLanes; ++l) s += lanes[l];
   return s;
@@ -62,20 +67,28 @@ inline __m512 fast_exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+__attribute__((target("avx512f")))
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f")))
+inline __m512 load16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
 // One (row, kv head, chunk) task with AVX-512, D a multiple of 16. qs: (G, D) scaled queries;
 // k, v: this head's cache rows (num_blocks * BS, D); keys j0..j1 through table.
 // Writes pr: G x [unnormalized output (D), max, sum].
+template <typename C>
 __attribute__((target("avx512f")))
-void chunk_avx512(const float* qs, int64_t G, int64_t D, const float* k, const float* v,
+void chunk_avx512(const float* qs, int64_t G, int64_t D, const C* k, const C* v,
                   const int64_t* table, int64_t BS, int64_t j0, int64_t j1, float* scores,
                   int64_t ld_scores, float* pr) {
   const int64_t n = j1 - j0;
   for (int64_t j = j0; j < j1; ++j) {
-    const float* krow = k + (table[j / BS] * BS + j % BS) * D;
+    const C* krow = k + (table[j / BS] * BS + j % BS) * D;
     for (int64_t g = 0; g < G; ++g) {
       __m512 acc = _mm512_setzero_ps();
       for (int64_t d = 0; d < D; d += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qs + g * D + d), _mm512_loadu_ps(krow + d), acc);
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qs + g * D + d), load16(krow + d), acc);
       scores[g * ld_scores + j - j0] = _mm512_reduce_add_ps(acc);
     }
   }
@@ -109,7 +122,7 @@ void chunk_avx512(const float* qs, int64_t G, int64_t D, const float* k, const f
       const int64_t gn = std::min<int64_t>(4, G - g0);
       __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
       for (int64_t j = j0; j < j1; ++j) {
-        const __m512 vv = _mm512_loadu_ps(v + (table[j / BS] * BS + j % BS) * D + d);
+        const __m512 vv = load16(v + (table[j / BS] * BS + j % BS) * D + d);
         for (int64_t g = 0; g < gn; ++g)
           acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(g0 + g) * ld_scores + j - j0]), vv, acc[g]);
       }
@@ -133,10 +146,10 @@ constexpr int64_t kChunk = 256;
 // q: (T, Hq, D); k_cache, v_cache: (Hkv, num_blocks, block_size, D); row_seq: (T,) row of
 // block_tables for each query; row_ctx: (T,) keys it may see (its position + 1);
 // block_tables: (S, max_blocks). Returns (T, Hq, D).
-torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                                   torch::Tensor row_seq, torch::Tensor row_ctx,
-                                   torch::Tensor block_tables, double scale) {
-  TORCH_CHECK(q.dtype() == torch::kFloat32 && k_cache.dtype() == torch::kFloat32, "float32 only");
+template <typename C>
+torch::Tensor attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                             torch::Tensor row_seq, torch::Tensor row_ctx,
+                             torch::Tensor block_tables, double scale) {
   q = q.contiguous();
   const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
   const int64_t Hkv = k_cache.size(0), NB = k_cache.size(1), BS = k_cache.size(2);
@@ -144,8 +157,8 @@ torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch
   TORCH_CHECK(D % kLanes == 0, "head_dim must be a multiple of 16");
   auto out = torch::empty_like(q);
   const float* qp = q.data_ptr<float>();
-  const float* kp = k_cache.data_ptr<float>();
-  const float* vp = v_cache.data_ptr<float>();
+  const C* kp = k_cache.data_ptr<C>();
+  const C* vp = v_cache.data_ptr<C>();
   const int64_t* rs = row_seq.data_ptr<int64_t>();
   const int64_t* rc = row_ctx.data_ptr<int64_t>();
   const int64_t* bt = block_tables.data_ptr<int64_t>();
@@ -178,7 +191,7 @@ torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch
         continue;
       }
       for (int64_t j = j0; j < j1; ++j) {
-        const float* krow = kp + ((h * NB + table[j / BS]) * BS + j % BS) * D;
+        const C* krow = kp + ((h * NB + table[j / BS]) * BS + j % BS) * D;
         for (int64_t g = 0; g < G; ++g) scores[g * kChunk + j - j0] = dot(qs.data() + g * D, krow, D);
       }
       for (int64_t g = 0; g < G; ++g) {
@@ -195,11 +208,11 @@ torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch
         std::fill(pr + g * (D + 2), pr + g * (D + 2) + D, 0.f);
       }
       for (int64_t j = j0; j < j1; ++j) {
-        const float* vrow = vp + ((h * NB + table[j / BS]) * BS + j % BS) * D;
+        const C* vrow = vp + ((h * NB + table[j / BS]) * BS + j % BS) * D;
         for (int64_t g = 0; g < G; ++g) {
           const float p = scores[g * kChunk + j - j0];
           float* a = pr + g * (D + 2);
-          for (int64_t d = 0; d < D; ++d) a[d] = __builtin_fmaf(p, vrow[d], a[d]);
+          for (int64_t d = 0; d < D; ++d) a[d] = __builtin_fmaf(p, val(vrow, d), a[d]);
         }
       }
     }
@@ -228,4 +241,16 @@ torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch
     }
   });
   return out;
+}
+
+// q: (T, Hq, D) float32; k_cache, v_cache: (Hkv, num_blocks, block_size, D), float32 or float16.
+torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                                   torch::Tensor row_seq, torch::Tensor row_ctx,
+                                   torch::Tensor block_tables, double scale) {
+  TORCH_CHECK(q.dtype() == torch::kFloat32, "q must be float32");
+  TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "k and v caches differ in dtype");
+  if (k_cache.dtype() == torch::kFloat16)
+    return attention_rows<at::Half>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
+  TORCH_CHECK(k_cache.dtype() == torch::kFloat32, "the cache must be float32 or float16");
+  return attention_rows<float>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
 }

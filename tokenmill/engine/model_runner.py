@@ -55,7 +55,15 @@ class ModelRunner:
         quantize_model(self.model, self.quantization)
 
         self.block_size = config.block_size
-        elem = torch.empty((), dtype=self.dtype).element_size()
+        # float16 K/V on CPU with int8 weights: half the bytes that decode reads per token (the
+        # attention kernel converts with vcvtph2ps); fp32 mode keeps fp32, the reference.
+        if config.kv_cache_dtype != "auto":
+            self.kv_dtype = _DTYPES[config.kv_cache_dtype]
+        elif self.device.type == "cpu" and self.quantization == "int8":
+            self.kv_dtype = torch.float16
+        else:
+            self.kv_dtype = self.dtype
+        elem = torch.empty((), dtype=self.kv_dtype).element_size()
         bytes_per_block = 2 * cfg.num_layers * config.block_size * cfg.num_kv_heads * cfg.head_dim * elem
         self.num_blocks = int(config.kv_cache_memory_gib * 2**30 // bytes_per_block)
         if self.num_blocks < 1:
@@ -67,12 +75,13 @@ class ModelRunner:
         # of unwritten slots are multiplied by 0. Small caches may come from reused heap: zeroed.
         nbytes = self.num_blocks * bytes_per_block
         alloc = torch.empty if self.device.type == "cpu" and nbytes >= 256 * 2**20 else torch.zeros
-        self._kv = alloc((cfg.num_layers, 2, *shape), dtype=self.dtype, device=self.device)
+        self._kv = alloc((cfg.num_layers, 2, *shape), dtype=self.kv_dtype, device=self.device)
         self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
         self._block_offsets = torch.arange(config.block_size)
         # the C++ attention kernel: CPU, float32, head_dim a multiple of 16; built (or found in
         # torch's extension cache) now, so that no request waits for a compiler
         self.use_native = (self.device.type == "cpu" and self.dtype == torch.float32
+                           and self.kv_dtype in (torch.float32, torch.float16)
                            and cfg.head_dim % 16 == 0 and kernels() is not None)
 
     def _slots(self, req: Request, num_ctx: int) -> torch.Tensor:

@@ -29,7 +29,8 @@ class Attention(nn.Module):
         T = x.shape[0]
         qkv = self.qkv_proj(x)                           # (T, (Hq + 2 Hkv) * D)
         kern = fused_ops(qkv)
-        if kern is not None and k_cache.dtype == torch.float32:
+        fused = kern is not None and k_cache.dtype in (torch.float32, torch.float16)
+        if fused:
             # rotary in place and the new k, v into the cache: one call
             kern.rope_and_cache(qkv, positions, rope.cos, rope.sin, k_cache, v_cache,
                                 meta.slot_mapping, self.num_heads, self.num_kv_heads)
@@ -37,7 +38,7 @@ class Attention(nn.Module):
         q = q.view(T, self.num_heads, self.head_dim)     # (T, Hq, D)
         k = k.view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(T, self.num_kv_heads, self.head_dim)
-        if kern is None or k_cache.dtype != torch.float32:
+        if not fused:
             q, k = rope(positions, q, k)
             write_cache(k, v, k_cache, v_cache, meta)
         o = paged_attention(q, k_cache, v_cache, meta, self.scale)
