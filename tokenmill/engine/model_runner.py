@@ -29,6 +29,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _return_freed_memory() -> None:
+    """Hand the fp32 weights that quantization just freed back to the OS. glibc keeps freed
+    heap for reuse otherwise: measured RSS after loading int8 SmolLM2, 789 MB -> 513 MB."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, checkpoint):
         self.device = resolve_device(config.device)
@@ -53,6 +63,7 @@ class ModelRunner:
         if self.quantization == "auto":  # measured fastest here: fbgemm int8 on CPU
             self.quantization = "int8" if self.device.type == "cpu" else "none"
         quantize_model(self.model, self.quantization)
+        _return_freed_memory()
 
         self.block_size = config.block_size
         # float16 K/V on CPU with int8 weights: half the bytes that decode reads per token (the

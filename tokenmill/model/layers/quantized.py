@@ -74,7 +74,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         w = weight.detach().float()
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # (out,)
-        q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)  # (out, in)
+        q = (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # (out, in)
         self.out_features, self.in_features = w.shape
         self.register_buffer("qweight", q, persistent=False)
         self.register_buffer("scale", scale.to(weight.dtype), persistent=False)
@@ -142,8 +142,21 @@ def reference_int8_linear(x, qweight, scale, bias):
     return y if bias is None else y + bias
 
 
+class Int8Embedding(nn.Module):
+    """Token embeddings read from int8 rows (one scale per row): the rows of a tied output
+    layer's Int8Linear, so a tied model keeps one int8 copy of the vocabulary matrix instead of
+    an fp32 one (113 MB for SmolLM2-135M) beside it."""
+
+    def __init__(self, table: Int8Linear, dtype: torch.dtype):
+        super().__init__()
+        self.table, self.dtype = table, dtype  # table.qweight: (vocab, hidden) int8
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table.qweight[ids].to(self.dtype) * self.table.scale[ids, None].to(self.dtype)
+
+
 def quantize_model(model: nn.Module, method: str) -> nn.Module:
-    """Swap every Linear (and the tied output projection) for its quantized form."""
+    """Swap every Linear for its quantized form; embeddings become int8 rows too."""
     if method == "none":
         return model
     if method not in QUANTIZATIONS:
@@ -152,6 +165,10 @@ def quantize_model(model: nn.Module, method: str) -> nn.Module:
         for child_name, child in list(module.named_children()):
             if isinstance(child, Linear):
                 setattr(module, child_name, Int8Linear(child.weight, child.bias))
-    if getattr(model, "lm_head", "absent") is None:  # tied embeddings: quantize a copy for the output
-        model.lm_head = Int8Linear(model.embed_tokens.weight, None)
+    embed = model.embed_tokens.weight
+    if getattr(model, "lm_head", "absent") is None:  # tied: one int8 matrix serves both ends
+        model.lm_head = Int8Linear(embed, None)
+        model.embed_tokens = Int8Embedding(model.lm_head, embed.dtype)
+    else:
+        model.embed_tokens = Int8Embedding(Int8Linear(embed, None, backend="reference"), embed.dtype)
     return model
