@@ -1,7 +1,7 @@
 """Offline throughput: N requests submitted together, output tokens per second.
 
     python bench/offline_throughput.py [--model PATH] [--concurrency 1 4 16 32] [--output-len 128]
-                                       [--quantization auto|none|int8]
+                                       [--quantization auto|none|int8|q4_1]
 
 Each request is a distinct chat prompt; generation runs for exactly --output-len tokens
 (ignore_eos), greedy. Prints one line per concurrency and a JSON summary.
@@ -28,7 +28,7 @@ def main():
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--num-threads", type=int, default=None)
-    ap.add_argument("--quantization", default="auto", choices=["auto", "none", "int8"])
+    ap.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "q4_1"])
     args = ap.parse_args()
     llm = LLM(args.model, num_threads=args.num_threads, quantization=args.quantization, show_progress=False)
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)

@@ -10,7 +10,7 @@ class EngineConfig:
     model: str | None = None              # .gguf file or Hugging Face directory; None: bundled SmolLM2
     device: str = "auto"                  # auto | cpu | cuda
     dtype: str = "auto"                   # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
-    quantization: str = "auto"            # auto (int8 on CPU, none on CUDA) | none | int8
+    quantization: str = "auto"            # auto (int8 on CPU, none on CUDA) | none | int8 | q4_1
     kv_cache_memory_gib: float = 1.0      # memory budget of the paged KV cache
     kv_cache_dtype: str = "auto"          # auto (float16 on CPU with int8, else dtype) | float32 | float16 | bfloat16
     block_size: int = 16                  # tokens per KV block
@@ -25,8 +25,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError("device must be auto, cpu or cuda")
-        if self.quantization not in ("auto", "none", "int8"):
-            raise ValueError("quantization must be auto, none or int8")
+        if self.quantization not in ("auto", "none", "int8", "q4_1"):
+            raise ValueError("quantization must be auto, none, int8 or q4_1")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError("dtype must be auto, float32, bfloat16 or float16")
         if self.kv_cache_dtype not in ("auto", "float32", "float16", "bfloat16"):

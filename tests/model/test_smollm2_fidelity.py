@@ -72,7 +72,7 @@ def test_answers_paris(llm):
     assert "Paris" in out[0].outputs[0].text
 
 
-@pytest.mark.parametrize("quantization", ["auto", "none"])  # the default (int8 on CPU) and fp32
+@pytest.mark.parametrize("quantization", ["auto", "none", "q4_1"])  # default (int8 on CPU), fp32, 4-bit
 def test_invariance_mixed_batch_prefix_cache_and_preemption(smollm2_path, prompts, quantization):
     # mixed lengths: the 8 chat prompts plus a long and a short raw prompt
     batch = prompts + [list(range(1000, 1180)), [504, 3575]]

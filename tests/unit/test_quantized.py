@@ -6,8 +6,8 @@ import torch
 from tokenmill import SamplingParams
 from tokenmill.model.layers import quantized
 from tokenmill.model.layers.linear import Linear, MergedLinear
-from tokenmill.model.layers.quantized import (GEMM_MIN_ROWS, Int8Linear, reference_int8_linear,
-                                              reference_w8a8_linear)
+from tokenmill.model.layers.quantized import (GEMM_MIN_ROWS, Int8Embedding, Int8Linear,
+                                              reference_int8_linear, reference_w8a8_linear)
 
 needs_native = pytest.mark.skipif(quantized._native() is None, reason="no AVX-512 VNNI kernel here")
 needs_fbgemm = pytest.mark.skipif(not quantized._fbgemm_available(), reason="no fbgemm")
@@ -96,6 +96,11 @@ def test_quantize_model_swaps_every_linear(tiny_llama_dir):
                                       show_progress=False), load_checkpoint(tiny_llama_dir))
     assert not any(isinstance(m, (Linear, MergedLinear)) for m in runner.model.modules())
     assert isinstance(runner.model.lm_head, Int8Linear)
+    # embeddings come from int8 rows too (an untied model: their own table)
+    assert isinstance(runner.model.embed_tokens, Int8Embedding)
+    ids = torch.tensor([3, 7, 7, 100])
+    table = runner.model.embed_tokens.table
+    assert torch.equal(runner.model.embed_tokens(ids), table.qweight[ids].float() * table.scale[ids, None])
 
 
 def test_int8_engine_is_batch_invariant(tiny_llama_dir):

@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("perplexity", help="perplexity of the model on a text, per weight format")
     p.add_argument("file", nargs="?", default=None, help="UTF-8 text (default: the bundled English sample)")
     p.add_argument("--model", "-m", default=None)
-    p.add_argument("--quantization", nargs="+", default=["none", "int8"])
+    p.add_argument("--quantization", nargs="+", default=["none", "int8", "q4_1"])
     p.add_argument("--context", type=int, default=512)
     p.add_argument("--num-threads", type=int, default=None)
     p.set_defaults(func=main)

@@ -7,6 +7,8 @@ torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale,
                           torch::Tensor wsum, torch::Tensor bias, int64_t gemm_min_rows);
 bool int8_linear_has_vnni();
+torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torch::Tensor m,
+                        torch::Tensor bias);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
 torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tensor w, double eps);
 torch::Tensor silu_mul(torch::Tensor gate_up);
@@ -17,6 +19,7 @@ void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention_rows", &paged_attention_rows, "paged attention, one query row at a time");
   m.def("int8_linear", &int8_linear, "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");
+  m.def("q4_linear", &q4_linear, "linear on GGUF Q4_1 blocks, activations in two int8 parts");
   m.def("rms_norm", &rms_norm, "RMSNorm of each row");
   m.def("add_rms_norm", &add_rms_norm, "residual += x in place, then RMSNorm of residual");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of [gate | up] rows");

@@ -4,8 +4,9 @@
 //             float(sum_k qx_p[m, k] * qw[n, k]) * (sx_p[m] * sw[n])   (+ bias[n])
 //
 // qw: int8 weights, one scale per output channel (sw). qx: each token row quantized on its own
-// (sx = max|x| / 127), then its rounding error quantized again (see split_rows). The integer sum is exact, so it is the same number whichever kernel
-// computes it: our AVX-512 VNNI loop for a few rows (decode: reading the weights is the cost)
+// (sx = max|x| / 127), then its rounding error quantized again (split_rows, quant_rows.h).
+// The integer sum is exact, so it is the same number whichever kernel computes it: our
+// AVX-512 VNNI loop for a few rows (decode: reading the weights is the cost)
 // or at::_int_mm (oneDNN, AMX/VNNI tiles) for many rows (prefill). The float epilogue is one
 // code path for both. A row's result therefore never depends on the rest of the batch.
 #include <torch/extension.h>
@@ -17,54 +18,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "quant_rows.h"
+
 namespace {
+
+using tokenmill::split_rows;
 
 bool has_vnni() {
   static const bool yes = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
   return yes;
-}
-
-// One row v (K,) -> q = round(v * 127 / max|v|) in int8, scale = max|v| / 127. Rounding is to
-// nearest even in both versions (nearbyint; vcvtps2dq under the default rounding mode).
-void quantize_row(const float* v, int64_t K, int8_t* q, float* scale) {
-  float amax = 0.f;
-  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(v[k]));
-  const float inv = amax > 0.f ? 127.f / amax : 0.f;
-  *scale = amax / 127.f;
-  for (int64_t k = 0; k < K; ++k)
-    q[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(v[k] * inv))));
-}
-
-__attribute__((target("avx512f,avx512bw")))
-void quantize_row_avx512(const float* v, int64_t K, int8_t* q, float* scale) {
-  __m512 vmax = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(v + k)));
-  float amax = _mm512_reduce_max_ps(vmax);
-  for (; k < K; ++k) amax = std::max(amax, std::fabs(v[k]));
-  const float inv = amax > 0.f ? 127.f / amax : 0.f;
-  *scale = amax / 127.f;
-  const __m512 vinv = _mm512_set1_ps(inv);
-  for (k = 0; k + 16 <= K; k += 16) {
-    const __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + k), vinv));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(r));
-  }
-  for (; k < K; ++k)
-    q[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(v[k] * inv))));
-}
-
-// Each row x[m] becomes two int8 rows: q[2m] (scale s[2m]) and q[2m + 1], which quantizes what
-// q[2m] missed, r = x[m] - q[2m] * s[2m]. Together about 15 bits per activation: one pass of 8
-// bits cost +4.4% perplexity on SmolLM2-135M, two cost +0.65%, the same as fp32 activations.
-void split_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* s, bool fast) {
-  std::vector<float> r(K);
-  for (int64_t m = 0; m < M; ++m) {
-    const float* row = x + m * K;
-    int8_t* hi = q + 2 * m * K;
-    (fast ? quantize_row_avx512 : quantize_row)(row, K, hi, s + 2 * m);
-    for (int64_t k = 0; k < K; ++k) r[k] = row[k] - static_cast<float>(hi[k]) * s[2 * m];
-    (fast ? quantize_row_avx512 : quantize_row)(r.data(), K, hi + K, s + 2 * m + 1);
-  }
 }
 
 // y[:] = float(hi[:]) * (s_hi * sw) + float(lo[:]) * (s_lo * sw) (+ bias), in that order,

@@ -70,7 +70,7 @@ class ModelRunner:
         # attention kernel converts with vcvtph2ps); fp32 mode keeps fp32, the reference.
         if config.kv_cache_dtype != "auto":
             self.kv_dtype = _DTYPES[config.kv_cache_dtype]
-        elif self.device.type == "cpu" and self.quantization == "int8":
+        elif self.device.type == "cpu" and self.quantization in ("int8", "q4_1"):
             self.kv_dtype = torch.float16
         else:
             self.kv_dtype = self.dtype

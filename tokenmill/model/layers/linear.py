@@ -10,6 +10,15 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        # first row -> (d, m) of the GGUF Q4_1 blocks those rows were loaded from (see q4.py)
+        self.q4_1_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def q4_1_blocks(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(d, m), each (out, in / 32), if every row came from Q4_1 blocks; else None."""
+        parts = [self.q4_1_parts[k] for k in sorted(self.q4_1_parts)]
+        if sum(d.shape[0] for d, _ in parts) != self.weight.shape[0]:
+            return None
+        return torch.cat([d for d, _ in parts]), torch.cat([m for _, m in parts])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -35,3 +44,5 @@ class MergedLinear(Linear):
         if tensor.shape[0] != size:
             raise ValueError(f"shard {shard}.{param}: expected {size} rows, got {tuple(tensor.shape)}")
         target.data[start:start + size].copy_(tensor)
+        if param == "weight" and hasattr(tensor, "q4_1"):
+            self.q4_1_parts[start] = tensor.q4_1

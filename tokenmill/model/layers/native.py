@@ -16,6 +16,7 @@ import torch
 
 _DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "csrc")
 _SOURCES = sorted(os.path.abspath(os.path.join(_DIR, f)) for f in os.listdir(_DIR) if f.endswith(".cpp"))
+_HEADERS = sorted(os.path.abspath(os.path.join(_DIR, f)) for f in os.listdir(_DIR) if f.endswith(".h"))
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
 _lock = threading.Lock()
 _module = None
@@ -24,7 +25,7 @@ _failed: str | None = None
 
 def _name() -> str:
     h = hashlib.sha1(" ".join(_FLAGS).encode())
-    for path in _SOURCES:
+    for path in _SOURCES + _HEADERS:
         with open(path, "rb") as f:
             h.update(f.read())
     digest = h.hexdigest()[:10]

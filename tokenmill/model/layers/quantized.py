@@ -25,8 +25,9 @@ from torch import nn
 
 from .linear import Linear
 from .native import kernels
+from .q4 import Q4Linear, codes_from_blocks
 
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "q4_1")
 
 
 def _has_avx512_vnni() -> bool:
@@ -155,8 +156,21 @@ class Int8Embedding(nn.Module):
         return self.table.qweight[ids].to(self.dtype) * self.table.scale[ids, None].to(self.dtype)
 
 
+def _q4_linear(child: Linear):
+    """A Q4Linear keeping the file's Q4_1 blocks, or None (not from Q4_1, or K % 64 != 0):
+    those layers take int8."""
+    blocks = child.q4_1_blocks()
+    if blocks is None or child.weight.shape[1] % 64 or child.weight.device.type != "cpu":
+        return None
+    codes = codes_from_blocks(child.weight, *blocks)
+    if codes is None:
+        return None
+    return Q4Linear(codes, *blocks, child.bias, kernels())
+
+
 def quantize_model(model: nn.Module, method: str) -> nn.Module:
-    """Swap every Linear for its quantized form; embeddings become int8 rows too."""
+    """Swap every Linear for its quantized form; embeddings become int8 rows too.
+    q4_1: layers loaded from GGUF Q4_1 blocks keep them; the rest (and the output layer) int8."""
     if method == "none":
         return model
     if method not in QUANTIZATIONS:
@@ -164,7 +178,8 @@ def quantize_model(model: nn.Module, method: str) -> nn.Module:
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, Linear):
-                setattr(module, child_name, Int8Linear(child.weight, child.bias))
+                q4 = _q4_linear(child) if method == "q4_1" else None
+                setattr(module, child_name, q4 or Int8Linear(child.weight, child.bias))
     embed = model.embed_tokens.weight
     if getattr(model, "lm_head", "absent") is None:  # tied: one int8 matrix serves both ends
         model.lm_head = Int8Linear(embed, None)

@@ -81,6 +81,9 @@ def config_from_metadata(meta: dict, tensor_names: set[str]) -> ModelConfig:
     )
 
 
+_Q4_1 = 3  # GGMLQuantizationType.Q4_1
+
+
 class GGUFCheckpoint:
     def __init__(self, path: str):
         self.path = path
@@ -122,18 +125,34 @@ class GGUFCheckpoint:
             raise ValueError(f"{t.name}: tensor type {qtype.name} cannot be dequantized") from e
 
     def weights(self):
+        """(Hugging Face name, fp32 tensor). A Q4_1 matrix also carries its blocks' float16
+        scales and minimums as tensor.q4_1 = (d, m), each (rows, cols / 32), so that the q4_1
+        format can keep the file's 4-bit weights exactly."""
         from concurrent.futures import ThreadPoolExecutor
         wanted = [(t, hf_name(t.name)) for t in self.tensors if hf_name(t.name) is not None]
         # numpy releases the GIL in the bulk of dequantization: two tensors at a time
         with ThreadPoolExecutor(2) as pool:
             for (t, name), w in zip(wanted, pool.map(lambda tn: self._dequantize(tn[0]), wanted)):
-                yield name, self._finish(t, w)
+                tensor = torch.from_numpy(np.array(self._unpermute(t, w), dtype=np.float32))  # writable
+                if t.type_code == _Q4_1 and len(t.shape) == 2:
+                    d, m = self._q4_1_scales(t)
+                    tensor.q4_1 = (torch.from_numpy(self._unpermute(t, d).copy()),
+                                   torch.from_numpy(self._unpermute(t, m).copy()))
+                yield name, tensor
 
-    def _finish(self, t, w: np.ndarray) -> torch.Tensor:
+    def _q4_1_scales(self, t) -> tuple[np.ndarray, np.ndarray]:
+        # a Q4_1 block: float16 d, float16 m, 16 bytes of nibbles (20 bytes per 32 weights)
+        rows, cols = int(t.shape[1]), int(t.shape[0])
+        raw = np.frombuffer(self._buf, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        blocks = raw.reshape(rows, cols // 32, 20)
+        return (np.ascontiguousarray(blocks[..., 0:2]).view(np.float16)[..., 0],
+                np.ascontiguousarray(blocks[..., 2:4]).view(np.float16)[..., 0])
+
+    def _unpermute(self, t, w: np.ndarray) -> np.ndarray:
         cfg = self.config
         if cfg.architecture == "llama":
             if t.name.endswith("attn_q.weight") or t.name.endswith("attn_q.bias"):
-                w = unpermute_qk(w, cfg.num_heads)
-            elif t.name.endswith("attn_k.weight") or t.name.endswith("attn_k.bias"):
-                w = unpermute_qk(w, cfg.num_kv_heads)
-        return torch.from_numpy(np.array(w, dtype=np.float32))  # a writable copy
+                return unpermute_qk(w, cfg.num_heads)
+            if t.name.endswith("attn_k.weight") or t.name.endswith("attn_k.bias"):
+                return unpermute_qk(w, cfg.num_kv_heads)
+        return w
