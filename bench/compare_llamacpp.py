@@ -2,6 +2,10 @@
 same load (tokenmill bench serve), in one run. Prints both tables and the ratios.
 
     python bench/compare_llamacpp.py [--concurrency 1 16] [--threads 2] [--output-len 128]
+                                     [--quantization auto q4_1 ...]
+
+Each --quantization gets its own tokenmill server (default: auto, the default format).
+Decode tok/s is 1 / ITL p50.
 
 llama-server comes from bench/build_llama_server.sh (built from the llama.cpp source that the
 llama-cpp-python sdist vendors; cached outside the repo), or $LLAMA_SERVER.
@@ -60,6 +64,7 @@ def main():
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--slots", type=int, default=16, help="llama-server parallel slots")
     ap.add_argument("--ctx-per-slot", type=int, default=2048)
+    ap.add_argument("--quantization", nargs="+", default=["auto"], help="tokenmill formats to run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     model = args.model or default_model_path()
@@ -67,19 +72,24 @@ def main():
         [os.path.join(HERE, "build_llama_server.sh")], capture_output=True, text=True, check=True).stdout.strip()
 
     servers = {}
-    lp = free_port()
-    servers["llama-server"] = subprocess.Popen(
-        [llama, "-m", model, "--host", "127.0.0.1", "--port", str(lp), "-t", str(args.threads),
-         "-tb", str(args.threads), "-np", str(args.slots), "-c", str(args.slots * args.ctx_per_slot),
-         "--cont-batching", "--log-disable"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tp = free_port()
-    servers["tokenmill"] = subprocess.Popen(
-        [sys.executable, "-m", "tokenmill.cli", "serve", "--model", model, "--port", str(tp),
-         "--num-threads", str(args.threads), "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    urls = {"llama-server": f"http://127.0.0.1:{lp}", "tokenmill": f"http://127.0.0.1:{tp}"}
     try:
-        ready = {name: wait_ready(urls[name], servers[name]) for name in servers}
+        lp = free_port()
+        servers["llama-server"] = subprocess.Popen(
+            [llama, "-m", model, "--host", "127.0.0.1", "--port", str(lp), "-t", str(args.threads),
+             "-tb", str(args.threads), "-np", str(args.slots), "-c", str(args.slots * args.ctx_per_slot),
+             "--cont-batching", "--log-disable"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ready = {}
+        urls = {"llama-server": f"http://127.0.0.1:{lp}"}
+        ready["llama-server"] = wait_ready(urls["llama-server"], servers["llama-server"])
+        for q in args.quantization:  # one at a time: a start-up time is measured on an idle machine
+            name = "tokenmill" if q == "auto" else f"tokenmill[{q}]"
+            tp = free_port()
+            servers[name] = subprocess.Popen(
+                [sys.executable, "-m", "tokenmill.cli", "serve", "--model", model, "--port", str(tp),
+                 "--num-threads", str(args.threads), "--quantization", q, "--log-level", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            urls[name] = f"http://127.0.0.1:{tp}"
+            ready[name] = wait_ready(urls[name], servers[name])
         results = {name: [] for name in servers}
         for c in args.concurrency:
             for name in servers:  # one after the other: each gets the whole machine
@@ -89,11 +99,15 @@ def main():
         for name in servers:
             print_table(results[name], f"\n{name} ({urls[name]}), ready in {ready[name]:.1f} s after start, "
                                        f"RSS {rss_mb(servers[name].pid):.0f} MB")
-        print("\ntokenmill / llama-server")
-        print(f"{'conc':>4} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p95':>9} {'ITL p50':>8}")
-        for a, b in zip(results["tokenmill"], results["llama-server"]):
-            print(f"{a.concurrency:>4} {a.output_tok_per_s / b.output_tok_per_s:>9.2f}x "
-                  f"{a.ttft_p50 / b.ttft_p50:>8.2f}x {a.ttft_p95 / b.ttft_p95:>8.2f}x {a.itl_p50 / b.itl_p50:>7.2f}x")
+        for name in servers:
+            if name == "llama-server":
+                continue
+            print(f"\n{name} / llama-server")
+            print(f"{'conc':>4} {'out tok/s':>10} {'decode tok/s':>13} {'TTFT p50':>9} {'TTFT p95':>9}")
+            for a, b in zip(results[name], results["llama-server"]):
+                print(f"{a.concurrency:>4} {a.output_tok_per_s / b.output_tok_per_s:>9.2f}x "
+                      f"{b.itl_p50 / a.itl_p50:>12.2f}x {a.ttft_p50 / b.ttft_p50:>8.2f}x "
+                      f"{a.ttft_p95 / b.ttft_p95:>8.2f}x")
         out = {name: [r.__dict__ for r in rs] for name, rs in results.items()}
         print(json.dumps(out))
         if args.json:

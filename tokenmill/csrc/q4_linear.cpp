@@ -78,38 +78,42 @@ void rows_vnni(const int8_t* q, const float* s, const float* xsum, int64_t M, co
     const uint8_t* wrow = qs + n * K / 2;
     const at::Half* drow = d + n * B;
     const at::Half* mrow = mn + n * B;
-    for (int64_t m = 0; m < M; ++m) {
-      const int8_t* hi = q + 2 * m * K;
-      const int8_t* lo = hi + K;
-      const __m512 s_hi = _mm512_set1_ps(s[2 * m]), s_lo = _mm512_set1_ps(s[2 * m + 1]);
-      __m512 acc = _mm512_setzero_ps();
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {  // up to 4 rows share each unpacked chunk
+      const int64_t rows = std::min<int64_t>(4, M - m0);
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
       for (int64_t c = 0; c < K / 64; ++c) {
         const __m256i nib = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + c * 32));
         const __m256i qlo = _mm256_and_si256(nib, low4);
         const __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(nib, 4), low4);
         const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(qlo), qhi, 1);
-        const __m512i ih = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(hi + c * 64));
-        const __m512i il = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(lo + c * 64));
-        const __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ih), s_hi),
-                                       _mm512_mul_ps(_mm512_cvtepi32_ps(il), s_lo));
         uint32_t two;  // d of blocks 2c and 2c+1, float16
         std::memcpy(&two, drow + 2 * c, 4);
         const __m512 dd = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(
                                                           _mm_cvtph_ps(_mm_cvtsi32_si128(two))));
-        acc = _mm512_fmadd_ps(f, dd, acc);
+        for (int64_t r = 0; r < rows; ++r) {  // the same operations for a row in any group
+          const int8_t* hi = q + 2 * (m0 + r) * K;
+          const __m512i ih = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(hi + c * 64));
+          const __m512i il = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(hi + K + c * 64));
+          const __m512 f = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(ih), _mm512_set1_ps(s[2 * (m0 + r)])),
+                                         _mm512_mul_ps(_mm512_cvtepi32_ps(il), _mm512_set1_ps(s[2 * (m0 + r) + 1])));
+          acc[r] = _mm512_fmadd_ps(f, dd, acc[r]);
+        }
       }
-      // sum_b m[b] * xsum[b], 16 blocks at a time
-      __m512 macc = _mm512_setzero_ps();
-      int64_t b = 0;
-      for (; b + 16 <= B; b += 16)
-        macc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mrow + b))),
-                               _mm512_loadu_ps(xsum + m * B + b), macc);
-      if (b < B) {
-        const __mmask16 mask = (1u << (B - b)) - 1;
-        macc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, mrow + b)),
-                               _mm512_maskz_loadu_ps(mask, xsum + m * B + b), macc);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t m = m0 + r;
+        // sum_b m[b] * xsum[b], 16 blocks at a time
+        __m512 macc = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 16 <= B; b += 16)
+          macc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mrow + b))),
+                                 _mm512_loadu_ps(xsum + m * B + b), macc);
+        if (b < B) {
+          const __mmask16 mask = (1u << (B - b)) - 1;
+          macc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, mrow + b)),
+                                 _mm512_maskz_loadu_ps(mask, xsum + m * B + b), macc);
+        }
+        y[m * N + n] = _mm512_reduce_add_ps(acc[r]) + _mm512_reduce_add_ps(macc);
       }
-      y[m * N + n] = _mm512_reduce_add_ps(acc) + _mm512_reduce_add_ps(macc);
     }
   }
 }
