@@ -6,6 +6,7 @@ budget (EngineConfig.kv_cache_memory_gib), not a fixed number of sequences.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
@@ -27,6 +28,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(name)
+
+
+@dataclass
+class WorkCounter:
+    """What the forward passes did (cumulative): for utilisation estimates in benchmarks."""
+    steps: int = 0
+    tokens: int = 0          # rows through the decoder layers
+    logit_rows: int = 0      # rows through the output layer
+    context_reads: int = 0   # per step and sequence, the context length whose K/V is read
+    attn_pairs: int = 0      # (query, key) pairs attended
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self)
 
 
 def _return_freed_memory() -> None:
@@ -89,6 +103,7 @@ class ModelRunner:
         self._kv = alloc((cfg.num_layers, 2, *shape), dtype=self.kv_dtype, device=self.device)
         self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
         self._block_offsets = torch.arange(config.block_size)
+        self.work = WorkCounter()
         # the C++ attention kernel: CPU, float32, head_dim a multiple of 16; built (or found in
         # torch's extension cache) now, so that no request waits for a compiler
         self.use_native = (self.device.type == "cpu" and self.dtype == torch.float32
@@ -103,6 +118,7 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Request]]:
         """Returns logits (S, vocab) for the S requests whose computation catches up with
         their tokens this step (they get a new token), and those requests."""
+        self.work.steps += 1
         input_ids: list[int] = []
         positions: list[int] = []
         seqs = []
@@ -114,6 +130,9 @@ class ModelRunner:
             input_ids.extend(req.all_token_ids[start:start + n])
             positions.extend(range(start, start + n))
             seqs.append((row, n, self._slots(req, start + n), req.num_prompt_tokens))
+            self.work.tokens += n
+            self.work.context_reads += start + n
+            self.work.attn_pairs += n * start + n * (n + 1) // 2  # causal (query, key) pairs
             if start + n == req.num_tokens:
                 sample_rows.append(row + n - 1)
                 sample_reqs.append(req)
@@ -123,5 +142,6 @@ class ModelRunner:
         hidden = self.model(ids, pos, meta, self.kv_caches)  # (T, hidden)
         if not sample_rows:
             return None, []
+        self.work.logit_rows += len(sample_rows)
         rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden[rows]), sample_reqs
