@@ -98,6 +98,8 @@ void int_dot_vnni(const int8_t* q, int64_t M, const int8_t* w, const int32_t* ws
           const __m512i wv = _mm512_loadu_si512(b0 + r * K + k);
           s[r] = _mm512_dpbusd_epi32(s[r], x0, wv);
           s[4 + r] = _mm512_dpbusd_epi32(s[4 + r], x1, wv);
+          if (m == 0)  // two groups ahead: the hardware prefetcher alone left ~20% on the table
+            _mm_prefetch(reinterpret_cast<const char*>(b0 + (8 + r) * K + k), _MM_HINT_T0);
         }
       }
       if (tail) {

@@ -83,6 +83,8 @@ void rows_vnni(const int8_t* q, const float* s, const float* xsum, int64_t M, co
       __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
       for (int64_t c = 0; c < K / 64; ++c) {
         const __m256i nib = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + c * 32));
+        if (m0 == 0)  // rows ahead, as in int8_linear.cpp: the hardware prefetcher lags
+          _mm_prefetch(reinterpret_cast<const char*>(wrow + 4 * K / 2 + c * 32), _MM_HINT_T0);
         const __m256i qlo = _mm256_and_si256(nib, low4);
         const __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(nib, 4), low4);
         const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(qlo), qhi, 1);

@@ -45,8 +45,8 @@ REDUCE_RANGE = not _has_avx512_vnni()
 
 
 # Below this many tokens the VNNI row loop beats _int_mm (measured over the 121 layers of
-# SmolLM2-135M, ms per step: 4 tokens 8.3 vs 10.4, 8 tokens 12.3 vs 12.0, 16: 20.1 vs 14.8).
-GEMM_MIN_ROWS = 6
+# SmolLM2-135M, ms per step: 1 token 4.3 vs 10.2, 8 tokens 9.0 vs 11.0, 12: 13.2 vs 12.9).
+GEMM_MIN_ROWS = 10
 
 
 def _native():
