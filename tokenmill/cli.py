@@ -209,7 +209,7 @@ def cmd_serve(args) -> int:
           f"the model loads in the background, GET {base}/health says when it is ready.\n"
           f"  curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
           f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
-          f"\"content\": \"What is the capital of France?\"}}]}}'", flush=True)
+          f"\"content\": \"What is the capital of France?\"}}], \"temperature\": 0}}'", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5)
     return 0
