@@ -56,19 +56,6 @@ void epilogue_avx512(const int32_t* hi, const int32_t* lo, float s_hi, float s_l
   epilogue(hi + n, lo + n, s_hi, s_lo, sw + n, b ? b + n : nullptr, N - n, y + n);
 }
 
-// Plain loop, any CPU: acc[m, n] for n in [n0, n1).
-void int_dot_generic(const int8_t* q, int64_t M, const int8_t* w, int64_t K, int64_t N,
-                     int32_t* acc, int64_t n0, int64_t n1) {
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t m = 0; m < M; ++m) {
-      const int8_t* a = q + m * K;
-      const int8_t* b = w + n * K;
-      int32_t s = 0;
-      for (int64_t k = 0; k < K; ++k) s += int32_t(a[k]) * int32_t(b[k]);
-      acc[m * N + n] = s;
-    }
-}
-
 // AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the activations go in shifted
 // by +128 (qu = q ^ 0x80 = q + 128) and the shift comes back out through the weight row sums:
 //   sum qx*qw = sum qu*qw - 128 * sum qw.
@@ -149,8 +136,9 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale
   const int64_t R = 2 * M;  // int8 rows: each token's high part, then its low part
   auto q = torch::empty({R, K}, x.options().dtype(at::kChar));
   auto sx = torch::empty({R}, x.options());
-  const bool fast = has_vnni();
-  split_rows(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), sx.data_ptr<float>(), fast);
+  // Python takes this path only where int8_linear_has_vnni(); elsewhere fbgemm or PyTorch
+  TORCH_CHECK(has_vnni(), "int8_linear needs AVX-512 VNNI");
+  split_rows(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), sx.data_ptr<float>(), /*avx512=*/true);
 
   torch::Tensor acc;
   if (M >= gemm_min_rows) {
@@ -160,18 +148,11 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale
     int32_t* accp = acc.data_ptr<int32_t>();
     const int8_t* wp = w.data_ptr<int8_t>();
     const int64_t groups = (N + 3) / 4;  // four rows per task, as the kernel reads them
-    if (fast) {
-      const int8_t* qp = q.data_ptr<int8_t>();
-      const int32_t* ws = wsum.data_ptr<int32_t>();
-      at::parallel_for(0, groups, 16, [&](int64_t g0, int64_t g1) {
-        int_dot_vnni(qp, R, wp, ws, K, N, accp, g0 * 4, std::min(N, g1 * 4));
-      });
-    } else {
-      const int8_t* qp = q.data_ptr<int8_t>();
-      at::parallel_for(0, groups, 16, [&](int64_t g0, int64_t g1) {
-        int_dot_generic(qp, R, wp, K, N, accp, g0 * 4, std::min(N, g1 * 4));
-      });
-    }
+    const int8_t* qp = q.data_ptr<int8_t>();
+    const int32_t* ws = wsum.data_ptr<int32_t>();
+    at::parallel_for(0, groups, 16, [&](int64_t g0, int64_t g1) {
+      int_dot_vnni(qp, R, wp, ws, K, N, accp, g0 * 4, std::min(N, g1 * 4));
+    });
   }
 
   auto y = torch::empty({M, N}, x.options());
@@ -182,8 +163,8 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
-      (fast ? epilogue_avx512 : epilogue)(a + 2 * m * N, a + (2 * m + 1) * N, sxp[2 * m],
-                                          sxp[2 * m + 1], swp, bp, N, yp + m * N);
+      epilogue_avx512(a + 2 * m * N, a + (2 * m + 1) * N, sxp[2 * m], sxp[2 * m + 1], swp, bp, N,
+                      yp + m * N);
   });
   return y;
 }

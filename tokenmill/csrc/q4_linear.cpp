@@ -39,33 +39,6 @@ inline int64_t lane_source(int64_t i) {
   return start[quarter] + r;
 }
 
-// Plain C++: dequantize and multiply by the two int8 parts, the same formula as the kernel.
-void rows_generic(const int8_t* q, const float* s, const float* xsum, int64_t M, const uint8_t* qs,
-                  const at::Half* d, const at::Half* mn, int64_t K, int64_t N, float* y,
-                  int64_t n0, int64_t n1) {
-  const int64_t B = K / 32;
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t m = 0; m < M; ++m) {
-      const int8_t* hi = q + 2 * m * K;
-      const int8_t* lo = hi + K;
-      float acc = 0.f, macc = 0.f;
-      for (int64_t b = 0; b < B; ++b) {
-        const uint8_t* blk = qs + n * K / 2 + b * 16;
-        int32_t ih = 0, il = 0;
-        for (int64_t j = 0; j < 32; ++j) {
-          const int32_t qv = j < 16 ? (blk[j] & 15) : (blk[j - 16] >> 4);
-          const int64_t k = b * 32 + j, chunk = k / 64 * 64;
-          const int64_t pos = chunk + lane_source(k - chunk);  // where input k sits in lane order
-          ih += qv * hi[pos];
-          il += qv * lo[pos];
-        }
-        acc += static_cast<float>(d[n * B + b]) * (s[2 * m] * ih + s[2 * m + 1] * il);
-        macc += static_cast<float>(mn[n * B + b]) * xsum[m * B + b];
-      }
-      y[m * N + n] = acc + macc;
-    }
-}
-
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
 void rows_vnni(const int8_t* q, const float* s, const float* xsum, int64_t M, const uint8_t* qs,
                const at::Half* d, const at::Half* mn, int64_t K, int64_t N, float* y,
@@ -133,11 +106,12 @@ torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torc
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = qs.size(0), B = K / 32;
   TORCH_CHECK(K % 64 == 0 && qs.size(1) == K / 2 && d.size(1) == B, "shapes disagree (K % 64 == 0)");
-  const bool fast = has_vnni();
+  // Python takes this path only where the CPU has VNNI; elsewhere the PyTorch reference
+  TORCH_CHECK(has_vnni(), "q4_linear needs AVX-512 VNNI");
   // two int8 parts per row, then each 64-chunk reordered to the kernel's lane order
   std::vector<int8_t> parts(2 * M * K), q(2 * M * K);
   std::vector<float> s(2 * M), xsum(M * B);
-  tokenmill::split_rows(x.data_ptr<float>(), M, K, parts.data(), s.data(), fast);
+  tokenmill::split_rows(x.data_ptr<float>(), M, K, parts.data(), s.data(), /*avx512=*/true);
   for (int64_t r = 0; r < 2 * M; ++r)
     for (int64_t c = 0; c < K; c += 64)
       for (int64_t i = 0; i < 64; ++i) q[r * K + c + i] = parts[r * K + c + lane_source(i)];
@@ -154,7 +128,7 @@ torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torc
   const at::Half* dp = d.data_ptr<at::Half>();
   const at::Half* mp = m.data_ptr<at::Half>();
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    (fast ? rows_vnni : rows_generic)(q.data(), s.data(), xsum.data(), M, qsp, dp, mp, K, N, yp, n0, n1);
+    rows_vnni(q.data(), s.data(), xsum.data(), M, qsp, dp, mp, K, N, yp, n0, n1);
   });
   if (bias.numel()) y.add_(bias);
   return y;

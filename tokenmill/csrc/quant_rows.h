@@ -41,14 +41,14 @@ inline void quantize_row_avx512(const float* v, int64_t K, int8_t* q, float* sca
 // Each row x[m] becomes two int8 rows: q[2m] (scale s[2m]) and q[2m + 1], which quantizes what
 // q[2m] missed, r = x[m] - q[2m] * s[2m]. Together about 15 bits per activation: one pass of 8
 // bits cost +4.4% perplexity on SmolLM2-135M, two cost +0.65%, the same as fp32 activations.
-inline void split_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* s, bool fast) {
+inline void split_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* s, bool avx512) {
   std::vector<float> r(K);
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
     int8_t* hi = q + 2 * m * K;
-    (fast ? quantize_row_avx512 : quantize_row)(row, K, hi, s + 2 * m);
+    (avx512 ? quantize_row_avx512 : quantize_row)(row, K, hi, s + 2 * m);
     for (int64_t k = 0; k < K; ++k) r[k] = row[k] - static_cast<float>(hi[k]) * s[2 * m];
-    (fast ? quantize_row_avx512 : quantize_row)(r.data(), K, hi + K, s + 2 * m + 1);
+    (avx512 ? quantize_row_avx512 : quantize_row)(r.data(), K, hi + K, s + 2 * m + 1);
   }
 }
 

@@ -165,7 +165,7 @@ def _q4_linear(child: Linear):
     codes = codes_from_blocks(child.weight, *blocks)
     if codes is None:
         return None
-    return Q4Linear(codes, *blocks, child.bias, kernels())
+    return Q4Linear(codes, *blocks, child.bias, _native())  # no VNNI: the PyTorch reference
 
 
 def quantize_model(model: nn.Module, method: str) -> nn.Module:
