@@ -1,7 +1,7 @@
 // Small fused row ops for the CPU float32 path (one call instead of 5-20 PyTorch ops each, which
 // at decode batch sizes cost more in dispatch than in arithmetic). All are per row, so a row's
 // result never depends on the batch.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -11,7 +11,7 @@
 
 namespace {
 
-void check_rows(const torch::Tensor& t, const char* name) {
+void check_rows(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.scalar_type() == at::kFloat && t.stride(1) == 1,
               name, " must be (T, H) float32 with contiguous rows");
 }
@@ -27,10 +27,10 @@ inline void norm_row(const float* x, const float* w, int64_t H, float eps, float
 }  // namespace
 
 // x: (T, H) -> RMSNorm(x) * w, a new (T, H) tensor.
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
   check_rows(x, "x");
   const int64_t T = x.size(0), H = x.size(1);
-  auto out = torch::empty({T, H}, x.options());
+  auto out = at::empty({T, H}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -42,11 +42,11 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
 }
 
 // residual += x (in place, both (T, H)); returns RMSNorm(residual) * w.
-torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tensor w, double eps) {
+at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double eps) {
   check_rows(x, "x");
   check_rows(residual, "residual");
   const int64_t T = x.size(0), H = x.size(1);
-  auto out = torch::empty({T, H}, x.options());
+  auto out = at::empty({T, H}, x.options());
   const float* xp = x.data_ptr<float>();
   float* rp = residual.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
@@ -64,10 +64,10 @@ torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tenso
 }
 
 // gate_up: (T, 2I) = [gate | up] -> silu(gate) * up, (T, I).
-torch::Tensor silu_mul(torch::Tensor gate_up) {
+at::Tensor silu_mul(at::Tensor gate_up) {
   check_rows(gate_up, "gate_up");
   const int64_t T = gate_up.size(0), I = gate_up.size(1) / 2;
-  auto out = torch::empty({T, I}, gate_up.options());
+  auto out = at::empty({T, I}, gate_up.options());
   const float* gp = gate_up.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t ld = gate_up.stride(0);
@@ -93,9 +93,9 @@ void store_row(const float* src, int64_t D, C* dst) {
 // (Hkv, num_blocks * block_size, D), float32 or float16, at slot_mapping (T,).
 // cos, sin: (max_position, D).
 template <typename C>
-void rope_and_cache_impl(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
-                    torch::Tensor sin, torch::Tensor k_cache, torch::Tensor v_cache,
-                    torch::Tensor slot_mapping, int64_t Hq, int64_t Hkv) {
+void rope_and_cache_impl(at::Tensor qkv, at::Tensor positions, at::Tensor cos,
+                    at::Tensor sin, at::Tensor k_cache, at::Tensor v_cache,
+                    at::Tensor slot_mapping, int64_t Hq, int64_t Hkv) {
   check_rows(qkv, "qkv");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   const int64_t T = qkv.size(0), D = k_cache.size(-1), half = D / 2;
@@ -133,9 +133,9 @@ void rope_and_cache_impl(torch::Tensor qkv, torch::Tensor positions, torch::Tens
   });
 }
 
-void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
-                    torch::Tensor sin, torch::Tensor k_cache, torch::Tensor v_cache,
-                    torch::Tensor slot_mapping, int64_t Hq, int64_t Hkv) {
+void rope_and_cache(at::Tensor qkv, at::Tensor positions, at::Tensor cos,
+                    at::Tensor sin, at::Tensor k_cache, at::Tensor v_cache,
+                    at::Tensor slot_mapping, int64_t Hq, int64_t Hkv) {
   TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "k and v caches differ in dtype");
   if (k_cache.scalar_type() == at::kHalf)
     return rope_and_cache_impl<at::Half>(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, Hq, Hkv);

@@ -9,7 +9,7 @@
 // AVX-512 VNNI loop for a few rows (decode: reading the weights is the cost)
 // or at::_int_mm (oneDNN, AMX/VNNI tiles) for many rows (prefill). The float epilogue is one
 // code path for both. A row's result therefore never depends on the rest of the batch.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -126,25 +126,25 @@ bool int8_linear_has_vnni() { return has_vnni(); }
 // x (M, K) float32; w (N, K) int8; wscale (N,) float32; wsum (N,) int32 = w.sum(1);
 // bias (N,) float32 or empty.
 // Rows < gemm_min_rows take the row loop, more take at::_int_mm; both give the same int32.
-torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale,
-                          torch::Tensor wsum, torch::Tensor bias, int64_t gemm_min_rows) {
+at::Tensor int8_linear(at::Tensor x, at::Tensor w, at::Tensor wscale,
+                          at::Tensor wsum, at::Tensor bias, int64_t gemm_min_rows) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
   TORCH_CHECK(w.scalar_type() == at::kChar && w.is_contiguous(), "w must be contiguous int8");
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   TORCH_CHECK(w.size(1) == K, "x and w disagree on K");
   const int64_t R = 2 * M;  // int8 rows: each token's high part, then its low part
-  auto q = torch::empty({R, K}, x.options().dtype(at::kChar));
-  auto sx = torch::empty({R}, x.options());
+  auto q = at::empty({R, K}, x.options().dtype(at::kChar));
+  auto sx = at::empty({R}, x.options());
   // Python takes this path only where int8_linear_has_vnni(); elsewhere fbgemm or PyTorch
   TORCH_CHECK(has_vnni(), "int8_linear needs AVX-512 VNNI");
   split_rows(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), sx.data_ptr<float>(), /*avx512=*/true);
 
-  torch::Tensor acc;
+  at::Tensor acc;
   if (M >= gemm_min_rows) {
     acc = at::_int_mm(q, w.t());  // (R, N) int32, exact; oneDNN reads the transposed view as is
   } else {
-    acc = torch::empty({R, N}, x.options().dtype(at::kInt));
+    acc = at::empty({R, N}, x.options().dtype(at::kInt));
     int32_t* accp = acc.data_ptr<int32_t>();
     const int8_t* wp = w.data_ptr<int8_t>();
     const int64_t groups = (N + 3) / 4;  // four rows per task, as the kernel reads them
@@ -155,7 +155,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale
     });
   }
 
-  auto y = torch::empty({M, N}, x.options());
+  auto y = at::empty({M, N}, x.options());
   const int32_t* a = acc.data_ptr<int32_t>();
   const float* sxp = sx.data_ptr<float>();
   const float* swp = wscale.data_ptr<float>();

@@ -5,7 +5,7 @@
 // K/V read.
 // A row's result depends only on its own query and its own context, never on the batch, the
 // chunking of a prompt or padding: batch invariance by construction.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -147,15 +147,15 @@ constexpr int64_t kChunk = 256;
 // block_tables for each query; row_ctx: (T,) keys it may see (its position + 1);
 // block_tables: (S, max_blocks). Returns (T, Hq, D).
 template <typename C>
-torch::Tensor attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                             torch::Tensor row_seq, torch::Tensor row_ctx,
-                             torch::Tensor block_tables, double scale) {
+at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                             at::Tensor row_seq, at::Tensor row_ctx,
+                             at::Tensor block_tables, double scale) {
   q = q.contiguous();
   const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
   const int64_t Hkv = k_cache.size(0), NB = k_cache.size(1), BS = k_cache.size(2);
   const int64_t G = Hq / Hkv, MB = block_tables.size(1);
   TORCH_CHECK(D % kLanes == 0, "head_dim must be a multiple of 16");
-  auto out = torch::empty_like(q);
+  auto out = at::empty_like(q);
   const float* qp = q.data_ptr<float>();
   const C* kp = k_cache.data_ptr<C>();
   const C* vp = v_cache.data_ptr<C>();
@@ -244,13 +244,13 @@ torch::Tensor attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tens
 }
 
 // q: (T, Hq, D) float32; k_cache, v_cache: (Hkv, num_blocks, block_size, D), float32 or float16.
-torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                                   torch::Tensor row_seq, torch::Tensor row_ctx,
-                                   torch::Tensor block_tables, double scale) {
-  TORCH_CHECK(q.dtype() == torch::kFloat32, "q must be float32");
+at::Tensor paged_attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                                   at::Tensor row_seq, at::Tensor row_ctx,
+                                   at::Tensor block_tables, double scale) {
+  TORCH_CHECK(q.dtype() == at::kFloat, "q must be float32");
   TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "k and v caches differ in dtype");
-  if (k_cache.dtype() == torch::kFloat16)
+  if (k_cache.dtype() == at::kHalf)
     return attention_rows<at::Half>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
-  TORCH_CHECK(k_cache.dtype() == torch::kFloat32, "the cache must be float32 or float16");
+  TORCH_CHECK(k_cache.dtype() == at::kFloat, "the cache must be float32 or float16");
   return attention_rows<float>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
 }

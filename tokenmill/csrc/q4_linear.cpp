@@ -11,7 +11,7 @@
 // (m, n) output runs the same instruction sequence whatever M is: batch invariant.
 // One code path for all M: it reads 5 bits per weight (decode is memory-bound), but prefill
 // costs more than the int8 path's oneDNN matmul.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -97,8 +97,8 @@ void rows_vnni(const int8_t* q, const float* s, const float* xsum, int64_t M, co
 
 // x (M, K) float32; qs (N, K/2) uint8; d, m (N, K/32) float16; bias (N,) float32 or empty.
 // K must be a multiple of 64 (two blocks per step).
-torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torch::Tensor m,
-                        torch::Tensor bias) {
+at::Tensor q4_linear(at::Tensor x, at::Tensor qs, at::Tensor d, at::Tensor m,
+                        at::Tensor bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
   TORCH_CHECK(qs.scalar_type() == at::kByte && qs.is_contiguous(), "qs must be contiguous uint8");
   TORCH_CHECK(d.scalar_type() == at::kHalf && m.scalar_type() == at::kHalf && d.is_contiguous() &&
@@ -122,7 +122,7 @@ torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torc
       for (int64_t j = 0; j < 32; ++j) t += xp[r * K + b * 32 + j];
       xsum[r * B + b] = t;
     }
-  auto y = torch::empty({M, N}, x.options());
+  auto y = at::empty({M, N}, x.options());
   float* yp = y.data_ptr<float>();
   const uint8_t* qsp = qs.data_ptr<uint8_t>();
   const at::Half* dp = d.data_ptr<at::Half>();
