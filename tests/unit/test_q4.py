@@ -71,3 +71,12 @@ def test_engine_keeps_a_q4_1_files_blocks(tmp_path):  # kernel or PyTorch refere
     prompts = ["hello", "a longer prompt than that one", "x" * 40]
     alone = [llm.generate([q], p)[0].outputs[0].token_ids for q in prompts]
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, p)] == alone
+
+
+def test_layers_not_from_q4_1_blocks_take_int8(tmp_path):
+    from tests.tiny_models import make_hf_model, save_gguf
+    path = save_gguf(make_hf_model("llama", seed=4), str(tmp_path / "tiny-q8_0.gguf"), "Q8_0")
+    llm = LLM(path, quantization="q4_1", kv_cache_memory_gib=0.01, show_progress=False)
+    mods = list(llm.engine.runner.model.modules())
+    assert not any(isinstance(m, Q4Linear) for m in mods)  # nothing requantized to 4 bits
+    assert sum(isinstance(m, Int8Linear) for m in mods) == 4 * llm.engine.runner.model_config.num_layers + 2
