@@ -7,7 +7,7 @@
 // (sx = max|x| / 127), then its rounding error quantized again (split_rows, quant_rows.h).
 // The integer sum is exact, so it is the same number whichever kernel computes it: our
 // AVX-512 VNNI loop for a few rows (decode: reading the weights is the cost)
-// or at::_int_mm (oneDNN, AMX/VNNI tiles) for many rows (prefill). The float epilogue is one
+// or at::_int_mm (oneDNN's int8 GEMM) for many rows (prefill, batches). The float epilogue is one
 // code path for both. A row's result therefore never depends on the rest of the batch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -175,6 +175,9 @@ def quantize_model(model: nn.Module, method: str) -> nn.Module:
         return model
     if method not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {method!r}; supported: {', '.join(QUANTIZATIONS)}")
+    if method == "q4_1" and _native() is None:
+        warnings.warn("q4_1 without our AVX-512 VNNI kernel runs a slow PyTorch reference "
+                      "(it dequantizes every layer on every call); int8 is the fast format here")
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, Linear):
