@@ -22,12 +22,8 @@
 
 namespace {
 
+using tokenmill::has_vnni;
 using tokenmill::split_rows;
-
-bool has_vnni() {
-  static const bool yes = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
-  return yes;
-}
 
 // y[:] = float(hi[:]) * (s_hi * sw) + float(lo[:]) * (s_lo * sw) (+ bias), in that order,
 // multiplies and adds never fused.
@@ -138,7 +134,7 @@ at::Tensor int8_linear(at::Tensor x, at::Tensor w, at::Tensor wscale,
   auto sx = at::empty({R}, x.options());
   // Python takes this path only where int8_linear_has_vnni(); elsewhere fbgemm or PyTorch
   TORCH_CHECK(has_vnni(), "int8_linear needs AVX-512 VNNI");
-  split_rows(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), sx.data_ptr<float>(), /*avx512=*/true);
+  split_rows(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), sx.data_ptr<float>());
 
   at::Tensor acc;
   if (M >= gemm_min_rows) {

@@ -24,10 +24,7 @@
 
 namespace {
 
-bool has_vnni() {
-  static const bool yes = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
-  return yes;
-}
+using tokenmill::has_vnni;
 
 // Lane order of one 64-input chunk (two blocks) after the nibbles are unpacked: low nibbles of
 // both blocks, then high nibbles: [b0 0..15 | b1 0..15 | b0 16..31 | b1 16..31] = inputs
@@ -111,7 +108,7 @@ at::Tensor q4_linear(at::Tensor x, at::Tensor qs, at::Tensor d, at::Tensor m,
   // two int8 parts per row, then each 64-chunk reordered to the kernel's lane order
   std::vector<int8_t> parts(2 * M * K), q(2 * M * K);
   std::vector<float> s(2 * M), xsum(M * B);
-  tokenmill::split_rows(x.data_ptr<float>(), M, K, parts.data(), s.data(), /*avx512=*/true);
+  tokenmill::split_rows(x.data_ptr<float>(), M, K, parts.data(), s.data());
   for (int64_t r = 0; r < 2 * M; ++r)
     for (int64_t c = 0; c < K; c += 64)
       for (int64_t i = 0; i < 64; ++i) q[r * K + c + i] = parts[r * K + c + lane_source(i)];

@@ -9,17 +9,14 @@
 
 namespace tokenmill {
 
-// One row v (K,) -> q = round(v * 127 / max|v|) in int8, scale = max|v| / 127. Rounding is to
-// nearest even in both versions (nearbyint; vcvtps2dq under the default rounding mode).
-inline void quantize_row(const float* v, int64_t K, int8_t* q, float* scale) {
-  float amax = 0.f;
-  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(v[k]));
-  const float inv = amax > 0.f ? 127.f / amax : 0.f;
-  *scale = amax / 127.f;
-  for (int64_t k = 0; k < K; ++k)
-    q[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(v[k] * inv))));
+// Both linear kernels need AVX-512 VNNI; Python routes other CPUs elsewhere.
+inline bool has_vnni() {
+  static const bool yes = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+  return yes;
 }
 
+// One row v (K,) -> q = round(v * 127 / max|v|) in int8 (to nearest even: vcvtps2dq under the
+// default rounding mode, nearbyint for the tail), scale = max|v| / 127.
 __attribute__((target("avx512f,avx512bw")))
 inline void quantize_row_avx512(const float* v, int64_t K, int8_t* q, float* scale) {
   __m512 vmax = _mm512_setzero_ps();
@@ -41,14 +38,14 @@ inline void quantize_row_avx512(const float* v, int64_t K, int8_t* q, float* sca
 // Each row x[m] becomes two int8 rows: q[2m] (scale s[2m]) and q[2m + 1], which quantizes what
 // q[2m] missed, r = x[m] - q[2m] * s[2m]. Together about 15 bits per activation: one pass of 8
 // bits cost +4.4% perplexity on SmolLM2-135M, two cost +0.65%, the same as fp32 activations.
-inline void split_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* s, bool avx512) {
+inline void split_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* s) {
   std::vector<float> r(K);
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
     int8_t* hi = q + 2 * m * K;
-    (avx512 ? quantize_row_avx512 : quantize_row)(row, K, hi, s + 2 * m);
+    quantize_row_avx512(row, K, hi, s + 2 * m);
     for (int64_t k = 0; k < K; ++k) r[k] = row[k] - static_cast<float>(hi[k]) * s[2 * m];
-    (avx512 ? quantize_row_avx512 : quantize_row)(r.data(), K, hi + K, s + 2 * m + 1);
+    quantize_row_avx512(r.data(), K, hi + K, s + 2 * m + 1);
   }
 }
 

@@ -142,10 +142,10 @@ class LlamaForCausalLM(nn.Module):
                     raise ValueError(f"{name}: expected shape {tuple(p.shape)}, got {tuple(tensor.shape)}")
                 p.data.copy_(tensor)
                 loaded.add(name)
-                if hasattr(tensor, "q4_1") and name.endswith(".weight"):
+                if name.endswith(".weight"):
                     module = self.get_submodule(name.removesuffix(".weight"))
-                    if isinstance(module, Linear):
-                        module.q4_1_parts[0] = tensor.q4_1
+                    if isinstance(module, Linear):  # a Q4_1 matrix's block scales, if it has them
+                        module.note_q4_1(0, tensor)
         missing = set(params) - loaded
         if missing:
             raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:5]}")

@@ -13,6 +13,11 @@ class Linear(nn.Module):
         # first row -> (d, m) of the GGUF Q4_1 blocks those rows were loaded from (see q4.py)
         self.q4_1_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def note_q4_1(self, first_row: int, tensor: torch.Tensor) -> None:
+        """Keep the GGUF Q4_1 block scales a loaded weight carries (tensor.q4_1), if any."""
+        if hasattr(tensor, "q4_1"):
+            self.q4_1_parts[first_row] = tensor.q4_1
+
     def q4_1_blocks(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(d, m), each (out, in / 32), if every row came from Q4_1 blocks; else None."""
         parts = [self.q4_1_parts[k] for k in sorted(self.q4_1_parts)]
@@ -44,5 +49,5 @@ class MergedLinear(Linear):
         if tensor.shape[0] != size:
             raise ValueError(f"shard {shard}.{param}: expected {size} rows, got {tuple(tensor.shape)}")
         target.data[start:start + size].copy_(tensor)
-        if param == "weight" and hasattr(tensor, "q4_1"):
-            self.q4_1_parts[start] = tensor.q4_1
+        if param == "weight":
+            self.note_q4_1(start, tensor)
