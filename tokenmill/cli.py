@@ -16,7 +16,7 @@ from .config import EngineConfig
 from .sampling_params import SamplingParams
 
 # fields that are not useful as flags
-_SKIP = {"show_progress", "model", "skip_special_tokens"}
+_SKIP = {"show_progress", "model", "skip_special_tokens", "logits_processors"}
 
 
 def _flag_type(hint):
@@ -210,9 +210,11 @@ def cmd_serve(args) -> int:
           f"  curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
           f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
           f"\"content\": \"What is the capital of France?\"}}], \"temperature\": 0}}'", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
-    return 0
+    from .server.lifecycle import ServingProcess
+    process = ServingProcess(app, uvicorn.Config(app, host=settings.host, port=settings.port,
+                                                 log_level=args.log_level, timeout_graceful_shutdown=5))
+    process.run()
+    return app.state.tm.exit_code
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:

@@ -1,7 +1,15 @@
 """Per-request generation parameters, validated once at the door."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import torch
+
+# A logits processor sees one request's output token ids so far and its logits row (V,)
+# after penalties and bias, and returns the row to sample from (e.g. with tokens masked to
+# -inf). Structured output and speculative decoding plug in here.
+LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -16,6 +24,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    penalty_last_n: int = 0      # penalties look at the last n tokens only (Ollama's repeat_last_n); 0: all
     logit_bias: dict[int, float] = field(default_factory=dict)
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
@@ -23,6 +32,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs per token (0: only the sampled one)
     skip_special_tokens: bool = True
+    logits_processors: list[LogitsProcessor] = field(default_factory=list)
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -45,6 +55,7 @@ class SamplingParams:
             (self.repetition_penalty > 0, "repetition_penalty must be positive"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
+            (self.penalty_last_n >= 0, "penalty_last_n must be non-negative"),
             (all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
         ]

@@ -11,6 +11,7 @@ def req(tokens, rid="r"):
 def admit(bm, r):
     """What the scheduler does on admission: prefix hits, then blocks for the rest."""
     hits = bm.get_computed_blocks(r)
+    bm.count_prefix_lookup(r, hits)
     n = r.num_tokens - len(hits) * bm.block_size
     assert bm.can_allocate(r, n, hits)
     bm.allocate(r, n, hits)
@@ -116,3 +117,37 @@ def test_usage():
     assert bm.usage == 0.5
     bm.free(a)
     assert bm.usage == 0.0
+
+
+def test_hash_collision_is_not_a_hit(monkeypatch):
+    """Blocks are named by a hash, but a hit must also hold the same tokens: two different
+    prompts forced onto one hash never share KV."""
+    import tokenmill.engine.block_manager as bmod
+    monkeypatch.setattr(bmod, "chain_hash", lambda parent, salt, tokens: b"same")
+    bm = BlockManager(num_blocks=8, block_size=4)
+    admit(bm, req([1, 2, 3, 4, 5], "a"))
+    b = req([9, 9, 9, 9, 5], "b")
+    assert admit(bm, b) == []  # same hash, other tokens: computed afresh
+    assert 0 not in b.block_table
+
+
+def test_cache_salt_separates_tenants():
+    bm = BlockManager(num_blocks=16, block_size=4)
+    prompt = list(range(9))
+    a = Request("a", prompt, SamplingParams(), eos_ids=[0], cache_salt="tenant-1")
+    admit(bm, a)
+    other = Request("b", prompt, SamplingParams(), eos_ids=[0], cache_salt="tenant-2")
+    assert admit(bm, other) == []
+    same = Request("c", prompt, SamplingParams(), eos_ids=[0], cache_salt="tenant-1")
+    assert admit(bm, same) == a.block_table[:2]
+    unsalted = Request("d", prompt, SamplingParams(), eos_ids=[0])
+    assert admit(bm, unsalted) == []
+
+
+def test_block_hash_is_sha256_chain():
+    """Not Python's hash(): the key of a block is a sha256 digest over the chain."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = req(list(range(9)))
+    admit(bm, a)
+    h0 = bm.blocks[a.block_table[0]].block_hash
+    assert isinstance(h0, bytes) and len(h0) == 32

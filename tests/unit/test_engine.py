@@ -122,3 +122,31 @@ def test_stats(tiny_llm):
     s = tiny_llm.engine.get_stats()
     assert s.num_running == 0 and s.num_waiting == 0 and s.kv_cache_usage == 0.0
     assert s.num_generation_tokens >= 6 and s.finished_by_reason.get("length", 0) >= 2
+
+
+def test_chunked_prefill_off_needs_a_budget_that_fits_the_context(tiny_llama_dir):
+    from tokenmill import LLM
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        LLM(tiny_llama_dir, kv_cache_memory_gib=0.01, show_progress=False,
+            enable_chunked_prefill=False, max_num_batched_tokens=64)
+    llm = LLM(tiny_llama_dir, kv_cache_memory_gib=0.01, show_progress=False, enable_chunked_prefill=False,
+              max_num_batched_tokens=128, max_model_len=128)
+    out = llm.generate([[65] * 120], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))[0]
+    assert len(out.outputs[0].token_ids) == 4  # a 120-token prompt runs, unsplit
+
+
+def test_lowered_context_is_logged(tiny_llama_dir, caplog):
+    from tokenmill import LLM
+    with caplog.at_level("WARNING", logger="tokenmill"):
+        llm = LLM(tiny_llama_dir, kv_cache_memory_gib=0.00003, show_progress=False)
+    assert llm.engine.max_model_len < 512
+    assert f"max_model_len lowered from 512 to {llm.engine.max_model_len}" in caplog.text
+
+
+def test_n_equal_seed_streams_differ_from_the_next_seed(tiny_llm):
+    p = dict(temperature=1.0, max_tokens=12, ignore_eos=True)
+    two = tiny_llm.generate(["hello"], SamplingParams(n=2, seed=7, **p))[0]
+    seed8 = tiny_llm.generate(["hello"], SamplingParams(seed=8, **p))[0]
+    seed7 = tiny_llm.generate(["hello"], SamplingParams(seed=7, **p))[0]
+    assert two.outputs[0].token_ids == seed7.outputs[0].token_ids
+    assert two.outputs[1].token_ids != seed8.outputs[0].token_ids

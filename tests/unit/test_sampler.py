@@ -116,3 +116,50 @@ def test_logprobs_are_log_softmax_of_processed_logits():
     assert list(top.values()) == pytest.approx(want_top.values.tolist(), abs=1e-6)
     lp1, top1 = out.logprobs[1]
     assert lp1 == pytest.approx(processed[1, out.token_ids[1]].item(), abs=1e-6) and top1 == {}
+
+
+def test_penalty_window_only_sees_the_last_n_tokens():
+    # token 5 was said long ago (prompt), token 7 just now (output)
+    params = dict(repetition_penalty=2.0, frequency_penalty=1.0, temperature=0)
+    x = torch.zeros(1, V) + 1.0
+    whole = apply_penalties(x, [req(SamplingParams(**params), prompt=(5, 1, 1, 1), output=(7,))])
+    window = apply_penalties(x, [req(SamplingParams(penalty_last_n=2, **params), prompt=(5, 1, 1, 1), output=(7,))])
+    assert whole[0, 5] == 0.5 and window[0, 5] == 1.0  # out of the window: not penalised
+    assert whole[0, 7] == window[0, 7] == 0.5 - 1.0     # repetition then frequency
+    assert window[0, 1] == 0.5                          # prompt token inside the window
+
+
+def test_logits_processor_decides_the_token():
+    seen = []
+
+    def only_token_9(output_ids, row):
+        seen.append(list(output_ids))
+        masked = torch.full_like(row, float("-inf"))
+        masked[9] = row[9]
+        return masked
+
+    r = req(SamplingParams(temperature=1.0, seed=1, logits_processors=[only_token_9]), output=(4,))
+    other = req(SamplingParams(temperature=0), rid="other")
+    out = Sampler()(logits(rows=2), [r, other])
+    assert out.token_ids[0] == 9 and out.token_ids[1] != 9 or logits(rows=2)[1].argmax() == 9
+    assert seen == [[4]]
+
+
+def test_extreme_parameters_give_finite_logprobs():
+    r = req(SamplingParams(temperature=1e-300, repetition_penalty=5e-324, logprobs=5), prompt=tuple(range(V)))
+    out = Sampler()(logits(), [r])
+    lp, top = out.logprobs[0]
+    assert math.isfinite(lp) and all(math.isfinite(v) for v in top.values())
+    banned = req(SamplingParams(min_tokens=3, logprobs=0, temperature=0), eos=(0,))
+    x = logits()
+    x[0, 0] = 100.0
+    out = Sampler()(x, [banned])
+    assert out.token_ids[0] != 0 and math.isfinite(out.logprobs[0][0])
+
+
+def test_child_seeds_never_collide_with_the_next_seed():
+    from tokenmill.engine.request import child_seed
+    assert child_seed(7, 0) == 7
+    assert child_seed(7, 1) != child_seed(8, 0)
+    assert len({child_seed(s, i) for s in range(50) for i in range(4)}) == 200
+    assert 0 <= child_seed(-1, 0) < 2**64 and 0 <= child_seed(10**30, 0) < 2**64

@@ -33,10 +33,23 @@ def test_chunked_prefill_then_decode_joins_new_requests():
     assert run_step(s) == [("a", 1), ("b", 1)]  # both decoding
 
 
-def test_no_chunking_waits_for_budget():
+def test_no_chunking_runs_a_prompt_whole_when_the_budget_allows():
     s = make(budget=10, chunked=False)
-    s.add(req("a", 25))
-    assert run_step(s) == []
+    s.add(req("a", 6, max_tokens=5))
+    s.add(req("b", 8, max_tokens=5))
+    assert run_step(s) == [("a", 6)]           # b (8) does not fit next to a: not split
+    assert run_step(s) == [("a", 1), ("b", 8)]  # whole, once the budget has room
+
+
+def test_prefix_statistics_count_once_per_admission():
+    s = make(num_blocks=4, block_size=4, budget=100)
+    s.add(req("a", 12, max_tokens=50))
+    run_step(s)
+    s.add(req("b", 12))  # no blocks left for b: it waits, looked up again each step
+    for _ in range(3):
+        run_step(s)
+    assert len(s.waiting) == 1
+    assert s.bm.prefix_queries == 12  # a only; b is counted when it is admitted
 
 
 def test_max_num_seqs_limits_running():

@@ -96,18 +96,28 @@ class AsyncLLMEngine:
                     self._deliver(out.request_id, out)
         except BaseException as e:  # a dead engine must not leave clients waiting forever
             traceback.print_exc()
-            self.dead = e
-            for rid in list(self._queues):
-                self._deliver(rid, EngineDeadError(f"engine failed: {e}"))
+            self.dead = e  # first: generate() checks it after registering its queue
+            self.fail_all(EngineDeadError(f"engine failed: {type(e).__name__}: {e}"))
+
+    def fail_all(self, error: BaseException) -> None:
+        """Every request with a waiting client gets `error` (engine death, or shutdown after
+        the grace period); the engine thread aborts them."""
+        for rid in list(self._queues):
+            self._deliver(rid, error)
+            if self.dead is None:
+                self._command("abort", rid)
 
     def _apply_commands(self):
         while self._commands:
             kind, *args = self._commands.popleft()
             if kind == "add":
-                rid, ids, params, arrival = args
-                self._pending_adds -= 1
+                rid, ids, params, arrival, salt = args
+                self._pending_adds -= params.n
+                if rid not in self._queues:
+                    continue  # its client left before the engine saw it: never prefilled
                 try:
-                    self.engine.add_request(rid, prompt_token_ids=ids, params=params, arrival_time=arrival)
+                    self.engine.add_request(rid, prompt_token_ids=ids, params=params, arrival_time=arrival,
+                                            cache_salt=salt)
                 except Exception as e:  # validated before, but never lose a request silently
                     self._deliver(rid, e)
             else:
@@ -129,20 +139,28 @@ class AsyncLLMEngine:
         self.engine.validate(prompt_token_ids, params)
 
     def num_waiting(self) -> int:
+        """Sequences waiting for a place (each of a request's n samples counts)."""
         return len(self.engine.scheduler.waiting) + self._pending_adds
 
+    def has_work(self) -> bool:
+        return bool(self._queues) or self._pending_adds > 0
+
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+                       request_id: str | None = None, cache_salt: str | None = None
+                       ) -> AsyncIterator[RequestOutput]:
         if self.dead is not None:
             raise EngineDeadError(f"engine failed: {self.dead}")
         self.validate(prompt_token_ids, params)
-        if self.max_queue is not None and self.num_waiting() >= self.max_queue:
-            raise QueueFullError(f"the queue is full ({self.max_queue} requests waiting); retry later")
+        if self.max_queue is not None and self.num_waiting() + params.n > self.max_queue:
+            raise QueueFullError(f"the queue is full ({self.max_queue} sequences waiting); retry later")
         rid = request_id or f"req-{next(self._ids)}"
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[rid] = (asyncio.get_running_loop(), queue)
-        self._pending_adds += 1
-        self._command("add", rid, list(prompt_token_ids), params, time.time())
+        if self.dead is not None:  # died between the first check and the registration
+            self._queues.pop(rid, None)
+            raise EngineDeadError(f"engine failed: {self.dead}")
+        self._pending_adds += params.n
+        self._command("add", rid, list(prompt_token_ids), params, time.time(), cache_salt)
         finished = False
         try:
             while True:

@@ -1,24 +1,38 @@
 """Paged KV cache bookkeeping: which physical blocks hold which request's tokens.
 
 Blocks are ref-counted. With prefix caching, every full block is named by a hash chain
-(parent hash, its token ids), so a later request with the same prefix reuses the block.
+(sha256 of the parent's digest, the request's cache salt and the block's token ids), so a
+later request with the same prefix (and salt) reuses the block. A hit is also checked against
+the block's stored tokens: a collision can never serve another prompt's KV.
 A freed block keeps its contents and its hash on an LRU free list until it is handed out
 again; only then is it evicted from the cache.
 """
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 
 from .request import Request
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "block_hash")
+    __slots__ = ("block_id", "ref_count", "block_hash", "token_ids")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
-        self.block_hash: int | None = None
+        self.block_hash: bytes | None = None
+        self.token_ids: tuple[int, ...] | None = None  # what the cached block holds
+
+
+def chain_hash(parent: bytes | None, salt: str | None, tokens) -> bytes:
+    """sha256 over (parent digest, salt of the first block, token ids as int64)."""
+    h = hashlib.sha256(parent or b"root")
+    if parent is None and salt:
+        h.update(b"salt:" + salt.encode())
+    h.update(array("q", tokens).tobytes())
+    return h.digest()
 
 
 class BlockManager:
@@ -28,33 +42,40 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self.cached: dict[int, int] = {}  # block hash -> block id
+        self.cached: dict[bytes, int] = {}  # block hash -> block id
         self.prefix_queries = 0           # prompt tokens looked up in the cache
         self.prefix_hits = 0              # of which found
 
     # ---- prefix cache ----------------------------------------------------------------
-    def _block_hash(self, req: Request, i: int) -> int:
+    def _tokens(self, req: Request, i: int) -> tuple[int, ...]:
+        return tuple(req.all_token_ids[i * self.block_size:(i + 1) * self.block_size])
+
+    def _block_hash(self, req: Request, i: int) -> bytes:
         while len(req.block_hashes) <= i:
             j = len(req.block_hashes)
             parent = req.block_hashes[j - 1] if j else None
-            tokens = tuple(req.all_token_ids[j * self.block_size:(j + 1) * self.block_size])
-            req.block_hashes.append(hash((parent, tokens)))
+            req.block_hashes.append(chain_hash(parent, req.cache_salt, self._tokens(req, j)))
         return req.block_hashes[i]
 
     def get_computed_blocks(self, req: Request) -> list[int]:
         """Longest run of cached full blocks at the start of req's tokens. The last token is
-        never served from cache: its logits are needed to sample the next one."""
+        never served from cache: its logits are needed to sample the next one. Pure lookup:
+        the scheduler counts the statistics once, when it admits the request."""
         if not self.enable_prefix_caching:
             return []
         hits = []
         for i in range((req.num_tokens - 1) // self.block_size):
             block_id = self.cached.get(self._block_hash(req, i))
-            if block_id is None:
+            # the hash chain names the block; its stored tokens must match too
+            if block_id is None or self.blocks[block_id].token_ids != self._tokens(req, i):
                 break
             hits.append(block_id)
-        self.prefix_queries += req.num_tokens
-        self.prefix_hits += len(hits) * self.block_size
         return hits
+
+    def count_prefix_lookup(self, req: Request, hits: list[int]) -> None:
+        if self.enable_prefix_caching:
+            self.prefix_queries += req.num_tokens
+            self.prefix_hits += len(hits) * self.block_size
 
     def _register_full_blocks(self, req: Request, num_tokens: int) -> None:
         num_full = num_tokens // self.block_size
@@ -64,6 +85,7 @@ class BlockManager:
             if h not in self.cached:
                 self.cached[h] = block.block_id
                 block.block_hash = h
+                block.token_ids = self._tokens(req, i)
         req.num_hashed_blocks = max(req.num_hashed_blocks, num_full)
 
     # ---- allocation --------------------------------------------------------------------
@@ -93,6 +115,7 @@ class BlockManager:
                 if self.cached.get(block.block_hash) == block_id:
                     del self.cached[block.block_hash]
                 block.block_hash = None
+                block.token_ids = None
             block.ref_count = 1
             req.block_table.append(block_id)
         if self.enable_prefix_caching:

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 from dataclasses import dataclass, field
 
 from ..config import EngineConfig
@@ -24,8 +26,20 @@ from .scheduler import Scheduler
 from .stats import EngineStats
 
 
+log = logging.getLogger("tokenmill")
+
+
 class PromptTooLongError(ValueError):
     pass
+
+
+class InjectedFault(RuntimeError):
+    """Raised by step() when TOKENMILL_FAULT_AT_STEP says so: how tests kill the engine loop."""
+
+
+def _fault_step() -> int | None:
+    value = os.environ.get("TOKENMILL_FAULT_AT_STEP")
+    return int(value) if value else None
 
 
 @dataclass
@@ -53,8 +67,18 @@ class LLMEngine:
         self.tokenizer = checkpoint.tokenizer()
         self.runner = ModelRunner(config, checkpoint)
         capacity = self.runner.num_blocks * config.block_size
-        self.max_model_len = min(config.max_model_len or self.model_config.max_position,
-                                 self.model_config.max_position, capacity)
+        wanted = min(config.max_model_len or self.model_config.max_position, self.model_config.max_position)
+        self.max_model_len = min(wanted, capacity)
+        if self.max_model_len < wanted:
+            log.warning("max_model_len lowered from %d to %d tokens: the KV cache (%.3g GiB, %d blocks "
+                        "of %d) holds no more; raise kv_cache_memory_gib for more", wanted,
+                        self.max_model_len, config.kv_cache_memory_gib, self.runner.num_blocks,
+                        config.block_size)
+        if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"with chunked prefill off, max_num_batched_tokens ({config.max_num_batched_tokens}) must "
+                f"be at least max_model_len ({self.max_model_len}), or a long prompt could never be "
+                f"scheduled; raise it, lower max_model_len, or turn chunked prefill on")
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
@@ -65,11 +89,12 @@ class LLMEngine:
         self._aborted: list[str] = []
         self._ids = itertools.count()
         self.stats = EngineStats(num_kv_blocks=self.runner.num_blocks, block_size=config.block_size)
+        self._fault_at = _fault_step()
 
     # ---- requests in -------------------------------------------------------------------
     def add_request(self, request_id: str | None = None, prompt: str | None = None,
                     params: SamplingParams | None = None, prompt_token_ids: list[int] | None = None,
-                    arrival_time: float | None = None) -> str:
+                    arrival_time: float | None = None, cache_salt: str | None = None) -> str:
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self.groups:
@@ -81,7 +106,7 @@ class LLMEngine:
         self.validate(prompt_token_ids, params)
         children = [Request(request_id if params.n == 1 else f"{request_id}-{i}", prompt_token_ids,
                             params, self.tokenizer.eos_ids, index=i, parent_id=request_id,
-                            arrival_time=arrival_time)
+                            arrival_time=arrival_time, cache_salt=cache_salt)
                     for i in range(params.n)]
         detoks = [IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params) for _ in children]
         self.groups[request_id] = _Group(prompt, list(prompt_token_ids), children, detoks, [0] * params.n)
@@ -119,6 +144,8 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self._fault_at is not None and self.stats.num_steps >= self._fault_at:
+            raise InjectedFault(f"fault injected at step {self._fault_at} (TOKENMILL_FAULT_AT_STEP)")
         batch = self.scheduler.schedule()
         sampled: dict[str, int] = {}
         if len(batch):

@@ -94,13 +94,12 @@ class ModelRunner:
         if self.num_blocks < 1:
             raise ValueError("kv_cache_memory_gib is too small for a single KV block")
         shape = (cfg.num_kv_heads, self.num_blocks, config.block_size, cfg.head_dim)  # heads first
-        # One allocation for all layers. On CPU, a large torch.empty (far above glibc's 32 MiB
-        # mmap threshold) is a fresh anonymous mmap: zero pages that the OS hands out lazily, so
-        # start-up does not pay to write 1 GiB of zeros (1.2 s here). Zeros matter: padded reads
-        # of unwritten slots are multiplied by 0. Small caches may come from reused heap: zeroed.
-        nbytes = self.num_blocks * bytes_per_block
-        alloc = torch.empty if self.device.type == "cpu" and nbytes >= 256 * 2**20 else torch.zeros
-        self._kv = alloc((cfg.num_layers, 2, *shape), dtype=self.kv_dtype, device=self.device)
+        # One allocation for all layers, written once now: every page is faulted in at start,
+        # so RSS shows the real footprint from the first request and a machine without the
+        # memory fails here, not mid-traffic. Zeros matter too: padded reads of unwritten
+        # slots are multiplied by 0.
+        self._kv = torch.empty((cfg.num_layers, 2, *shape), dtype=self.kv_dtype, device=self.device)
+        self._kv.zero_()
         self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
         self._block_offsets = torch.arange(config.block_size)
         self.work = WorkCounter()

@@ -7,12 +7,22 @@ same thing seen through that counter.
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from ..sampling_params import SamplingParams
+
+
+def child_seed(seed: int, index: int) -> int:
+    """Sample 0 uses the seed itself (so n=1 and the first of n agree); the others get a
+    seed derived by hashing, so (seed 7, n=2) never shares a stream with seed 8."""
+    if index == 0:
+        return seed % 2**64  # any integer a client sends is a valid seed
+    digest = hashlib.sha256(f"tokenmill-child:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class RequestStatus(enum.Enum):
@@ -38,7 +48,7 @@ class RequestMetrics:
 class Request:
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                  eos_ids: list[int], index: int = 0, parent_id: str | None = None,
-                 arrival_time: float | None = None):
+                 arrival_time: float | None = None, cache_salt: str | None = None):
         self.request_id = request_id
         self.parent_id = parent_id or request_id
         self.index = index  # which of the parent's n samples
@@ -51,14 +61,15 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.block_table: list[int] = []
-        self.block_hashes: list[int] = []  # hash chain over full blocks, filled lazily
+        self.cache_salt = cache_salt        # prefix-cache sharing only among the same salt
+        self.block_hashes: list[bytes] = []  # hash chain over full blocks, filled lazily
         self.num_hashed_blocks = 0          # blocks already registered in the prefix cache
         self.stop_reason: int | str | None = None
         self.logprobs: list[tuple[float, dict[int, float]]] = []
         self.metrics = RequestMetrics(arrival_time or time.time())
         self.generator: torch.Generator | None = None
         if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed + index)
+            self.generator = torch.Generator().manual_seed(child_seed(params.seed, index))
 
     @property
     def num_tokens(self) -> int:

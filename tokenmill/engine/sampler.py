@@ -1,8 +1,10 @@
 """Logits -> next tokens, for a batch with per-request parameters.
 
 Order of processing (each step only when some row needs it):
-  1. penalties (repetition, frequency, presence), logit_bias, min_tokens masking
-     -> "processed logits"; logprobs are the log-softmax of these
+  1. penalties (repetition, frequency, presence; over the last `penalty_last_n` tokens when
+     set), logit_bias, min_tokens masking, then each request's logits processors
+     -> "processed logits"; logprobs are the log-softmax of these, floored at LOGPROB_FLOOR
+     so that -inf never reaches a JSON encoder
   2. greedy rows: argmax of the processed logits
   3. sampled rows: / temperature, top-k, top-p, min-p, softmax, then one draw
 Draws use the exponential race (argmax p_i / E_i with E_i ~ Exp(1)); a row with a seed draws
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from .request import Request
+
+LOGPROB_FLOOR = -9999.0  # what vLLM reports for an impossible token
 
 
 @dataclass
@@ -49,10 +53,10 @@ def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
         rep = torch.tensor([r.params.repetition_penalty for r in reqs], device=dev).unsqueeze(1)
         freq = torch.tensor([r.params.frequency_penalty for r in reqs], device=dev).unsqueeze(1)
         pres = torch.tensor([r.params.presence_penalty for r in reqs], device=dev).unsqueeze(1)
-        out_counts = _token_counts([r.output_token_ids for r in reqs], V, dev)
+        out_counts = _token_counts([_window(r.output_token_ids, r.params.penalty_last_n) for r in reqs], V, dev)
         if (rep != 1.0).any():
             # repetition penalty looks at prompt and output (as HF and vLLM do)
-            seen = (_token_counts([r.prompt_token_ids for r in reqs], V, dev) + out_counts) > 0
+            seen = _token_counts([_window(r.all_token_ids, r.params.penalty_last_n) for r in reqs], V, dev) > 0
             penalised = torch.where(logits > 0, logits / rep, logits * rep)
             logits = torch.where(seen, penalised, logits)
         logits -= freq * out_counts + pres * (out_counts > 0).to(logits.dtype)
@@ -65,7 +69,14 @@ def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
             banned = set(r.eos_ids) | set(p.stop_token_ids)
             if banned:
                 logits[i, torch.tensor(sorted(banned), device=dev)] = float("-inf")
-    return logits
+        for processor in p.logits_processors:
+            logits[i] = processor(r.output_token_ids, logits[i])
+    # extreme parameters (a penalty of 1e-300) must not turn a row into inf/nan
+    return logits.nan_to_num_(nan=float("-inf"), posinf=torch.finfo(logits.dtype).max, neginf=float("-inf"))
+
+
+def _window(ids: list[int], last_n: int) -> list[int]:
+    return ids[-last_n:] if last_n > 0 else ids
 
 
 def apply_top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -123,7 +134,7 @@ class Sampler:
         logprobs: list = [None] * S
         want = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
         if want:
-            lp = processed[want].log_softmax(-1)
+            lp = processed[want].log_softmax(-1).nan_to_num_(nan=LOGPROB_FLOOR).clamp_(min=LOGPROB_FLOOR)
             k = max(reqs[i].params.logprobs for i in want)
             top_v, top_i = lp.topk(max(k, 1), dim=-1)
             chosen = lp.gather(1, tokens[want].unsqueeze(1)).squeeze(1).tolist()

@@ -84,6 +84,7 @@ class Scheduler:
                 n = budget
             if not self.bm.can_allocate(req, n, computed):
                 break
+            self.bm.count_prefix_lookup(req, computed)
             self.bm.allocate(req, n, computed)
             self.waiting.popleft()
             req.num_computed_tokens = num_cached

@@ -5,28 +5,32 @@ answer 503 while it loads and 200 once it is ready.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
+import traceback
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import EngineConfig
-from .errors import APIError, error_body, error_response, pydantic_message
+from .errors import error_body, given_api_key, install_error_handlers, key_matches
+from .lifecycle import watch_engine
 from .metrics import Metrics
 from .serving import ServerSettings, ServerState
 
 _OPEN_PATHS = {"/health"}
+_OPERATIONS = {"/health", "/metrics", "/version"}  # answered while draining
 
 
 class Gatekeeper:
     """Pure ASGI middleware (streams and disconnects pass straight through): counts responses
-    by status, checks the API key, and refuses bodies over the size limit with 413."""
+    by status, checks the API key, refuses bodies over the size limit with 413 and new work
+    with 503 while the server drains. Ollama bodies are JSON whatever their content type
+    (curl -d sends a form type), so /api/ requests are handed on as application/json."""
 
     def __init__(self, app, state: ServerState):
         self.app = app
@@ -47,11 +51,12 @@ class Gatekeeper:
         settings = self.state.settings
         headers = dict(scope["headers"])
         if settings.api_key and path not in _OPEN_PATHS:
-            auth = headers.get(b"authorization", b"").decode(errors="replace")
-            given = auth[7:] if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode()
-            if given != settings.api_key:
+            text = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers.items()}
+            if not key_matches(given_api_key(text), settings.api_key):
                 return await self._reply(send, path, 401, "invalid or missing API key",
                                          {"WWW-Authenticate": "Bearer"})
+        if self.state.draining and path not in _OPERATIONS:
+            return await self._reply(send, path, 503, "the server is shutting down", {"Retry-After": "1"})
         limit = settings.max_body_bytes
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -78,6 +83,9 @@ class Gatekeeper:
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
                 return await receive()
             inner_receive = replay
+            if path.startswith("/api/"):
+                scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+                             + [(b"content-type", b"application/json")])
         else:
             inner_receive = receive
 
@@ -119,7 +127,9 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     async def lifespan(app):
         if state.engine is None:
             threading.Thread(target=load, name="tokenmill-load", daemon=True).start()
+        watcher = asyncio.create_task(watch_engine(app))
         yield
+        watcher.cancel()
         if state.engine is not None and hasattr(state.engine, "shutdown"):
             state.engine.shutdown()
 
@@ -127,29 +137,17 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     app.state.tm = state
     state.engine = engine
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError):
-        return error_response(request.url.path, e.status, e.message, e.param, e.code, e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, e: RequestValidationError):
-        message, param = pydantic_message(e.errors())
-        return error_response(request.url.path, 400, message, param)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException):
-        message = e.detail if e.status_code != 404 else f"no route {request.method} {request.url.path}"
-        return error_response(request.url.path, e.status_code, str(message))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, e: Exception):
-        return error_response(request.url.path, 500, f"internal error: {type(e).__name__}: {e}")
+    install_error_handlers(app, on_error=lambda request, e: traceback.print_exception(e))
 
     @app.get("/health")
     async def health():
         if state.engine is None:
             return JSONResponse({"status": "error" if state.load_error else "loading",
                                  "error": state.load_error}, status_code=503)
+        if state.engine_error:  # the process exits soon, so that a supervisor restarts it
+            return JSONResponse({"status": "error", "error": state.engine_error}, status_code=503)
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/version")

@@ -1,11 +1,17 @@
-"""Errors in each client's own protocol shape.
+"""Errors in each client's own protocol shape, API keys, and the exception handlers that the
+server and the router share.
 
 OpenAI: {"error": {"message", "type", "param", "code"}}; Ollama: {"error": "..."};
 TGI: {"error": "...", "error_type": "..."}. The shape is chosen by the route's path.
 """
 from __future__ import annotations
 
+import hmac
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
@@ -57,3 +63,39 @@ def pydantic_message(errors: list[dict]) -> tuple[str, str | None]:
     if e.get("type") in ("json_invalid", "model_attributes_type") or param is None:
         return f"the request body is not valid JSON: {e.get('msg')}", None
     return f"{param}: {e.get('msg')}", param
+
+
+def given_api_key(headers) -> str:
+    """The key a client sent: `Authorization: Bearer KEY` (OpenAI, Ollama, TGI clients) or
+    `x-api-key`. headers: a Starlette Headers or a dict of lower-case str."""
+    auth = headers.get("authorization", "") or ""
+    return auth[7:] if auth.lower().startswith("bearer ") else (headers.get("x-api-key", "") or "")
+
+
+def key_matches(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def install_error_handlers(app: FastAPI, on_error=None) -> None:
+    """Every error leaves in the protocol of the path it came to; nothing leaves as a bare 500.
+    on_error(request, exc) is told about unexpected exceptions (logging)."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return error_response(request.url.path, e.status, e.message, e.param, e.code, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        message, param = pydantic_message(e.errors())
+        return error_response(request.url.path, 400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        message = e.detail if e.status_code != 404 else f"no route {request.method} {request.url.path}"
+        return error_response(request.url.path, e.status_code, str(message))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):
+        if on_error is not None:
+            on_error(request, e)
+        return error_response(request.url.path, 500, f"internal error: {type(e).__name__}: {e}")

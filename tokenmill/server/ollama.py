@@ -9,24 +9,43 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..model.loader.chat_template import ChatTemplateError
-from .errors import APIError, pydantic_message
-from .serving import final_output, generate, make_params
+from ..sampling_params import SamplingParams
+from .errors import APIError
+from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, submit
 
 router = APIRouter()
 
-# Ollama's documented defaults where the request gives no option
-_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.9}
-_OPTION_MAP = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
-               "num_predict": "max_tokens", "stop": "stop", "seed": "seed",
-               "repeat_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
-               "frequency_penalty": "frequency_penalty"}
-# options that only tune llama.cpp's runtime; they have no meaning here and change no output
-_RUNTIME_OPTIONS = {"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap",
-                    "use_mlock", "numa", "low_vram", "num_keep", "vocab_only"}
+
+class Options(BaseModel):
+    """Ollama's `options`, with Ollama's documented defaults. Options that only tune
+    llama.cpp's runtime are accepted and change nothing here."""
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(default=0.8, ge=0, le=100)
+    top_k: int = Field(default=40, ge=-1)  # <= 0: off
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    min_p: float = Field(default=0.0, ge=0, le=1)
+    num_predict: int = Field(default=-1, ge=-2)   # -1: until EOS; -2: until the context is full
+    repeat_penalty: float = Field(default=1.1, gt=0, le=100)
+    repeat_last_n: int = Field(default=64, ge=-1)  # penalties look this far back; 0: off; -1: num_ctx
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    seed: int | None = None
+    stop: list[str] | str | None = None
+    num_ctx: int | None = Field(default=None, ge=1)  # None: the server's context length
+    # llama.cpp runtime knobs: no meaning here
+    num_batch: int | None = None
+    num_gpu: int | None = None
+    main_gpu: int | None = None
+    num_thread: int | None = None
+    num_keep: int | None = None
+    use_mmap: bool | None = None
+    use_mlock: bool | None = None
+    numa: bool | None = None
+    low_vram: bool | None = None
+    vocab_only: bool | None = None
 
 
 class Message(BaseModel):
@@ -41,7 +60,7 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     stream: bool = True
-    options: dict[str, Any] | None = None
+    options: Options | None = None
     format: Any = None
     keep_alive: Any = None
     think: Any = None
@@ -68,20 +87,6 @@ def _state(request):
     return request.app.state.tm
 
 
-async def _parse(request: Request, model: type[BaseModel]):
-    """Ollama accepts a JSON body whatever its content type (curl -d sends a form type)."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw or b"{}")
-    except ValueError as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}") from e
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        message, _ = pydantic_message(e.errors())
-        raise APIError(400, message) from e
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -92,23 +97,23 @@ def _refuse_unsupported(body, names):
             raise APIError(400, f"`{name}` is not supported by this server yet")
 
 
-def _params(options: dict | None):
-    opts = dict(options or {})
-    unknown = set(opts) - set(_OPTION_MAP) - _RUNTIME_OPTIONS
-    if unknown:
-        raise APIError(400, f"unsupported option(s): {', '.join(sorted(unknown))}")
-    kw = dict(_DEFAULTS)
-    for k, v in opts.items():
-        if k in _OPTION_MAP:
-            kw[_OPTION_MAP[k]] = v
-    if kw.get("max_tokens") is not None and kw["max_tokens"] < 0:
-        kw["max_tokens"] = None  # -1 (infinite) and -2 (fill the context): until the context ends
-    if isinstance(kw.get("stop"), str):
-        kw["stop"] = [kw["stop"]]
-    try:
-        return make_params(**kw)
-    except TypeError as e:
-        raise APIError(400, f"bad option value: {e}") from e
+def _params(o: Options | None, num_prompt: int, max_model_len: int) -> SamplingParams:
+    o = o or Options()
+    limit = min(o.num_ctx or max_model_len, max_model_len)
+    if num_prompt >= limit:
+        raise APIError(400, f"the prompt has {num_prompt} tokens, but the context length (num_ctx) is {limit} "
+                            f"tokens and at least one must be left to generate")
+    room = limit - num_prompt
+    max_tokens = room if o.num_predict < 0 else min(max(o.num_predict, 1), room)
+    last_n = limit if o.repeat_last_n == -1 else o.repeat_last_n
+    if last_n == 0:  # Ollama: 0 turns the penalties off
+        rep, pres, freq = 1.0, 0.0, 0.0
+    else:
+        rep, pres, freq = o.repeat_penalty, o.presence_penalty, o.frequency_penalty
+    return make_params(temperature=o.temperature, top_k=max(o.top_k, 0), top_p=o.top_p, min_p=o.min_p,
+                       max_tokens=max_tokens, repetition_penalty=rep, presence_penalty=pres,
+                       frequency_penalty=freq, penalty_last_n=max(last_n, 0), seed=o.seed,
+                       stop=[o.stop] if isinstance(o.stop, str) else o.stop)
 
 
 def _final_stats(out, started: float) -> dict:
@@ -124,8 +129,8 @@ def _final_stats(out, started: float) -> dict:
 
 
 async def _respond(request, state, body, prompt_ids, kind: str):
-    params = _params(body.options)
-    stream = await generate(state, prompt_ids, params)
+    params = _params(body.options, len(prompt_ids), state.get_engine().max_model_len)
+    stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream))
     started = time.time()
     model = body.model
 
@@ -152,8 +157,7 @@ async def _respond(request, state, body, prompt_ids, kind: str):
 
 
 @router.post("/api/chat")
-async def chat(request: Request):
-    body = await _parse(request, ChatRequest)
+async def chat(body: ChatRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
     _refuse_unsupported(body, ["format", "tools", "think", "logprobs", "top_logprobs"])
@@ -165,16 +169,12 @@ async def chat(request: Request):
         return JSONResponse({"model": body.model, "created_at": _now(),
                              "message": {"role": "assistant", "content": ""}, "done": True,
                              "done_reason": "load"})
-    try:
-        ids = engine.tokenizer.encode_chat([{"role": m.role, "content": m.content} for m in body.messages])
-    except (ChatTemplateError, ValueError) as e:
-        raise APIError(400, str(e)) from e
+    ids = chat_prompt_ids(engine, [{"role": m.role, "content": m.content} for m in body.messages])
     return await _respond(request, state, body, ids, "chat")
 
 
 @router.post("/api/generate")
-async def generate_route(request: Request):
-    body = await _parse(request, GenerateRequest)
+async def generate_route(body: GenerateRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
     _refuse_unsupported(body, ["format", "template", "context", "images", "suffix", "think", "logprobs",
@@ -189,10 +189,7 @@ async def generate_route(request: Request):
     else:
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
                    [{"role": "user", "content": body.prompt}]
-        try:
-            ids = tok.encode_chat(messages)
-        except (ChatTemplateError, ValueError) as e:
-            raise APIError(400, str(e)) from e
+        ids = chat_prompt_ids(engine, messages)
     return await _respond(request, state, body, ids, "generate")
 
 
@@ -233,8 +230,7 @@ class ShowRequest(BaseModel):
 
 
 @router.post("/api/show")
-async def show(request: Request):
-    body = await _parse(request, ShowRequest)
+async def show(body: ShowRequest, request: Request):
     state = _state(request)
     state.check_model(body.model or body.name)
     engine = state.get_engine()

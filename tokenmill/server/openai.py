@@ -10,10 +10,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.outputs import CompletionOutput
-from ..model.loader.chat_template import ChatTemplateError
+from ..engine.sampler import LOGPROB_FLOOR
 from .errors import APIError
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
-from .serving import final_output, generate, make_params, new_id, until_disconnect
+from .serving import (GenerationRequest, chat_prompt_ids, final_output, make_params, new_id, submit,
+                      until_disconnect)
 
 router = APIRouter()
 
@@ -26,12 +27,16 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def chat_prompt_ids(engine, messages) -> list[int]:
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
-    try:
-        return engine.tokenizer.encode_chat(msgs)
-    except (ChatTemplateError, ValueError) as e:
-        raise APIError(400, str(e), param="messages") from e
+def _sse_error(e: APIError) -> str:
+    return _sse({"error": {"message": e.message, "type": "server_error", "param": None, "code": e.status}})
+
+
+def _messages(messages) -> list[dict]:
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+
+
+def _lp(x: float) -> float:
+    return max(x, LOGPROB_FLOOR)
 
 
 def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
@@ -62,8 +67,8 @@ def _chat_logprobs(tok, token_ids, logprobs) -> dict:
     content = []
     for tid, (lp, top) in zip(token_ids, logprobs):
         t = _token_text(tok, tid)
-        content.append({"token": t, "logprob": lp, "bytes": list(t.encode()),
-                        "top_logprobs": [{"token": (tt := _token_text(tok, i)), "logprob": v,
+        content.append({"token": t, "logprob": _lp(lp), "bytes": list(t.encode()),
+                        "top_logprobs": [{"token": (tt := _token_text(tok, i)), "logprob": _lp(v),
                                           "bytes": list(tt.encode())} for i, v in top.items()]})
     return {"content": content}
 
@@ -74,8 +79,8 @@ def _completion_logprobs(tok, token_ids, logprobs, offset0: int = 0) -> dict:
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
-    return {"tokens": tokens, "token_logprobs": [lp for lp, _ in logprobs],
-            "top_logprobs": [{_token_text(tok, i): v for i, v in top.items()} for _, top in logprobs],
+    return {"tokens": tokens, "token_logprobs": [_lp(lp) for lp, _ in logprobs],
+            "top_logprobs": [{_token_text(tok, i): _lp(v) for i, v in top.items()} for _, top in logprobs],
             "text_offset": offsets}
 
 
@@ -129,11 +134,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     engine = state.get_engine()
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-    prompt_ids = chat_prompt_ids(engine, body.messages)
+    prompt_ids = chat_prompt_ids(engine, _messages(body.messages))
+    # no max_tokens: until EOS or the context is full, as OpenAI's chat API does
     params = _common_params(body, body.max_completion_tokens or body.max_tokens,
                             (body.top_logprobs or 0) if body.logprobs else None)
     rid, created, model, tok = new_id("chatcmpl"), int(time.time()), body.model, engine.tokenizer
-    stream = await generate(state, prompt_ids, params, rid)
+    stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream, rid,
+                                                            body.cache_salt))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_chat_stream(stream, rid, created, model, tok, params, len(prompt_ids),
@@ -182,7 +189,7 @@ async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, inc
             yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(num_completion.values()))})
         yield "data: [DONE]\n\n"
     except APIError as e:  # e.g. the engine died mid-stream: tell the client in-band
-        yield _sse({"error": {"message": e.message, "type": "server_error", "param": None, "code": e.status}})
+        yield _sse_error(e)
 
 
 # ---- completions -----------------------------------------------------------------------
@@ -208,10 +215,13 @@ async def completions(body: CompletionRequest, request: Request):
         raise APIError(400, "prompt must be a non-empty string, list of strings or token ids", param="prompt")
     params = _common_params(body, body.max_tokens, body.logprobs)
     rid, created, model = new_id("cmpl"), int(time.time()), body.model
+    if len(prompts) * params.n > state.settings.max_n:
+        raise APIError(400, f"prompts x n must be at most {state.settings.max_n} on this server", param="n")
     streams = []
     try:
         for ids in prompts:
-            streams.append(await generate(state, ids, params))
+            streams.append(await submit(state, request, GenerationRequest(ids, params, body.stream,
+                                                                          cache_salt=body.cache_salt)))
     except BaseException:
         for s in streams:
             await s.aclose()
@@ -229,18 +239,21 @@ async def completions(body: CompletionRequest, request: Request):
         async def sse():
             base = {"id": rid, "object": "text_completion", "created": created, "model": model}
             done_tokens = {}
-            async for i, out in _merge(streams):
-                for c in out.outputs:
-                    k = len(c.token_ids_delta)
-                    lp = c.logprobs[-k:] if c.logprobs is not None and k else ([] if c.logprobs is not None else None)
-                    if c.text_delta or c.finish_reason:
-                        yield _sse({**base, "choices": [choice(i, c, c.text_delta, c.token_ids_delta, lp,
-                                                               c.finish_reason)]})
-                    if c.finish_reason:
-                        done_tokens[(i, c.index)] = len(c.token_ids)
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(done_tokens.values()))})
-            yield "data: [DONE]\n\n"
+            try:
+                async for i, out in _merge(streams):
+                    for c in out.outputs:
+                        k = len(c.token_ids_delta)
+                        lp = c.logprobs[-k:] if c.logprobs is not None and k else ([] if c.logprobs is not None else None)
+                        if c.text_delta or c.finish_reason:
+                            yield _sse({**base, "choices": [choice(i, c, c.text_delta, c.token_ids_delta, lp,
+                                                                   c.finish_reason)]})
+                        if c.finish_reason:
+                            done_tokens[(i, c.index)] = len(c.token_ids)
+                if include_usage:
+                    yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(done_tokens.values()))})
+                yield "data: [DONE]\n\n"
+            except APIError as e:
+                yield _sse_error(e)
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 
@@ -279,7 +292,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
-        ids = chat_prompt_ids(engine, body.messages)
+        ids = chat_prompt_ids(engine, _messages(body.messages))
     else:
         ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     return {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids}

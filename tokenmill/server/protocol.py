@@ -66,6 +66,7 @@ class _SamplingFields(_Strict):
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
+    cache_salt: str | None = Field(default=None, max_length=256)  # prefix cache shared only within a salt
 
     _unsupported: ClassVar[tuple[str, ...]] = ()
 

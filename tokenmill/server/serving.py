@@ -1,5 +1,12 @@
-"""What every protocol route shares: the engine client, model-name checks, limits, metrics
-and cancellation when the client goes away."""
+"""The one request path that every protocol shares.
+
+A protocol module is a codec: it parses its body into a GenerationRequest (prompt token ids,
+SamplingParams with that protocol's own defaults, stream flag, options), calls submit(), and
+encodes the RequestOutputs (or the APIError) back in its own shape. submit() holds what is the
+same for all of them: engine state, context and n limits, admission (429 when the queue is
+full), cancellation from the moment of admission when the client leaves, metrics, and engine
+failures turned into errors.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +20,9 @@ from fastapi import Request
 from ..engine.async_engine import EngineDeadError, QueueFullError
 from ..engine.engine import PromptTooLongError
 from ..engine.outputs import RequestOutput
+from ..model.loader.chat_template import ChatTemplateError
 from ..sampling_params import SamplingParams
 from .errors import APIError
-
 
 @dataclass
 class ServerSettings:
@@ -23,9 +30,11 @@ class ServerSettings:
     port: int = 8000
     api_key: str | None = None
     served_model_name: str | None = None
-    max_queue: int | None = 256          # waiting requests beyond this get 429
+    max_queue: int | None = 256          # sequences waiting beyond this get 429 (each of n counts)
+    max_n: int = 16                      # samples per request at most (n, best_of)
     max_body_bytes: int = 4 * 2**20      # larger request bodies get 413
     retry_after_s: int = 1
+    drain_timeout_s: float = 30.0        # on SIGTERM: running requests get this long to finish
 
 
 @dataclass
@@ -36,12 +45,21 @@ class ServerState:
     load_error: str | None = None
     started: float = field(default_factory=time.time)
     model_name: str = "model"
+    draining: bool = False               # SIGTERM received: new work gets 503
+    exit_code: int = 0
+
+    @property
+    def engine_error(self) -> str | None:
+        dead = getattr(self.engine, "dead", None)
+        return f"{type(dead).__name__}: {dead}" if dead is not None else None
 
     def get_engine(self):
         if self.engine is None:
             if self.load_error:
                 raise APIError(503, f"the model failed to load: {self.load_error}")
             raise APIError(503, "the model is still loading; retry shortly", headers={"Retry-After": "1"})
+        if self.engine_error:
+            raise APIError(503, f"the engine failed and the server is restarting: {self.engine_error}")
         return self.engine
 
     def model_names(self) -> set[str]:
@@ -57,12 +75,21 @@ class ServerState:
                                 f"`{self.model_name}`.", param="model", code="model_not_found")
 
 
+@dataclass
+class GenerationRequest:
+    """What every protocol's body comes down to."""
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    stream: bool = False
+    request_id: str | None = None
+    cache_salt: str | None = None        # prefix-cache sharing only among requests with this salt
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def check_context(engine, num_prompt: int, max_tokens: int | None) -> None:
-    limit = engine.max_model_len
+def check_context(limit: int, num_prompt: int, max_tokens: int | None) -> None:
     if num_prompt >= limit:
         raise APIError(400, f"This model's maximum context length is {limit} tokens. However, your "
                             f"prompt has {num_prompt} tokens.", param="messages")
@@ -76,26 +103,54 @@ def check_context(engine, num_prompt: int, max_tokens: int | None) -> None:
 def make_params(**kwargs) -> SamplingParams:
     try:
         return SamplingParams(**{k: v for k, v in kwargs.items() if v is not None})
-    except ValueError as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise APIError(400, str(e)) from e
 
 
-async def generate(state: ServerState, prompt_ids: list[int], params: SamplingParams,
-                   request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-    """Engine outputs for one request, with clear errors and finished-request metrics."""
-    engine = state.get_engine()
-    check_context(engine, len(prompt_ids), params.max_tokens)
+def chat_prompt_ids(engine, messages: list[dict]) -> list[int]:
+    """Messages through the model's chat template (sandboxed, time- and size-limited)."""
     try:
-        stream = engine.generate(prompt_ids, params, request_id)
-        first = await anext(stream)
-    except QueueFullError as e:
-        raise APIError(429, str(e), headers={"Retry-After": str(state.settings.retry_after_s)}) from e
-    except PromptTooLongError as e:
+        return engine.tokenizer.encode_chat(messages)
+    except (ChatTemplateError, ValueError) as e:
         raise APIError(400, str(e), param="messages") from e
-    except EngineDeadError as e:
-        raise APIError(503, str(e)) from e
-    except ValueError as e:
-        raise APIError(400, str(e)) from e
+
+
+def _engine_error(e: BaseException, state: ServerState) -> APIError:
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, QueueFullError):
+        return APIError(429, str(e), headers={"Retry-After": str(state.settings.retry_after_s)})
+    if isinstance(e, PromptTooLongError):
+        return APIError(400, str(e), param="messages")
+    if isinstance(e, EngineDeadError):
+        return APIError(503, str(e))
+    if isinstance(e, ValueError):
+        return APIError(400, str(e))
+    return APIError(500, f"internal error: {type(e).__name__}: {e}")
+
+
+async def submit(state: ServerState, request: Request | None, gen: GenerationRequest
+                 ) -> AsyncIterator[RequestOutput]:
+    """Admit one request; returns its stream of outputs once the first has come. While it
+    waits in the queue or prefills, a client that leaves cancels it (never prefilled, if it
+    was still queued)."""
+    engine = state.get_engine()
+    if state.draining:
+        raise APIError(503, "the server is shutting down", headers={"Retry-After": "1"})
+    p = gen.params
+    if p.n > state.settings.max_n:
+        raise APIError(400, f"n must be at most {state.settings.max_n} on this server", param="n")
+    if state.settings.max_queue is not None and p.n > state.settings.max_queue:
+        raise APIError(400, f"n ({p.n}) is larger than the queue ({state.settings.max_queue})", param="n")
+    check_context(engine.max_model_len, len(gen.prompt_token_ids), p.max_tokens)
+    stream = engine.generate(gen.prompt_token_ids, p, gen.request_id, gen.cache_salt)
+    try:
+        first = await (until_disconnect(request, anext(stream)) if request is not None else anext(stream))
+    except BaseException as e:
+        await stream.aclose()  # aborts it in the engine (or it never gets there)
+        if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, StopAsyncIteration)):
+            raise
+        raise _engine_error(e, state) from e
     return _with_metrics(state, first, stream)
 
 
@@ -105,6 +160,8 @@ async def _with_metrics(state, first, stream):
         yield out
         async for out in stream:
             yield out
+    except (EngineDeadError, QueueFullError, ValueError) as e:  # e.g. the engine died mid-stream
+        raise _engine_error(e, state) from e
     finally:
         await stream.aclose()  # aborts the request if it did not finish
         if out.finished:

@@ -12,14 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from .errors import APIError
-from .serving import final_output, generate, make_params
+from .serving import GenerationRequest, final_output, make_params, submit
 
 router = APIRouter()
 
 
 class Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int | None = Field(default=100, ge=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)  # None: until EOS or the context is full
     do_sample: bool | None = None
     temperature: float | None = Field(default=None, gt=0)
     top_k: int | None = Field(default=None, gt=0)
@@ -93,7 +93,7 @@ async def _start(body: GenerateRequest, request: Request):
     state = _state(request)
     engine, ids, params = _prepare(state, body)
     p = body.parameters
-    stream = await generate(state, ids, params)
+    stream = await submit(state, request, GenerationRequest(ids, params, body.stream))
     return engine.tokenizer, p, stream, body.inputs if p.return_full_text else ""
 
 
