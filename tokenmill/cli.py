@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import types
 import typing
 
@@ -148,11 +149,29 @@ def _serve_replicas(args, argv: list[str]) -> int:
             continue
         keep.append(tok)
     ports = [args.port + 1 + i for i in range(n)]
-    procs = [subprocess.Popen([sys.executable, "-m", "tokenmill.cli", *keep, "--port", str(p),
-                               "--num-threads", str(threads), "--log-level", "warning"],
-                              preexec_fn=_die_with_parent) for p in ports]
+
+    def start(port):
+        return subprocess.Popen([sys.executable, "-m", "tokenmill.cli", *keep, "--port", str(port),
+                                 "--num-threads", str(threads), "--log-level", "warning"],
+                                preexec_fn=_die_with_parent)
+
+    procs = [start(p) for p in ports]
+    stopping = threading.Event()
+
+    def supervise():
+        """A replica that exits (its engine failed, it was killed) is started again; the
+        router's health checks take it out meanwhile and back in once it is ready."""
+        while not stopping.wait(0.5):
+            for i, p in enumerate(procs):
+                if p.poll() is not None and not stopping.is_set():
+                    print(f"tokenmill: replica on port {ports[i]} exited with code {p.returncode}; "
+                          f"restarting it", flush=True)
+                    procs[i] = start(ports[i])
+
+    threading.Thread(target=supervise, name="tokenmill-supervisor", daemon=True).start()
 
     def stop_replicas(*_):
+        stopping.set()
         for p in procs:
             p.terminate()
         for p in procs:

@@ -47,15 +47,26 @@ def test_greeting_small_analysis_large_forced_by_name(hybrid):
     assert r.metric("tokenmill_router:route_decisions_total", label='reason="classifier"') >= 2
 
 
+def ledger_rows(db, n):
+    """The last n ledger rows, once the router's writer thread has written them."""
+    import time
+    deadline = time.time() + 60
+    while True:
+        rows = sqlite3.connect(db).execute(
+            "SELECT api_key, route, prompt_tokens, completion_tokens, cost FROM requests ORDER BY ts DESC LIMIT ?",
+            (n,)).fetchall()[::-1]
+        if len(rows) == n or time.time() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 def test_ledger_matches_returned_usage(hybrid):
     r, db = hybrid
     usages = []
     for content, key in (("Hello!", "key-a"), (ANALYSIS, "key-b")):
         _, resp = routed(r, content, key=key)
         usages.append((resp.usage.prompt_tokens, resp.usage.completion_tokens))
-    rows = sqlite3.connect(db).execute(
-        "SELECT api_key, route, prompt_tokens, completion_tokens, cost FROM requests ORDER BY ts DESC LIMIT 2"
-    ).fetchall()[::-1]
+    rows = ledger_rows(db, 2)
     assert [(p, c) for _, _, p, c, _ in rows] == usages
     assert [(k, rt) for k, rt, *_ in rows] == [("alice", "small"), ("bob", "large")]
     p, c = usages[1]

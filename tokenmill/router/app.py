@@ -4,6 +4,11 @@ request -> API key, rate limit -> route (forced by model name, or the complexity
         -> response cache (deterministic requests) -> bounded queue -> backend (balancing
         policy; retried on another backend if it fails before the first byte) -> client,
         streamed through token by token -> ledger, metrics, cache.
+
+It proxies the three protocols a tokenmill server speaks (OpenAI, Ollama, TGI), so that
+`serve --replicas N` serves all of them. A request holds its concurrency slot until its
+answer has ended (the whole stream); a non-streaming client that leaves cancels the upstream
+request.
 """
 from __future__ import annotations
 
@@ -17,16 +22,19 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..server.errors import APIError, error_response
+from starlette.background import BackgroundTask
+
+from ..server.disconnect import until_disconnect
+from ..server.errors import APIError, given_api_key, install_error_handlers
 from .backends import Pool, health_loop
 from .cache import cache_key, make_cache
 from .classifier import classify
 from .config import RouterConfig
 from .ledger import Ledger
-from .limits import RateLimiter
+from .limits import RateLimiter, estimate_tokens
 from .metrics import RouterMetrics
+from .streams import StreamAccumulator, is_streaming, protocol_of, replay_sse, usage_of
 
 _RETRYABLE = {502, 503, 504}
 
@@ -49,9 +57,7 @@ class Router:
     def authenticate(self, request: Request) -> str:
         if not self.cfg.api_keys:
             return "anonymous"
-        auth = request.headers.get("authorization", "")
-        key = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        name = self.cfg.api_keys.get(key)
+        name = self.cfg.api_keys.get(given_api_key(request.headers))
         if name is None:
             self.metrics.rejected.labels("auth").inc()
             raise APIError(401, "invalid or missing API key")
@@ -74,8 +80,9 @@ class Router:
                             f"({', '.join(self.pools)}) or a served model name.", param="model",
                        code="model_not_found")
 
-    @contextlib.asynccontextmanager
-    async def slot(self):
+    async def acquire_slot(self) -> None:
+        """Wait for one of max_outstanding places (429 when too many wait already). The
+        caller releases it when the answer has ended."""
         if self.slots.locked() and self.waiting >= self.cfg.max_queue:
             self.metrics.rejected.labels("queue_full").inc()
             raise APIError(429, f"the router queue is full ({self.cfg.max_queue} waiting); retry later",
@@ -85,13 +92,9 @@ class Router:
             await self.slots.acquire()
         finally:
             self.waiting -= 1
-        try:
-            yield
-        finally:
-            self.slots.release()
 
     # ---- bookkeeping -------------------------------------------------------------------
-    def record(self, *, key, route, backend, model, usage, started, cache_hit, status):
+    def record(self, *, key, route, backend, model, usage, started, cache_hit, status, reservation=None):
         usage = usage or {}
         p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         rc = self.pools[route].route
@@ -99,7 +102,7 @@ class Router:
         self.ledger.record(api_key=key, route=route, backend=backend, model=model, prompt_tokens=p,
                            completion_tokens=c, latency_s=time.time() - started, cache_hit=cache_hit,
                            status=status, cost=cost)
-        self.limiter.add_tokens(key, p + c)
+        self.limiter.settle(reservation, p + c)
         self.metrics.requests.labels(route, backend or "cache", str(status)).inc()
         self.metrics.latency.labels(route).observe(time.time() - started)
         self.metrics.tokens.labels(route, "prompt").inc(p)
@@ -116,106 +119,172 @@ class Router:
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         key = self.authenticate(request)
-        why = self.limiter.check(key)
+        why, reservation = self.limiter.check(key, estimate_tokens(body))
         if why:
             self.metrics.rejected.labels("rate_limit").inc()
             raise APIError(429, why, headers={"Retry-After": "60"})
+        try:
+            return await self._handle(request, path, body, key, reservation, started)
+        except BaseException:
+            self.limiter.settle(reservation, 0)
+            raise
+
+    async def _handle(self, request, path, body, key, reservation, started):
+        kind = protocol_of(path)
         route, reason = self.choose_route(body)
         self.metrics.decisions.labels(route, reason).inc()
         pool = self.pools[route]
         live = pool.healthy()
         upstream_model = pool.route.model or (live[0].model if live else None) or body.get("model")
-        stream = bool(body.get("stream"))
+        stream = is_streaming(path, body)
         headers = {"x-tokenmill-route": route}
+        done = dict(key=key, route=route, model=upstream_model, started=started, reservation=reservation)
 
-        ckey = cache_key(path, route, upstream_model, body) if self.cache else None
+        ckey = cache_key(path, route, upstream_model, body) if self.cache and kind == "openai" else None
         if ckey:
             cached = await self.cache.get(ckey)
             self.metrics.cache.labels("hit" if cached else "miss").inc()
             if cached:
                 headers["x-tokenmill-cache"] = "hit"
-                self.record(key=key, route=route, backend=None, model=upstream_model,
-                            usage=json.loads(cached).get("usage"), started=started, cache_hit=True, status=200)
+                self.record(backend=None, usage=json.loads(cached).get("usage"), cache_hit=True, status=200, **done)
                 if stream:
-                    return StreamingResponse(_replay_sse(cached, path, body), media_type="text/event-stream",
+                    return StreamingResponse(replay_sse(cached, path, body), media_type="text/event-stream",
                                              headers=headers)
                 return Response(cached, media_type="application/json", headers=headers)
         headers["x-tokenmill-cache"] = "miss" if ckey else "skip"
 
-        upstream = dict(body, model=upstream_model)
+        upstream = dict(body, model=upstream_model) if kind != "tgi" else dict(body)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        if stream:  # ask for usage so that the ledger can count; dropped again if not asked for
+        if stream and kind == "openai":  # ask for usage so that the ledger can count; dropped again if not asked for
             upstream["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
         affinity = _affinity_key(body, self.cfg.affinity_prefix_chars)
         candidates = pool.order(self.cfg.policy, affinity, self.cfg.affinity_max_imbalance)
         if not candidates:
             raise APIError(503, f"no healthy backend for route `{route}`", headers={"Retry-After": "1"})
-        async with self.slot():
+        await self.acquire_slot()
+        handed_over = False  # to a relay, which releases the slot when the stream ends
+        try:
             attempts = candidates[:self.cfg.max_retries + 1]
             for i, backend in enumerate(attempts):
                 if i:
                     self.metrics.retries.labels(route).inc()
                 backend.outstanding += 1
+                resp, relayed = None, False
                 try:
                     req = self.client.build_request("POST", backend.url + path, json=upstream,
                                                     headers=backend.headers())
-                    resp = await self.client.send(req, stream=True)
+                    resp = await until_disconnect(request, self.client.send(req, stream=True))
                     if resp.status_code in _RETRYABLE and i + 1 < len(attempts):
-                        await resp.aclose()
                         backend.mark_failed(f"HTTP {resp.status_code}")
                         continue
                     if resp.status_code != 200 or not stream:
-                        content = await resp.aread()
-                        await resp.aclose()
-                        usage = _usage_of(content) if resp.status_code == 200 else None
+                        # a client that leaves while we wait closes the upstream connection,
+                        # which cancels the request there
+                        content = await until_disconnect(request, resp.aread())
+                        usage = usage_of(content, path) if resp.status_code == 200 else None
                         if ckey and resp.status_code == 200:
                             await self.cache.set(ckey, content)
-                        self.record(key=key, route=route, backend=backend.url, model=upstream_model,
-                                    usage=usage, started=started, cache_hit=False, status=resp.status_code)
+                        self.record(backend=backend.url, usage=usage, cache_hit=False, status=resp.status_code,
+                                    **done)
                         headers["x-tokenmill-backend"] = backend.url
                         return Response(content, status_code=resp.status_code, headers=headers,
                                         media_type=resp.headers.get("content-type", "application/json"))
                     lines = resp.aiter_lines()
-                    first = await anext(lines)  # the backend has really started answering
+                    first = await until_disconnect(request, anext(lines))  # the backend really answers
+                    relayed = True
                 except (httpx.HTTPError, StopAsyncIteration) as e:
                     backend.mark_failed(f"{type(e).__name__}: {e}")
                     continue
                 finally:
                     backend.outstanding -= 1
+                    if resp is not None and not relayed:
+                        await resp.aclose()
                 backend.outstanding += 1  # held again until the relay ends
                 headers["x-tokenmill-backend"] = backend.url
-                relay = self._relay(resp, first, lines, backend, route, key, upstream_model, started,
-                                    ckey, path, wants_usage)
-                return StreamingResponse(relay, media_type="text/event-stream", headers=headers)
+                relay = _Relay(self, resp, first, lines, backend, path, ckey, wants_usage, done)
+                handed_over = True
+                return StreamingResponse(relay.lines(), headers=headers, background=BackgroundTask(relay.finish),
+                                         media_type=resp.headers.get("content-type", "text/event-stream"))
+        finally:
+            if not handed_over:
+                self.slots.release()
         self.metrics.requests.labels(route, "none", "503").inc()
         raise APIError(503, f"every backend of route `{route}` failed; retry later",
                        headers={"Retry-After": "1"})
 
-    async def _relay(self, resp, first, lines, backend, route, key, model, started, ckey, path, wants_usage):
-        acc = _StreamAccumulator(path)
-        ok = False
+
+    async def passthrough(self, request: Request, path: str):
+        """Model metadata (Ollama tags/show/ps/version, TGI info, tokenize): from the first
+        healthy backend, no ledger, no slot."""
+        self.authenticate(request)
+        pool = next(iter(self.pools.values()))
+        live = pool.healthy()
+        if not live:
+            raise APIError(503, "no healthy backend", headers={"Retry-After": "1"})
+        b = live[0]
         try:
-            line = first
+            resp = await self.client.request(request.method, b.url + path, content=await request.body(),
+                                             headers={**b.headers(), "content-type": "application/json"})
+        except httpx.HTTPError as e:
+            b.mark_failed(f"{type(e).__name__}: {e}")
+            raise APIError(503, f"the backend failed: {type(e).__name__}") from e
+        return Response(resp.content, status_code=resp.status_code,
+                        media_type=resp.headers.get("content-type", "application/json"))
+
+
+class _Relay:
+    """One stream passed from a backend to a client. finish() runs exactly once, whether the
+    stream ended, failed, or was never started because the client had already gone: it
+    releases the slot and the backend, closes the upstream response and writes the ledger."""
+
+    def __init__(self, router: Router, resp, first, lines, backend, path, ckey, wants_usage, done):
+        self.router, self.resp, self.first, self.upstream = router, resp, first, lines
+        self.backend, self.path, self.ckey, self.wants_usage, self.done = backend, path, ckey, wants_usage, done
+        self.acc = StreamAccumulator(path)
+        self.finished = False
+
+    async def lines(self):
+        acc = self.acc
+        try:
+            line = self.first
             while True:
                 keep = acc.feed(line)
-                if keep or wants_usage:
+                if keep or self.wants_usage:
                     yield line + "\n"
                 try:
-                    line = await anext(lines)
+                    line = await anext(self.upstream)
                 except StopAsyncIteration:
                     break
-            ok = acc.done
         except httpx.HTTPError as e:
-            backend.mark_failed(f"{type(e).__name__}: {e}")
-            yield "data: " + json.dumps({"error": {"message": "the backend failed mid-stream",
-                                                   "type": "server_error", "param": None, "code": 502}}) + "\n\n"
+            self.backend.mark_failed(f"{type(e).__name__}: {e}")
+            yield _midstream_error(self.path)
         finally:
-            backend.outstanding -= 1
-            await resp.aclose()
-            self.record(key=key, route=route, backend=backend.url, model=model, usage=acc.usage,
-                        started=started, cache_hit=False, status=200 if ok else 502)
-            if ok and ckey and acc.cacheable:
-                await self.cache.set(ckey, acc.as_response(model))
+            await self.finish()
+
+    async def finish(self):
+        if self.finished:
+            return
+        self.finished = True
+        r = self.router
+        self.backend.outstanding -= 1
+        r.slots.release()
+        await self.resp.aclose()
+        ok = self.acc.done
+        r.record(backend=self.backend.url, usage=self.acc.usage, cache_hit=False, status=200 if ok else 502,
+                 **self.done)
+        if ok and self.ckey and self.acc.cacheable:
+            await r.cache.set(self.ckey, self.acc.as_response(self.done["model"]))
+
+
+def _midstream_error(path: str) -> str:
+    kind = protocol_of(path)
+    message = "the backend failed mid-stream"
+    if kind == "ollama":
+        return json.dumps({"error": message}) + "\n"
+    if kind == "tgi":
+        return "data:" + json.dumps({"error": message, "error_type": "generation"}) + "\n\n"
+    return "data: " + json.dumps({"error": {"message": message, "type": "server_error", "param": None,
+                                            "code": 502}}) + "\n\n"
 
 
 def _affinity_key(body: dict, chars: int) -> str | None:
@@ -224,88 +293,6 @@ def _affinity_key(body: dict, chars: int) -> str | None:
     else:
         text = str(body.get("prompt", ""))
     return hashlib.blake2b(text[:chars].encode(), digest_size=8).hexdigest() if text else None
-
-
-def _usage_of(content: bytes) -> dict | None:
-    try:
-        return json.loads(content).get("usage")
-    except (ValueError, AttributeError):
-        return None
-
-
-class _StreamAccumulator:
-    """Reads an OpenAI SSE stream as it passes: usage for the ledger, and the whole answer
-    for the cache. feed() says whether a line goes on to a client that did not ask for usage."""
-
-    def __init__(self, path: str):
-        self.chat = path.endswith("chat/completions")
-        self.texts: dict[int, str] = {}
-        self.finish: dict[int, str] = {}
-        self.usage = None
-        self.done = False
-        self.cacheable = True
-        self.meta: dict = {}
-
-    def feed(self, line: str) -> bool:
-        if not line.startswith("data:"):
-            return True
-        data = line[5:].strip()
-        if data == "[DONE]":
-            self.done = True
-            return True
-        try:
-            event = json.loads(data)
-        except ValueError:
-            return True
-        if "error" in event:
-            self.cacheable = False
-            return True
-        self.meta = {k: event.get(k) for k in ("id", "created")}
-        if event.get("usage"):
-            self.usage = event["usage"]
-        for ch in event.get("choices") or []:
-            i = ch.get("index", 0)
-            piece = (ch.get("delta") or {}).get("content") if self.chat else ch.get("text")
-            self.texts[i] = self.texts.get(i, "") + (piece or "")
-            if ch.get("finish_reason"):
-                self.finish[i] = ch["finish_reason"]
-            if ch.get("logprobs"):
-                self.cacheable = False  # logprobs are not rebuilt from a stream
-        return bool(event.get("choices"))  # a usage-only chunk goes only to those who asked
-
-    def as_response(self, model: str) -> bytes:
-        idx = sorted(self.texts)
-        if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": self.texts[i]},
-                        "logprobs": None, "finish_reason": self.finish.get(i)} for i in idx]
-            obj = "chat.completion"
-        else:
-            choices = [{"index": i, "text": self.texts[i], "logprobs": None,
-                        "finish_reason": self.finish.get(i)} for i in idx]
-            obj = "text_completion"
-        return json.dumps({"id": self.meta.get("id"), "object": obj, "created": self.meta.get("created"),
-                           "model": model, "choices": choices, "usage": self.usage}).encode()
-
-
-async def _replay_sse(cached: bytes, path: str, body: dict):
-    """A cached answer, streamed as the backend would have: role, content, finish, usage."""
-    resp = json.loads(cached)
-    chat = path.endswith("chat/completions")
-    base = {"id": resp.get("id"), "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": resp.get("created"), "model": resp.get("model")}
-    for ch in resp.get("choices", []):
-        i = ch["index"]
-        if chat:
-            for delta, finish in (({"role": "assistant", "content": ""}, None),
-                                  ({"content": ch["message"]["content"]}, None), ({}, ch["finish_reason"])):
-                yield "data: " + json.dumps({**base, "choices": [{"index": i, "delta": delta, "logprobs": None,
-                                                                  "finish_reason": finish}]}) + "\n\n"
-        else:
-            yield "data: " + json.dumps({**base, "choices": [{"index": i, "text": ch["text"], "logprobs": None,
-                                                              "finish_reason": ch["finish_reason"]}]}) + "\n\n"
-    if (body.get("stream_options") or {}).get("include_usage"):
-        yield "data: " + json.dumps({**base, "choices": [], "usage": resp.get("usage")}) + "\n\n"
-    yield "data: [DONE]\n\n"
 
 
 def create_router_app(cfg: RouterConfig) -> FastAPI:
@@ -329,26 +316,28 @@ def create_router_app(cfg: RouterConfig) -> FastAPI:
     app = FastAPI(title="tokenmill router", lifespan=lifespan)
     app.state.router = router
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, e: APIError):
-        return error_response("/v1", e.status, e.message, e.param, e.code, e.headers)
+    install_error_handlers(app)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException):
-        message = e.detail if e.status_code != 404 else f"no route {request.method} {request.url.path}"
-        return error_response("/v1", e.status_code, str(message))
+    def proxy(path: str):
+        async def route(request: Request):
+            return await router.handle(request, path)
+        route.__name__ = "proxy_" + (path.strip("/").replace("/", "_") or "root")
+        return route
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, e: Exception):
-        return error_response("/v1", 500, f"internal error: {type(e).__name__}: {e}")
+    for path in ("/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate",
+                 "/generate", "/generate_stream", "/"):
+        app.post(path)(proxy(path))
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        return await router.handle(request, "/v1/chat/completions")
+    def metadata(path: str):
+        async def route(request: Request):
+            return await router.passthrough(request, path)
+        route.__name__ = "meta_" + path.strip("/").replace("/", "_")
+        return route
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        return await router.handle(request, "/v1/completions")
+    for path in ("/api/tags", "/api/ps", "/api/version", "/info"):
+        app.get(path)(metadata(path))
+    for path in ("/api/show", "/tokenize", "/detokenize"):
+        app.post(path)(metadata(path))
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -20,19 +20,29 @@ class Backend:
         self.model: str | None = None  # what /v1/models says it serves
         self.last_error: str | None = None
         self.last_check = 0.0
+        self.health_path = "/health"  # becomes /v1/models for upstreams without one
 
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     async def check(self, client: httpx.AsyncClient) -> None:
+        """tokenmill servers answer /health (503 while loading, draining or after an engine
+        failure); other OpenAI-compatible upstreams are checked through /v1/models."""
         try:
-            r = await client.get(self.url + "/v1/models", headers=self.headers(), timeout=2.0)
+            if self.health_path == "/health":
+                r = await client.get(self.url + "/health", headers=self.headers(), timeout=2.0)
+                if r.status_code == 404:
+                    self.health_path = "/v1/models"
+            if self.health_path == "/v1/models" or self.model is None:
+                models = await client.get(self.url + "/v1/models", headers=self.headers(), timeout=2.0)
+                if models.status_code == 200:
+                    data = models.json().get("data") or []
+                    self.model = data[0]["id"] if data else self.model
+                if self.health_path == "/v1/models":
+                    r = models
             ok = r.status_code == 200
-            if ok:
-                data = r.json().get("data") or []
-                self.model = data[0]["id"] if data else self.model
-            self.last_error = None if ok else f"HTTP {r.status_code}"
-        except (httpx.HTTPError, ValueError, KeyError) as e:
+            self.last_error = None if ok else f"HTTP {r.status_code} from {self.health_path}"
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
             ok = False
             self.last_error = f"{type(e).__name__}: {e}"
         self.healthy = ok

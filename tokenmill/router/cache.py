@@ -1,8 +1,8 @@
 """Response cache for deterministic requests (temperature 0, or a seed).
 
-The key is a hash of the route, the upstream model, the endpoint, the normalised messages or
-prompt, and every sampling parameter, so two requests share an entry only if a backend would
-compute the same answer for both. In-memory LRU by default; Redis shares it between routers.
+The key is a hash of the route, the upstream model, the endpoint and the whole body as sent
+(messages and prompt exactly, every sampling parameter), so two requests share an entry only
+if a backend would compute the same answer for both: a space more is another prompt. In-memory LRU by default; Redis shares it between routers.
 """
 from __future__ import annotations
 
@@ -15,12 +15,6 @@ from collections import OrderedDict
 _DELIVERY_FIELDS = {"stream", "stream_options", "user", "model"}
 
 
-def _normalise_content(content) -> str:
-    if isinstance(content, list):  # text parts
-        content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return " ".join(str(content or "").split())  # collapse whitespace runs
-
-
 def is_deterministic(body: dict) -> bool:
     return body.get("temperature") == 0 or body.get("seed") is not None
 
@@ -29,11 +23,6 @@ def cache_key(path: str, route: str, upstream_model: str | None, body: dict) -> 
     if not is_deterministic(body):
         return None
     canon = {k: v for k, v in body.items() if k not in _DELIVERY_FIELDS}
-    if "messages" in canon:
-        canon["messages"] = [{"role": m.get("role"), "content": _normalise_content(m.get("content"))}
-                             for m in canon["messages"] if isinstance(m, dict)]
-    if isinstance(canon.get("prompt"), str):
-        canon["prompt"] = _normalise_content(canon["prompt"])
     blob = json.dumps({"path": path, "route": route, "model": upstream_model, "body": canon},
                       sort_keys=True, ensure_ascii=False)
     return "tokenmill:cache:" + hashlib.sha256(blob.encode()).hexdigest()

@@ -22,6 +22,7 @@ from ..engine.engine import PromptTooLongError
 from ..engine.outputs import RequestOutput
 from ..model.loader.chat_template import ChatTemplateError
 from ..sampling_params import SamplingParams
+from .disconnect import until_disconnect
 from .errors import APIError
 
 @dataclass
@@ -178,32 +179,3 @@ async def final_output(request: Request, stream) -> RequestOutput:
             pass
         return out
     return await until_disconnect(request, last())
-
-
-async def until_disconnect(request: Request, coro):
-    """Await coro, but cancel it (which aborts its engine request) if the client disconnects
-    first. Starlette's StreamingResponse does the same for streams by itself."""
-    task = asyncio.ensure_future(coro)
-
-    async def watch():
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
-        raise
-    if task in done:
-        watcher.cancel()
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass
-    raise APIError(499, "client disconnected")
