@@ -121,6 +121,8 @@ async def _merge(streams):
     finally:
         for t in tasks:
             t.cancel()
+        # a pump must have left its stream before the stream can be closed
+        await asyncio.gather(*tasks, return_exceptions=True)
         for s in streams:
             await s.aclose()
 
