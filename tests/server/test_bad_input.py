@@ -12,6 +12,14 @@ CHAT = "/v1/chat/completions"
 MSGS = [{"role": "user", "content": "hi"}]
 
 
+def wait_for(condition, timeout=300.0):
+    """Poll the server's state until condition() holds; the deadline only catches hangs."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "the server never reached the expected state"
+        time.sleep(0.05)
+
+
 def post(server, path, **kw):
     return httpx.post(server.url + path, timeout=30, **kw)
 
@@ -105,25 +113,37 @@ def test_api_key(guarded_server):
 
 
 def test_queue_overflow_is_429_with_retry_after(guarded_server):
+    """One request runs, one waits; a third is refused. Waits on the server's own state, never
+    on time: the held requests stream until their clients leave."""
     s = guarded_server
     headers = {"Authorization": "Bearer sekret"}
-    long_req = {"model": "tiny", "messages": MSGS, "max_tokens": 4000, "ignore_eos": True}
-    results = []
+    long_req = {"model": "tiny", "messages": MSGS, "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    release = [threading.Event(), threading.Event()]
+    got_tokens = []
 
-    def occupy():
-        results.append(httpx.post(s.url + CHAT, json=long_req, headers=headers, timeout=120).status_code)
+    def hold(i):
+        with httpx.stream("POST", s.url + CHAT, json=long_req, headers=headers, timeout=600) as r:
+            lines = r.iter_lines()
+            next(lines)
+            got_tokens.append((i, r.status_code))
+            release[i].wait(600)
 
-    threads = [threading.Thread(target=occupy) for _ in range(2)]  # one runs, one waits
-    for t in threads:
-        t.start()
-        time.sleep(0.5)
-    r = httpx.post(s.url + CHAT, json=long_req, headers=headers, timeout=30)
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(2)]
+    threads[0].start()
+    wait_for(lambda: s.metric("tokenmill:num_requests_running", headers) == 1)
+    threads[1].start()
+    wait_for(lambda: s.metric("tokenmill:num_requests_waiting", headers) == 1)
+    r = httpx.post(s.url + CHAT, json=dict(long_req, stream=False), headers=headers, timeout=30)
     err = openai_error(r, 429)
     assert "queue is full" in err["message"] and r.headers["retry-after"] == "1"
+    release[0].set()  # the first client leaves; the waiting one gets its place and streams
+    wait_for(lambda: len(got_tokens) == 2)
+    release[1].set()
     for t in threads:
         t.join()
-    assert results == [200, 200]  # the accepted ones were served
+    assert sorted(got_tokens) == [(0, 200), (1, 200)]  # the accepted ones were served
+    wait_for(lambda: s.metric("tokenmill:kv_cache_usage_perc", headers) == 0)
     r = httpx.post(s.url + CHAT, json={"model": "tiny", "messages": MSGS, "max_tokens": 2},
-                   headers=headers, timeout=30)
+                   headers=headers, timeout=60)
     assert r.status_code == 200
     assert s.metric('tokenmill:http_responses_total{status="429"}', headers) >= 1

@@ -149,6 +149,8 @@ async def submit(state: ServerState, request: Request | None, gen: GenerationReq
         first = await (until_disconnect(request, anext(stream)) if request is not None else anext(stream))
     except BaseException as e:
         await stream.aclose()  # aborts it in the engine (or it never gets there)
+        if isinstance(e, asyncio.CancelledError) or (isinstance(e, APIError) and e.status == 499):
+            state.metrics.observe_aborted(p.n)  # its client left while it waited or prefilled
         if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, StopAsyncIteration)):
             raise
         raise _engine_error(e, state) from e
