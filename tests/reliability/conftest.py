@@ -23,9 +23,14 @@ def server_args(model_dir: str, **extra) -> list[str]:
 
 @pytest.fixture(scope="session")
 def reliability_model(tmp_path_factory):
-    from tiny_models import make_hf_model, save_hf_dir
-    return save_hf_dir(make_hf_model("llama", seed=5, max_position_embeddings=4096),
-                       str(tmp_path_factory.mktemp("tiny-reliability")))
+    """Greedy answers never end by themselves (EOS logit pinned at 0, below the top one): a
+    request runs until its limit, the context's end, or its client."""
+    import torch
+    from tiny_models import EOS, make_hf_model, save_hf_dir
+    model = make_hf_model("llama", seed=5, max_position_embeddings=4096)
+    with torch.no_grad():
+        model.lm_head.weight[EOS].zero_()
+    return save_hf_dir(model, str(tmp_path_factory.mktemp("tiny-reliability")))
 
 
 @pytest.fixture(scope="session")
