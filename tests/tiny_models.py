@@ -87,7 +87,7 @@ def _permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def save_gguf(model, path: str, qtype: str = "F32") -> str:
+def save_gguf(model, path: str, qtype: str = "F32", chat_template: str = CHAT_TEMPLATE) -> str:
     """Write an HF llama/qwen2 model as GGUF the way llama.cpp's converter does (q/k permuted
     for llama), with 2-D weights in `qtype` (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0...)."""
     import gguf
@@ -113,7 +113,7 @@ def save_gguf(model, path: str, qtype: str = "F32") -> str:
     w.add_bos_token_id(BOS)
     w.add_eos_token_id(EOS)
     w.add_add_bos_token(True)
-    w.add_chat_template(CHAT_TEMPLATE)
+    w.add_chat_template(chat_template)
     names = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
     layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
