@@ -51,3 +51,22 @@ def test_16_concurrent_streams_are_batched_and_unchanged(smol_server):
     assert together == alone
     assert peak[0] > 1, "the engine never ran two requests at once"
     assert smol_server.metric("tokenmill:kv_cache_usage_perc") == 0.0
+
+
+def test_no_token_limit_runs_to_eos_in_every_protocol(smol_server):
+    """Chat clients expect an answer that ends by itself when they give no limit (not after 16
+    tokens): OpenAI chat, Ollama chat and TGI, at temperature 0 on the real model."""
+    import ollama
+    import openai
+    from huggingface_hub import InferenceClient
+    question = [{"role": "user", "content": "Explain in two sentences why the sky is blue."}]
+    oa = openai.OpenAI(base_url=smol_server.url + "/v1", api_key="x", max_retries=0).chat.completions.create(
+        model=smol_server.model, messages=question, temperature=0)
+    assert oa.choices[0].finish_reason == "stop" and oa.usage.completion_tokens > 16
+    ol = ollama.Client(host=smol_server.url).chat(model=smol_server.model, messages=question,
+                                                  options={"temperature": 0}, stream=False)
+    assert ol.done_reason == "stop" and ol.eval_count > 16
+    tgi = InferenceClient(base_url=smol_server.url).text_generation(
+        "<|im_start|>user\nExplain in two sentences why the sky is blue.<|im_end|>\n<|im_start|>assistant\n",
+        details=True)
+    assert tgi.details.finish_reason == "eos_token" and tgi.details.generated_tokens > 16

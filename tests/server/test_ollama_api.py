@@ -34,15 +34,35 @@ def test_generate_stream_and_not(client):
 
 
 def test_options_reach_the_sampler(client):
-    a = client.generate(model="tiny", prompt="x", options={"seed": 3, "temperature": 1.0, "num_predict": 10},
-                        stream=False)
-    b = client.generate(model="tiny", prompt="x", options={"seed": 3, "temperature": 1.0, "num_predict": 10},
-                        stream=False)
+    opts = {"temperature": 1.0, "num_predict": 10}
+    a = client.generate(model="tiny", prompt="x", options={"seed": 3, **opts}, stream=False)
+    b = client.generate(model="tiny", prompt="x", options={"seed": 3, **opts}, stream=False)
     assert a.response == b.response
-    stopped = client.generate(model="tiny", prompt="x", options={"temperature": 0, "num_predict": 30,
-                                                                 "stop": [a.response[2:4] or "zz"]},
-                              stream=False)
-    assert stopped.eval_count <= 30
+    # temperature is not ignored: other seeds give other answers
+    others = {client.generate(model="tiny", prompt="x", options={"seed": s, **opts}, stream=False).response
+              for s in range(4, 8)}
+    assert len(others | {a.response}) > 1
+
+
+def test_stop_option_cuts_the_answer(client):
+    full = client.generate(model="tiny", prompt="x", options={"temperature": 0, "num_predict": 30}, stream=False)
+    assert full.eval_count == 30  # this model never says EOS: the limit ends it
+    stop = full.response[8:11]
+    cut = client.generate(model="tiny", prompt="x", options={"temperature": 0, "num_predict": 30, "stop": [stop]},
+                          stream=False)
+    assert cut.response == full.response[:full.response.find(stop)]
+    assert cut.done_reason == "stop" and cut.eval_count < 30
+
+
+def test_no_limit_runs_to_the_context(client, tiny_server):
+    """num_predict -1 (Ollama's default) and -2: no 16-token cap; num_ctx bounds the answer."""
+    for n in (-1, -2):
+        r = client.generate(model="tiny", prompt="x", options={"temperature": 0, "num_predict": n, "num_ctx": 64},
+                            raw=True, stream=False)
+        assert r.prompt_eval_count + r.eval_count == 64 and r.done_reason == "length"
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model="tiny", prompt="x" * 80, options={"num_ctx": 32}, raw=True, stream=False)
+    assert e.value.status_code == 400
 
 
 def test_tags_show_ps_version(client, tiny_server):

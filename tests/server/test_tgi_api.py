@@ -33,6 +33,11 @@ def test_sampling_and_stop(client):
     a = client.text_generation("Hi", max_new_tokens=8, do_sample=True, temperature=0.9, seed=4)
     b = client.text_generation("Hi", max_new_tokens=8, do_sample=True, temperature=0.9, seed=4)
     assert a == b
+    # and the sampler really samples: other seeds give other answers (not greedy in disguise)
+    others = {client.text_generation("Hi", max_new_tokens=8, do_sample=True, temperature=0.9, seed=s)
+              for s in range(5, 9)}
+    greedy = client.text_generation("Hi", max_new_tokens=8)
+    assert len(others | {a}) > 1 and others != {greedy}
     full = client.text_generation("The sky is", max_new_tokens=20)
     assert len(full) >= 7
     out = client.text_generation("The sky is", max_new_tokens=20, stop=[full[4:7]], details=True)

@@ -102,8 +102,10 @@ def check_context(limit: int, num_prompt: int, max_tokens: int | None) -> None:
 
 
 def make_params(**kwargs) -> SamplingParams:
+    """SamplingParams from a codec's fields; None means the engine default, except for
+    max_tokens, where None means no limit (until EOS or the context is full)."""
     try:
-        return SamplingParams(**{k: v for k, v in kwargs.items() if v is not None})
+        return SamplingParams(**{k: v for k, v in kwargs.items() if v is not None or k == "max_tokens"})
     except (ValueError, TypeError, OverflowError) as e:
         raise APIError(400, str(e)) from e
 
