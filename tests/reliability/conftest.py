@@ -11,8 +11,8 @@ LONG = os.environ.get("TOKENMILL_RELIABILITY_LONG") == "1"
 
 
 def server_args(model_dir: str, **extra) -> list[str]:
-    if LONG:
-        args = ["--max-model-len", "512", "--max-num-seqs", "32"]
+    if LONG:  # the bundled model, under the same served name
+        args = ["--served-model-name", "tiny", "--max-model-len", "512", "--max-num-seqs", "32", "--max-n", "4"]
     else:
         args = ["--model", model_dir, "--served-model-name", "tiny", "--max-model-len", "96",
                 "--kv-cache-memory-gib", "0.02", "--max-n", "4"]

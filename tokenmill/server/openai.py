@@ -24,7 +24,7 @@ def _state(request: Request):
 
 
 def _sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(obj)}\n\n"  # ASCII: no U+2028 or U+0085 for line splitters to trip on
 
 
 def _sse_error(e: APIError) -> str:

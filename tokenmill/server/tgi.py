@@ -131,7 +131,7 @@ async def _generate_stream(body: GenerateRequest, request: Request):
                     event["generated_text"] = prefix + c.text
                     event["details"] = {"finish_reason": _finish_reason(c),
                                         "generated_tokens": len(c.token_ids), "seed": p.seed}
-                yield f"data:{json.dumps(event, ensure_ascii=False)}\n\n"
+                yield f"data:{json.dumps(event)}\n\n"  # ASCII, as in openai.py
         except APIError as e:
             yield f"data:{json.dumps({'error': e.message, 'error_type': 'generation'})}\n\n"
 
