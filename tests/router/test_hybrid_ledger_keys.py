@@ -47,26 +47,33 @@ def test_greeting_small_analysis_large_forced_by_name(hybrid):
     assert r.metric("tokenmill_router:route_decisions_total", label='reason="classifier"') >= 2
 
 
-def ledger_rows(db, n):
-    """The last n ledger rows, once the router's writer thread has written them."""
+def ledger_count(db) -> int:
+    return sqlite3.connect(db).execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+
+
+def ledger_rows(db, n, before, expect=None):
+    """The last n ledger rows, once the router's writer thread has written them (rows of an
+    earlier test may still be on their way: wait for the expected ones, with a deadline)."""
     import time
     deadline = time.time() + 60
     while True:
         rows = sqlite3.connect(db).execute(
             "SELECT api_key, route, prompt_tokens, completion_tokens, cost FROM requests ORDER BY ts DESC LIMIT ?",
             (n,)).fetchall()[::-1]
-        if len(rows) == n or time.time() > deadline:
+        done = ledger_count(db) >= before + n and (expect is None or [(p, c) for _, _, p, c, _ in rows] == expect)
+        if done or time.time() > deadline:
             return rows
         time.sleep(0.05)
 
 
 def test_ledger_matches_returned_usage(hybrid):
     r, db = hybrid
+    before = ledger_count(db)
     usages = []
     for content, key in (("Hello!", "key-a"), (ANALYSIS, "key-b")):
         _, resp = routed(r, content, key=key)
         usages.append((resp.usage.prompt_tokens, resp.usage.completion_tokens))
-    rows = ledger_rows(db, 2)
+    rows = ledger_rows(db, 2, before, usages)
     assert [(p, c) for _, _, p, c, _ in rows] == usages
     assert [(k, rt) for k, rt, *_ in rows] == [("alice", "small"), ("bob", "large")]
     p, c = usages[1]
