@@ -59,6 +59,9 @@ class SamplingParams:
             (all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
         ]
+        if self.logits_processors and any(hasattr(p, "matcher") for p in self.logits_processors):
+            checks += [(not self.ignore_eos, "ignore_eos cannot be combined with structured output"),
+                       (self.min_tokens == 0, "min_tokens cannot be combined with structured output")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

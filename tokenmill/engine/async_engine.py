@@ -57,6 +57,7 @@ class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine, max_queue: int | None = None):
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        self.structured = engine.structured  # grammar compiler (structured output)
         self.model_config = engine.model_config
         self.model_name = engine.model_name
         self.max_model_len = engine.max_model_len

@@ -23,6 +23,7 @@ from .outputs import CompletionOutput, RequestOutput
 from .request import Request, RequestStatus
 from .sampler import Sampler
 from .scheduler import Scheduler
+from .structured import GrammarCompiler
 from .stats import EngineStats
 
 
@@ -85,6 +86,7 @@ class LLMEngine:
                                    config.max_num_batched_tokens, self.max_model_len,
                                    config.enable_chunked_prefill)
         self.sampler = Sampler()
+        self.structured = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
         self.groups: dict[str, _Group] = {}
         self._aborted: list[str] = []
         self._ids = itertools.count()

@@ -67,6 +67,9 @@ class Request:
         self.stop_reason: int | str | None = None
         self.logprobs: list[tuple[float, dict[int, float]]] = []
         self.metrics = RequestMetrics(arrival_time or time.time())
+        # stateful processors (a grammar's matcher) are copied so that each sample has its own
+        self.logits_processors = [p.clone() if index and hasattr(p, "clone") else p
+                                  for p in params.logits_processors]
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(child_seed(params.seed, index))

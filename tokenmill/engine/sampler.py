@@ -69,7 +69,7 @@ def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
             banned = set(r.eos_ids) | set(p.stop_token_ids)
             if banned:
                 logits[i, torch.tensor(sorted(banned), device=dev)] = float("-inf")
-        for processor in p.logits_processors:
+        for processor in r.logits_processors:
             logits[i] = processor(r.output_token_ids, logits[i])
     # extreme parameters (a penalty of 1e-300) must not turn a row into inf/nan
     return logits.nan_to_num_(nan=float("-inf"), posinf=torch.finfo(logits.dtype).max, neginf=float("-inf"))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..sampling_params import SamplingParams
+from . import structured
 from .errors import APIError
 from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, submit
 
@@ -97,7 +98,7 @@ def _refuse_unsupported(body, names):
             raise APIError(400, f"`{name}` is not supported by this server yet")
 
 
-def _params(o: Options | None, num_prompt: int, max_model_len: int) -> SamplingParams:
+def _params(o: Options | None, num_prompt: int, max_model_len: int, processors=()) -> SamplingParams:
     o = o or Options()
     limit = min(o.num_ctx or max_model_len, max_model_len)
     if num_prompt >= limit:
@@ -113,7 +114,7 @@ def _params(o: Options | None, num_prompt: int, max_model_len: int) -> SamplingP
     return make_params(temperature=o.temperature, top_k=max(o.top_k, 0), top_p=o.top_p, min_p=o.min_p,
                        max_tokens=max_tokens, repetition_penalty=rep, presence_penalty=pres,
                        frequency_penalty=freq, penalty_last_n=max(last_n, 0), seed=o.seed,
-                       stop=[o.stop] if isinstance(o.stop, str) else o.stop)
+                       stop=[o.stop] if isinstance(o.stop, str) else o.stop, logits_processors=list(processors))
 
 
 def _final_stats(out, started: float) -> dict:
@@ -129,7 +130,9 @@ def _final_stats(out, started: float) -> dict:
 
 
 async def _respond(request, state, body, prompt_ids, kind: str):
-    params = _params(body.options, len(prompt_ids), state.get_engine().max_model_len)
+    engine = state.get_engine()
+    grammar = await structured.processors(engine, structured.ollama_spec(body.format))
+    params = _params(body.options, len(prompt_ids), engine.max_model_len, grammar)
     stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream))
     started = time.time()
     model = body.model
@@ -160,7 +163,7 @@ async def _respond(request, state, body, prompt_ids, kind: str):
 async def chat(body: ChatRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
-    _refuse_unsupported(body, ["format", "tools", "think", "logprobs", "top_logprobs"])
+    _refuse_unsupported(body, ["tools", "think", "logprobs", "top_logprobs"])
     for m in body.messages:
         if m.images or m.tool_calls:
             raise APIError(400, "images and tool calls in messages are not supported yet")
@@ -177,7 +180,7 @@ async def chat(body: ChatRequest, request: Request):
 async def generate_route(body: GenerateRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
-    _refuse_unsupported(body, ["format", "template", "context", "images", "suffix", "think", "logprobs",
+    _refuse_unsupported(body, ["template", "context", "images", "suffix", "think", "logprobs",
                                "top_logprobs"])
     engine = state.get_engine()
     if not body.prompt:

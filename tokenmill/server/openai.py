@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.outputs import CompletionOutput
 from ..engine.sampler import LOGPROB_FLOOR
+from . import structured
 from .errors import APIError
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .serving import (GenerationRequest, chat_prompt_ids, final_output, make_params, new_id, submit,
@@ -48,8 +49,8 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
         raise APIError(400, "logit_bias keys must be token ids", param="logit_bias") from e
 
 
-def _common_params(body, max_tokens, logprobs):
-    return make_params(
+def _common_params(body, max_tokens, logprobs, processors=()):
+    return make_params(logits_processors=list(processors),
         n=body.n, temperature=1.0 if body.temperature is None else body.temperature, top_p=body.top_p,
         top_k=body.top_k, min_p=body.min_p, max_tokens=max_tokens, min_tokens=body.min_tokens,
         stop=body.stop, seed=body.seed, frequency_penalty=body.frequency_penalty,
@@ -138,8 +139,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
     prompt_ids = chat_prompt_ids(engine, _messages(body.messages))
     # no max_tokens: until EOS or the context is full, as OpenAI's chat API does
+    grammar = await structured.processors(engine, structured.openai_spec(body))
     params = _common_params(body, body.max_completion_tokens or body.max_tokens,
-                            (body.top_logprobs or 0) if body.logprobs else None)
+                            (body.top_logprobs or 0) if body.logprobs else None, grammar)
     rid, created, model, tok = new_id("chatcmpl"), int(time.time()), body.model, engine.tokenizer
     stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream, rid,
                                                             body.cache_salt))
@@ -215,7 +217,8 @@ async def completions(body: CompletionRequest, request: Request):
         prompts = [list(x) for x in p]
     else:
         raise APIError(400, "prompt must be a non-empty string, list of strings or token ids", param="prompt")
-    params = _common_params(body, body.max_tokens, body.logprobs)
+    grammar = await structured.processors(engine, structured.openai_spec(body))
+    params = _common_params(body, body.max_tokens, body.logprobs, grammar)
     rid, created, model = new_id("cmpl"), int(time.time()), body.model
     if len(prompts) * params.n > state.settings.max_n:
         raise APIError(400, f"prompts x n must be at most {state.settings.max_n} on this server", param="n")

@@ -67,6 +67,12 @@ class _SamplingFields(_Strict):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
     cache_salt: str | None = Field(default=None, max_length=256)  # prefix cache shared only within a salt
+    # structured output (vLLM's names): one of these, or response_format on chat
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     _unsupported: ClassVar[tuple[str, ...]] = ()
 
@@ -83,7 +89,7 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # OpenAI fields we do not support yet: refused with a 400 when set
-    response_format: Any = None
+    response_format: dict[str, Any] | None = None
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -98,7 +104,7 @@ class ChatCompletionRequest(_SamplingFields):
     metadata: Any = None
     service_tier: Any = None
 
-    _unsupported: ClassVar[tuple[str, ...]] = ("response_format", "tools", "tool_choice", "functions", "function_call",
+    _unsupported: ClassVar[tuple[str, ...]] = ("tools", "tool_choice", "functions", "function_call",
                     "parallel_tool_calls", "audio", "modalities", "prediction", "reasoning_effort",
                     "web_search_options", "store", "metadata")
 

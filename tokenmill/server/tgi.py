@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
+from . import structured
 from .errors import APIError
 from .serving import GenerationRequest, final_output, make_params, submit
 
@@ -34,7 +35,7 @@ class Parameters(BaseModel):
     decoder_input_details: bool | None = False
     # TGI parameters we do not support yet: refused when set
     best_of: int | None = None
-    grammar: Any = None
+    grammar: dict[str, Any] | None = None  # {"type": "json" | "json_schema" | "regex", "value": ...}
     truncate: int | None = None
     typical_p: float | None = None
     watermark: bool | None = False
@@ -52,9 +53,9 @@ def _state(request):
     return request.app.state.tm
 
 
-def _prepare(state, body: GenerateRequest):
+async def _prepare(state, body: GenerateRequest):
     p = body.parameters
-    for name in ("grammar", "truncate", "typical_p", "adapter_id"):
+    for name in ("truncate", "typical_p", "adapter_id"):
         if getattr(p, name) is not None:
             raise APIError(400, f"`{name}` is not supported by this server yet")
     if p.watermark or p.decoder_input_details:
@@ -65,7 +66,9 @@ def _prepare(state, body: GenerateRequest):
     # TGI samples when asked to, or when any sampling parameter is given; else greedy
     sample = bool(p.do_sample) or p.top_k is not None or p.top_p is not None or \
         (p.temperature is not None and p.temperature != 1.0)
-    params = make_params(max_tokens=p.max_new_tokens, temperature=(p.temperature or 1.0) if sample else 0.0,
+    grammar = await structured.processors(engine, structured.tgi_spec(p.grammar))
+    params = make_params(logits_processors=grammar,
+                         max_tokens=p.max_new_tokens, temperature=(p.temperature or 1.0) if sample else 0.0,
                          top_k=p.top_k, top_p=p.top_p, repetition_penalty=p.repetition_penalty,
                          frequency_penalty=p.frequency_penalty, seed=p.seed, stop=p.stop,
                          logprobs=p.top_n_tokens or 0)
@@ -91,7 +94,7 @@ def _top(tok, top: dict) -> list[dict]:
 async def _start(body: GenerateRequest, request: Request):
     """(tokenizer, parameters, engine output stream, text to put before the answer)"""
     state = _state(request)
-    engine, ids, params = _prepare(state, body)
+    engine, ids, params = await _prepare(state, body)
     p = body.parameters
     stream = await submit(state, request, GenerationRequest(ids, params, body.stream))
     return engine.tokenizer, p, stream, body.inputs if p.return_full_text else ""
