@@ -105,3 +105,4 @@ async def processors(engine, spec: GrammarSpec | None) -> list:
         return [await asyncio.to_thread(engine.structured.compile, spec)]
     except GrammarError as e:
         raise APIError(400, str(e), param="response_format") from e
+
