@@ -31,6 +31,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs per token (0: only the sampled one)
+    prompt_logprobs: int | None = None  # the same for each prompt token (the first has none)
     skip_special_tokens: bool = True
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
 
@@ -58,6 +59,7 @@ class SamplingParams:
             (self.penalty_last_n >= 0, "penalty_last_n must be non-negative"),
             (all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be in [0, 20]"),
         ]
         if self.logits_processors and any(hasattr(p, "matcher") for p in self.logits_processors):
             checks += [(not self.ignore_eos, "ignore_eos cannot be combined with structured output"),

@@ -13,6 +13,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import torch
+
 from ..config import EngineConfig
 from ..model.loader import load_checkpoint
 from ..sampling_params import SamplingParams
@@ -21,7 +23,7 @@ from .detokenizer import IncrementalDetokenizer
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
 from .request import Request, RequestStatus
-from .sampler import Sampler
+from .sampler import LOGPROB_FLOOR, Sampler
 from .scheduler import Scheduler
 from .structured import GrammarCompiler
 from .stats import EngineStats
@@ -152,6 +154,8 @@ class LLMEngine:
         sampled: dict[str, int] = {}
         if len(batch):
             logits, reqs = self.runner.execute(batch)
+            for req, start, prompt_logits in self.runner.prompt_logits:
+                self._record_prompt_logprobs(req, start, prompt_logits)
             if reqs:
                 out = self.sampler(logits, reqs)
                 for req, tok, lp in zip(reqs, out.token_ids, out.logprobs):
@@ -177,6 +181,18 @@ class LLMEngine:
         outputs = [self._make_output(rid) for rid in touched if rid in self.groups]
         return outputs
 
+    def _record_prompt_logprobs(self, req, start: int, logits) -> None:
+        """logits (k, V) at positions start..start+k-1 give prompt tokens start+1..start+k."""
+        if len(req.prompt_logprobs) != start + 1:
+            return  # recomputed after a preemption: already recorded
+        lp = logits.float().log_softmax(-1).nan_to_num_(nan=LOGPROB_FLOOR).clamp_(min=LOGPROB_FLOOR)
+        targets = torch.tensor(req.prompt_token_ids[start + 1:start + 1 + len(lp)], device=lp.device)
+        chosen = lp.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+        k = req.params.prompt_logprobs
+        top_v, top_i = lp.topk(max(k, 1), dim=-1)
+        for j, value in enumerate(chosen):
+            req.prompt_logprobs.append((value, dict(zip(top_i[j, :k].tolist(), top_v[j, :k].tolist()))))
+
     def _make_output(self, request_id: str) -> RequestOutput:
         group = self.groups[request_id]
         completions = []
@@ -198,7 +214,8 @@ class LLMEngine:
                 self.stats.finished_by_reason[reason] = self.stats.finished_by_reason.get(reason, 0) + 1
         first = group.children[0]
         return RequestOutput(request_id, group.prompt, group.prompt_token_ids, completions, finished,
-                             num_cached_tokens=first.num_cached_tokens, metrics=first.metrics)
+                             num_cached_tokens=first.num_cached_tokens, metrics=first.metrics,
+                             prompt_logprobs=list(first.prompt_logprobs) if first.prompt_logprobs else None)
 
     def get_stats(self) -> EngineStats:
         s = self.stats

@@ -123,6 +123,8 @@ class ModelRunner:
         seqs = []
         sample_rows: list[int] = []
         sample_reqs: list[Request] = []
+        prompt_rows = []
+        self.prompt_logits = []  # [(request, first position, logits (k, V))] for prompt logprobs
         for req, n in zip(batch.requests, batch.num_new_tokens):
             start = req.num_computed_tokens
             row = len(input_ids)
@@ -135,10 +137,16 @@ class ModelRunner:
             if start + n == req.num_tokens:
                 sample_rows.append(row + n - 1)
                 sample_reqs.append(req)
+            if req.params.prompt_logprobs is not None and start < req.num_prompt_tokens - 1:
+                # rows at positions start.. predict prompt tokens start+1..: (first row, count)
+                last = min(start + n, req.num_prompt_tokens - 1)
+                prompt_rows.append((req, start, row, last - start))
         meta = AttentionMetadata.build(seqs, self.device, self.block_size, self.use_native)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         hidden = self.model(ids, pos, meta, self.kv_caches)  # (T, hidden)
+        for req, start, row, k in prompt_rows:
+            self.prompt_logits.append((req, start, self.model.compute_logits(hidden[row:row + k])))
         if not sample_rows:
             return None, []
         self.work.logit_rows += len(sample_rows)

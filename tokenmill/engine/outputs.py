@@ -31,3 +31,5 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
+    # per prompt token: None for the first, then (logprob, {token id: logprob} of the top ones)
+    prompt_logprobs: list | None = None

@@ -49,8 +49,8 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
         raise APIError(400, "logit_bias keys must be token ids", param="logit_bias") from e
 
 
-def _common_params(body, max_tokens, logprobs, processors=()):
-    return make_params(logits_processors=list(processors),
+def _common_params(body, max_tokens, logprobs, processors=(), prompt_logprobs=None):
+    return make_params(logits_processors=list(processors), prompt_logprobs=prompt_logprobs,
         n=body.n, temperature=1.0 if body.temperature is None else body.temperature, top_p=body.top_p,
         top_k=body.top_k, min_p=body.min_p, max_tokens=max_tokens, min_tokens=body.min_tokens,
         stop=body.stop, seed=body.seed, frequency_penalty=body.frequency_penalty,
@@ -75,14 +75,36 @@ def _chat_logprobs(tok, token_ids, logprobs) -> dict:
 
 
 def _completion_logprobs(tok, token_ids, logprobs, offset0: int = 0) -> dict:
+    """logprobs: per token (logprob, top) or None (an echoed first prompt token has none)."""
     tokens = [_token_text(tok, t) for t in token_ids]
     offsets, pos = [], offset0
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
-    return {"tokens": tokens, "token_logprobs": [_lp(lp) for lp, _ in logprobs],
-            "top_logprobs": [{_token_text(tok, i): _lp(v) for i, v in top.items()} for _, top in logprobs],
+    return {"tokens": tokens, "token_logprobs": [None if x is None else _lp(x[0]) for x in logprobs],
+            "top_logprobs": [None if x is None else {_token_text(tok, i): _lp(v) for i, v in x[1].items()}
+                             for x in logprobs],
             "text_offset": offsets}
+
+
+def _vllm_prompt_logprobs(tok, prompt_ids, prompt_logprobs) -> list | None:
+    """vLLM's shape: per prompt token None (the first) or {token id: {logprob, rank, decoded_token}},
+    the prompt's own token first, then the top ones."""
+    if prompt_logprobs is None:
+        return None
+    out = []
+    for tid, x in zip(prompt_ids, prompt_logprobs):
+        if x is None:
+            out.append(None)
+            continue
+        value, top = x
+        entry = {str(tid): {"logprob": _lp(value), "rank": None, "decoded_token": _token_text(tok, tid)}}
+        for rank, (i, v) in enumerate(top.items(), start=1):
+            entry.setdefault(str(i), {"logprob": _lp(v), "rank": rank, "decoded_token": _token_text(tok, i)})
+            if str(i) == str(tid):
+                entry[str(i)]["rank"] = rank
+        out.append(entry)
+    return out
 
 
 def _usage(num_prompt: int, num_completion: int) -> dict:
@@ -141,7 +163,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     # no max_tokens: until EOS or the context is full, as OpenAI's chat API does
     grammar = await structured.processors(engine, structured.openai_spec(body))
     params = _common_params(body, body.max_completion_tokens or body.max_tokens,
-                            (body.top_logprobs or 0) if body.logprobs else None, grammar)
+                            (body.top_logprobs or 0) if body.logprobs else None, grammar, body.prompt_logprobs)
     rid, created, model, tok = new_id("chatcmpl"), int(time.time()), body.model, engine.tokenizer
     stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream, rid,
                                                             body.cache_salt))
@@ -157,9 +179,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                         "logprobs": _chat_logprobs(tok, c.token_ids, c.logprobs) if c.logprobs is not None else None,
                         "finish_reason": c.finish_reason})
     completion = sum(len(c.token_ids) for c in final.outputs)
-    return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model,
-                         "choices": choices, "usage": _usage(len(prompt_ids), completion),
-                         "system_fingerprint": None})
+    response = {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                "choices": choices, "usage": _usage(len(prompt_ids), completion), "system_fingerprint": None}
+    if body.prompt_logprobs is not None:
+        response["prompt_logprobs"] = _vllm_prompt_logprobs(tok, prompt_ids, final.prompt_logprobs)
+    return JSONResponse(response)
 
 
 async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, include_usage):
@@ -208,17 +232,25 @@ async def completions(body: CompletionRequest, request: Request):
     tok = engine.tokenizer
     p = body.prompt
     if isinstance(p, str):
-        prompts = [tok.encode(p)]
+        prompts, texts = [tok.encode(p)], [p]
     elif p and all(isinstance(x, int) for x in p):
-        prompts = [list(p)]
+        prompts, texts = [list(p)], [None]
     elif p and all(isinstance(x, str) for x in p):
-        prompts = [tok.encode(x) for x in p]
+        prompts, texts = [tok.encode(x) for x in p], list(p)
     elif p and all(isinstance(x, list) for x in p):
-        prompts = [list(x) for x in p]
+        prompts, texts = [list(x) for x in p], [None] * len(p)
     else:
         raise APIError(400, "prompt must be a non-empty string, list of strings or token ids", param="prompt")
+    texts = [t if t is not None else tok.decode(ids, skip_special_tokens=False) for t, ids in zip(texts, prompts)]
+    # max_tokens 0 with echo (how evaluation harnesses score a text): the prompt's logprobs only;
+    # the engine samples one token, which is dropped
+    zero = body.max_tokens == 0
+    if zero and not body.echo:
+        raise APIError(400, "max_tokens 0 needs echo (scoring the prompt)", param="max_tokens")
+    prompt_lp = body.prompt_logprobs if body.prompt_logprobs is not None else \
+        (body.logprobs if body.echo and body.logprobs is not None else None)
     grammar = await structured.processors(engine, structured.openai_spec(body))
-    params = _common_params(body, body.max_tokens, body.logprobs, grammar)
+    params = _common_params(body, 1 if zero else body.max_tokens, body.logprobs, grammar, prompt_lp)
     rid, created, model = new_id("cmpl"), int(time.time()), body.model
     if len(prompts) * params.n > state.settings.max_n:
         raise APIError(400, f"prompts x n must be at most {state.settings.max_n} on this server", param="n")
@@ -238,15 +270,36 @@ async def completions(body: CompletionRequest, request: Request):
         return {"index": i * n + c.index, "text": text, "finish_reason": finish,
                 "logprobs": _completion_logprobs(tok, token_ids, logprobs) if logprobs is not None else None}
 
+    def final_choice(i: int, out, c: CompletionOutput) -> dict:
+        ids, lps = ([] if zero else c.token_ids), ([] if zero else c.logprobs)
+        text = ("" if zero else c.text)
+        if body.echo:
+            ids, text = prompts[i] + ids, texts[i] + text
+            if lps is not None:
+                lps = (out.prompt_logprobs or [None] * len(prompts[i])) + lps
+        ch = choice(i, c, text, ids, lps if body.logprobs is not None else None, "length" if zero else c.finish_reason)
+        if body.prompt_logprobs is not None:
+            ch["prompt_logprobs"] = _vllm_prompt_logprobs(tok, prompts[i], out.prompt_logprobs)
+        return ch
+
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def sse():
             base = {"id": rid, "object": "text_completion", "created": created, "model": model}
             done_tokens = {}
+            echoed = set()
             try:
                 async for i, out in _merge(streams):
                     for c in out.outputs:
+                        if body.echo and (i, c.index) not in echoed:
+                            echoed.add((i, c.index))
+                            yield _sse({**base, "choices": [choice(i, c, texts[i], [], None, None)]})
+                        if zero:
+                            if c.finish_reason:
+                                done_tokens[(i, c.index)] = 0
+                                yield _sse({**base, "choices": [choice(i, c, "", [], None, "length")]})
+                            continue
                         k = len(c.token_ids_delta)
                         lp = c.logprobs[-k:] if c.logprobs is not None and k else ([] if c.logprobs is not None else None)
                         if c.text_delta or c.finish_reason:
@@ -273,8 +326,8 @@ async def completions(body: CompletionRequest, request: Request):
     choices, completion = [], 0
     for i in range(len(prompts)):
         for c in finals[i].outputs:
-            choices.append(choice(i, c, c.text, c.token_ids, c.logprobs, c.finish_reason))
-            completion += len(c.token_ids)
+            choices.append(final_choice(i, finals[i], c))
+            completion += 0 if zero else len(c.token_ids)
     return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
                          "choices": choices, "usage": _usage(num_prompt, completion)})
 

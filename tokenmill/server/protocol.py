@@ -67,6 +67,7 @@ class _SamplingFields(_Strict):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = None
     cache_salt: str | None = Field(default=None, max_length=256)  # prefix cache shared only within a salt
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=20)  # vLLM: logprobs of the prompt tokens
     # structured output (vLLM's names): one of these, or response_format on chat
     structured_outputs: dict[str, Any] | None = None
     guided_json: dict[str, Any] | str | None = None
@@ -111,13 +112,13 @@ class ChatCompletionRequest(_SamplingFields):
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=0)  # 0 with echo: score the prompt only
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
 
-    _unsupported: ClassVar[tuple[str, ...]] = ("echo", "suffix")
+    _unsupported: ClassVar[tuple[str, ...]] = ("suffix",)
 
 
 class TokenizeRequest(_Strict):
