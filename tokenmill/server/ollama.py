@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..sampling_params import SamplingParams
-from . import structured
+from . import structured, tools
 from .errors import APIError
 from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, submit
 
@@ -51,7 +51,7 @@ class Options(BaseModel):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[Any] | None = None
     tool_calls: list[Any] | None = None
@@ -71,7 +71,7 @@ class _Base(BaseModel):
 
 class ChatRequest(_Base):
     messages: list[Message] = Field(default_factory=list)
-    tools: list[Any] | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 class GenerateRequest(_Base):
@@ -129,7 +129,7 @@ def _final_stats(out, started: float) -> dict:
             "eval_count": len(c.token_ids), "eval_duration": int(max(0.0, now - first) * 1e9)}
 
 
-async def _respond(request, state, body, prompt_ids, kind: str):
+async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=None):
     engine = state.get_engine()
     grammar = await structured.processors(engine, structured.ollama_spec(body.format))
     params = _params(body.options, len(prompt_ids), engine.max_model_len, grammar)
@@ -137,43 +137,66 @@ async def _respond(request, state, body, prompt_ids, kind: str):
     started = time.time()
     model = body.model
 
-    def piece(text: str) -> dict:
+    def piece(text: str, calls=None) -> dict:
         if kind == "chat":
-            return {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": text}}
+            message = {"role": "assistant", "content": text}
+            if calls:  # Ollama's shape: arguments as an object
+                message["tool_calls"] = [{"function": {"name": c["function"]["name"],
+                                                       "arguments": json.loads(c["function"]["arguments"])}}
+                                         for c in calls]
+            return {"model": model, "created_at": _now(), "message": message}
         return {"model": model, "created_at": _now(), "response": text}
+
+    def calls_of(text):
+        return tools.parse_calls(text, tool_schemas, "auto") if tool_schemas else None
 
     if body.stream:
         async def ndjson():
             try:
                 async for out in stream:
                     c = out.outputs[0]
-                    if c.text_delta:
+                    if c.text_delta and not tool_schemas:  # with tools: known only at the end
                         yield json.dumps({**piece(c.text_delta), "done": False}) + "\n"
                     if out.finished:
+                        calls = calls_of(c.text)
+                        if tool_schemas:
+                            yield json.dumps({**piece("" if calls else c.text, calls), "done": False}) + "\n"
                         yield json.dumps({**piece(""), **_final_stats(out, started)}) + "\n"
             except APIError as e:
                 yield json.dumps({"error": e.message}) + "\n"
         return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
     final = await final_output(request, stream)
-    return JSONResponse({**piece(final.outputs[0].text), **_final_stats(final, started)})
+    text = final.outputs[0].text
+    calls = calls_of(text)
+    return JSONResponse({**piece("" if calls else text, calls), **_final_stats(final, started)})
 
 
 @router.post("/api/chat")
 async def chat(body: ChatRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
-    _refuse_unsupported(body, ["tools", "think", "logprobs", "top_logprobs"])
+    _refuse_unsupported(body, ["think", "logprobs", "top_logprobs"])
     for m in body.messages:
-        if m.images or m.tool_calls:
-            raise APIError(400, "images and tool calls in messages are not supported yet")
+        if m.images:
+            raise APIError(400, "images in messages are not supported yet")
+    tool_schemas = tools.check_tools(body.tools)
     engine = state.get_engine()
     if not body.messages:  # Ollama answers an empty chat by loading the model
         return JSONResponse({"model": body.model, "created_at": _now(),
                              "message": {"role": "assistant", "content": ""}, "done": True,
                              "done_reason": "load"})
-    ids = chat_prompt_ids(engine, [{"role": m.role, "content": m.content} for m in body.messages])
-    return await _respond(request, state, body, ids, "chat")
+    messages = []
+    for m in body.messages:
+        msg = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            msg["tool_calls"] = [{"name": (c.get("function") or {}).get("name"),
+                                  "arguments": (c.get("function") or {}).get("arguments") or {}}
+                                 for c in m.tool_calls if isinstance(c, dict)]
+        messages.append(msg)
+    messages = tools.prompt_messages(messages, body.tools, "auto" if tool_schemas else "none")
+    ids = chat_prompt_ids(engine, messages)
+    return await _respond(request, state, body, ids, "chat", tool_schemas)
 
 
 @router.post("/api/generate")

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.outputs import CompletionOutput
 from ..engine.sampler import LOGPROB_FLOOR
-from . import structured
+from . import structured, tools
 from .errors import APIError
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .serving import (GenerationRequest, chat_prompt_ids, final_output, make_params, new_id, submit,
@@ -33,7 +33,22 @@ def _sse_error(e: APIError) -> str:
 
 
 def _messages(messages) -> list[dict]:
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+    out = []
+    for m in messages:
+        msg = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.tool_calls:
+            calls = []
+            for c in m.tool_calls:
+                fn = c.get("function") or {}
+                args = fn.get("arguments")
+                try:
+                    args = json.loads(args) if isinstance(args, str) else (args or {})
+                except ValueError as e:
+                    raise APIError(400, f"tool call arguments are not JSON: {e}", param="messages") from e
+                calls.append({"name": fn.get("name"), "arguments": args})
+            msg["tool_calls"] = calls
+        out.append(msg)
+    return out
 
 
 def _lp(x: float) -> float:
@@ -159,31 +174,63 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     engine = state.get_engine()
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-    prompt_ids = chat_prompt_ids(engine, _messages(body.messages))
+    tool_schemas = tools.check_tools(body.tools)
+    mode, forced = tools.choice_of(body.tool_choice, tool_schemas)
+    spec = structured.openai_spec(body)
+    tool_spec = tools.grammar_for(tool_schemas, mode, forced, body.parallel_tool_calls is not False)
+    if tool_spec is not None and spec is not None:
+        raise APIError(400, "a required tool call and response_format cannot be combined", param="tool_choice")
+    messages = tools.prompt_messages(_messages(body.messages), body.tools, mode)
+    prompt_ids = chat_prompt_ids(engine, messages)
     # no max_tokens: until EOS or the context is full, as OpenAI's chat API does
-    grammar = await structured.processors(engine, structured.openai_spec(body))
+    grammar = await structured.processors(engine, tool_spec or spec)
     params = _common_params(body, body.max_completion_tokens or body.max_tokens,
                             (body.top_logprobs or 0) if body.logprobs else None, grammar, body.prompt_logprobs)
     rid, created, model, tok = new_id("chatcmpl"), int(time.time()), body.model, engine.tokenizer
     stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream, rid,
                                                             body.cache_salt))
+    calls_of = (lambda text: tools.parse_calls(text, tool_schemas, mode)) if mode != "none" else None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_chat_stream(stream, rid, created, model, tok, params, len(prompt_ids),
+        gen = _chat_stream_tools(stream, calls_of) if calls_of else stream
+        return StreamingResponse(_chat_stream(gen, rid, created, model, tok, params, len(prompt_ids),
                                               include_usage), media_type="text/event-stream")
 
     final = await final_output(request, stream)
     choices = []
     for c in final.outputs:
-        choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
+        message, finish = {"role": "assistant", "content": c.text}, c.finish_reason
+        calls = calls_of(c.text) if calls_of else None
+        if calls:
+            message, finish = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+        choices.append({"index": c.index, "message": message,
                         "logprobs": _chat_logprobs(tok, c.token_ids, c.logprobs) if c.logprobs is not None else None,
-                        "finish_reason": c.finish_reason})
+                        "finish_reason": finish})
     completion = sum(len(c.token_ids) for c in final.outputs)
     response = {"id": rid, "object": "chat.completion", "created": created, "model": model,
                 "choices": choices, "usage": _usage(len(prompt_ids), completion), "system_fingerprint": None}
     if body.prompt_logprobs is not None:
         response["prompt_logprobs"] = _vllm_prompt_logprobs(tok, prompt_ids, final.prompt_logprobs)
     return JSONResponse(response)
+
+
+async def _chat_stream_tools(stream, calls_of):
+    """With tools, an answer is known to be a call or text only at its end: each sample's output
+    is held back and handed on once finished, as text or as tool calls."""
+    sent: set[int] = set()
+    async for out in stream:
+        ready = [c for c in out.outputs if c.finish_reason and c.index not in sent]
+        if not ready:
+            continue
+        for c in ready:
+            sent.add(c.index)
+            c.tool_calls = calls_of(c.text)
+            c.text_delta = "" if c.tool_calls else c.text
+            c.token_ids_delta = list(c.token_ids)
+            if c.logprobs is not None:
+                c.logprobs = list(c.logprobs)
+        out.outputs = ready
+        yield out
 
 
 async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, include_usage):
@@ -208,11 +255,18 @@ async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, inc
                 if c.logprobs is not None and c.token_ids_delta:
                     n = len(c.token_ids_delta)
                     lp = _chat_logprobs(tok, c.token_ids_delta, c.logprobs[-n:])
-                if c.text_delta or lp:
+                calls = getattr(c, "tool_calls", None)
+                if calls:  # the first delta of a call: index, id, name; then its arguments
+                    for j, call in enumerate(calls):
+                        fn = call["function"]
+                        yield chunk(c.index, {"tool_calls": [{"index": j, "id": call["id"], "type": "function",
+                                                               "function": {"name": fn["name"], "arguments": ""}}]})
+                        yield chunk(c.index, {"tool_calls": [{"index": j, "function": {"arguments": fn["arguments"]}}]})
+                elif c.text_delta or lp:
                     yield chunk(c.index, {"content": c.text_delta}, logprobs=lp)
                 if c.finish_reason and c.index not in num_completion:
                     num_completion[c.index] = len(c.token_ids)
-                    yield chunk(c.index, {}, finish=c.finish_reason)
+                    yield chunk(c.index, {}, finish="tool_calls" if calls else c.finish_reason)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(num_completion.values()))})
         yield "data: [DONE]\n\n"

@@ -26,9 +26,11 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None   # an assistant turn that called tools
+    tool_call_id: str | None = None                  # a tool turn: which call it answers
 
     def text(self) -> str:
         if self.content is None:
@@ -91,11 +93,11 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # OpenAI fields we do not support yet: refused with a 400 when set
     response_format: dict[str, Any] | None = None
-    tools: Any = None
-    tool_choice: Any = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     functions: Any = None
     function_call: Any = None
-    parallel_tool_calls: Any = None
+    parallel_tool_calls: bool | None = None
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
@@ -105,8 +107,7 @@ class ChatCompletionRequest(_SamplingFields):
     metadata: Any = None
     service_tier: Any = None
 
-    _unsupported: ClassVar[tuple[str, ...]] = ("tools", "tool_choice", "functions", "function_call",
-                    "parallel_tool_calls", "audio", "modalities", "prediction", "reasoning_effort",
+    _unsupported: ClassVar[tuple[str, ...]] = ("functions", "function_call", "audio", "modalities", "prediction", "reasoning_effort",
                     "web_search_options", "store", "metadata")
 
 
