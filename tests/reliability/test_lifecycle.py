@@ -11,7 +11,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from server_process import Server, free_port
 

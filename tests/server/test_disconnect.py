@@ -4,7 +4,6 @@ request whose client left while it waited in the queue is never prefilled. Every
 on the server's state, with a deadline that only catches hangs."""
 import json
 import socket
-import threading
 import time
 
 import httpx
