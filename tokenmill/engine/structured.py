@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
 KINDS = ("json", "regex", "choice", "grammar")
+FIRST_MASK_LIMIT_S = 1.0
 _JSON_FORM = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
@@ -106,6 +108,14 @@ class GrammarCompiler:
         proto = llguidance.LLMatcher(self._ll_tokenizer(), text, limits=llguidance.LLParserLimits(**_LIMITS))
         if proto.is_error():
             raise GrammarError(f"invalid {spec.kind} grammar: {proto.get_error()[:500]}")
+        # The lexer is built lazily, at the first mask; a pathological regex can take seconds
+        # there. Build it here (the caller's thread, not the engine's) and refuse what is slow.
+        import llguidance.torch as lt
+        started = time.perf_counter()
+        lt.fill_next_token_bitmask(proto.deep_copy(), lt.allocate_token_bitmask(1, self._vocab), 0)
+        if time.perf_counter() - started > FIRST_MASK_LIMIT_S:
+            raise GrammarError(f"the {spec.kind} grammar is too complex: its first token mask took "
+                               f"{time.perf_counter() - started:.1f} s (limit {FIRST_MASK_LIMIT_S:g} s)")
         with self._lock:
             self.compiled += 1
             self._cache[spec] = proto

@@ -295,7 +295,12 @@ async def completions(body: CompletionRequest, request: Request):
         prompts, texts = [list(x) for x in p], [None] * len(p)
     else:
         raise APIError(400, "prompt must be a non-empty string, list of strings or token ids", param="prompt")
-    texts = [t if t is not None else tok.decode(ids, skip_special_tokens=False) for t, ids in zip(texts, prompts)]
+    vocab = engine.model_config.vocab_size
+    bad = [t for ids in prompts for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise APIError(400, f"prompt token id {bad[0]} is out of range (vocabulary size {vocab})", param="prompt")
+    if body.echo:
+        texts = [t if t is not None else tok.decode(ids, skip_special_tokens=False) for t, ids in zip(texts, prompts)]
     # max_tokens 0 with echo (how evaluation harnesses score a text): the prompt's logprobs only;
     # the engine samples one token, which is dropped
     zero = body.max_tokens == 0
