@@ -72,3 +72,26 @@ def test_compiled_grammars_are_cached(llm):
     before = compiler.compiled
     a, b = compiler.compile(spec), compiler.compile(spec)
     assert compiler.compiled == before + 1 and a.matcher is not b.matcher
+
+
+def test_auto_tool_grammar_holds_a_call_to_its_schema(llm):
+    """Under tool_choice auto the answer is free, but once it starts a call ('<' pushed here with
+    a logit bias) the grammar holds it to a known tool and valid arguments."""
+    from tokenmill.server import tools
+    schemas = {"pick": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 9}},
+                        "required": ["n"], "additionalProperties": False}}
+    spec = tools.grammar_for(schemas, "auto", None, parallel=False)
+    finished = 0
+    for seed in range(5):
+        p = SamplingParams(temperature=1.0, seed=seed, max_tokens=120, logit_bias={ord("<"): 100.0},
+                           logits_processors=grammar(llm, spec))
+        c = llm.generate(["call"], p)[0].outputs[0]
+        assert c.text.startswith("<tool_call>")
+        if c.finish_reason == "stop":
+            finished += 1
+            calls = tools.parse_calls(c.text, schemas, "auto")
+            assert calls and calls[0]["function"]["name"] == "pick", c.text
+    assert finished >= 3
+    free = llm.generate(["call"], SamplingParams(temperature=1.0, seed=1, max_tokens=20, logit_bias={ord("<"): -100.0},
+                                                 logits_processors=grammar(llm, spec)))[0].outputs[0]
+    assert not free.text.startswith("<")  # plain text stays free

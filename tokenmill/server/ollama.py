@@ -131,7 +131,12 @@ def _final_stats(out, started: float) -> dict:
 
 async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=None):
     engine = state.get_engine()
-    grammar = await structured.processors(engine, structured.ollama_spec(body.format))
+    spec = structured.ollama_spec(body.format)
+    if tool_schemas:
+        if spec is not None:
+            raise APIError(400, "tools and format cannot be combined")
+        spec = tools.grammar_for(tool_schemas, "auto", None, True)
+    grammar = await structured.processors(engine, spec)
     params = _params(body.options, len(prompt_ids), engine.max_model_len, grammar)
     stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream))
     started = time.time()

@@ -179,7 +179,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     spec = structured.openai_spec(body)
     tool_spec = tools.grammar_for(tool_schemas, mode, forced, body.parallel_tool_calls is not False)
     if tool_spec is not None and spec is not None:
-        raise APIError(400, "a required tool call and response_format cannot be combined", param="tool_choice")
+        raise APIError(400, "tools (unless tool_choice is none) and response_format cannot be combined",
+                       param="response_format")
     messages = tools.prompt_messages(_messages(body.messages), body.tools, mode)
     prompt_ids = chat_prompt_ids(engine, messages)
     # no max_tokens: until EOS or the context is full, as OpenAI's chat API does

@@ -9,9 +9,9 @@ a `role: "tool"` message becomes a user turn holding <tool_response>...</tool_re
 
 tool_choice:
   none       no tools in the prompt, a plain answer
-  auto       a free answer; if it is (only) well-formed <tool_call> blocks naming known tools with
-             arguments that validate against their schemas, they become tool_calls, else the text
-             stays `content`
+  auto       a free answer, or <tool_call> blocks that a grammar holds to the tools' schemas (an
+             answer starting with '<' is read as a call); well-formed calls whose arguments
+             validate become tool_calls, anything else (a call cut by max_tokens) stays `content`
   required   a grammar holds the answer to one call (a list of calls with parallel_tool_calls)
              of a known tool with valid arguments
   {"type": "function", "function": {"name": N}}   the same, for tool N only
@@ -87,13 +87,20 @@ def _call_schema(name: str, params: dict) -> dict:
 
 
 def grammar_for(tools: dict[str, dict], mode: str, forced: str | None, parallel: bool) -> GrammarSpec | None:
-    """required / named: the answer is JSON, one call object (or a list of them)."""
-    if mode != "required":
+    """required / named: the answer is JSON, one call object (or a list of them).
+    auto: free text (not starting with '<'), or <tool_call> blocks held to the tools' schemas."""
+    if mode == "none":
         return None
     names = [forced] if forced else list(tools)
     one = {"anyOf": [_call_schema(n, tools[n]) for n in names]} if len(names) > 1 else _call_schema(names[0], tools[names[0]])
-    schema = {"type": "array", "items": one, "minItems": 1} if parallel and not forced else one
     try:
+        if mode == "auto":
+            call = json.loads(GrammarSpec.json_schema(one).value)  # with the compact JSON form
+            repeat = '("\\n" call)*' if parallel else ""
+            lark = (f"start: TEXT | calls\nTEXT: /[^<](.|\\n)*/\ncalls: call {repeat}\n"
+                    f'call: "<tool_call>" %json {json.dumps(call)} "</tool_call>"\n')
+            return GrammarSpec("grammar", lark)
+        schema = {"type": "array", "items": one, "minItems": 1} if parallel and not forced else one
         return GrammarSpec.json_schema(schema)
     except GrammarError as e:
         raise APIError(400, f"tool parameters: {e}", param="tools") from e
