@@ -51,6 +51,8 @@ def test_none_gives_no_calls_and_a_tool_result_turn_works(smol):
 
 
 def test_streamed_tool_call_deltas(smol):
+    """The call streams as it is generated: first delta index, id and name, then the arguments
+    in several chunks; joined they equal the non-streamed call."""
     chunks = [c for c in client(smol).chat.completions.create(
         model=smol.model, messages=ASK, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=150,
         stream=True) if c.choices]
@@ -59,7 +61,7 @@ def test_streamed_tool_call_deltas(smol):
     assert first.index == 0 and first.id.startswith("call_") and first.function.name in SCHEMAS
     args = "".join(d.function.arguments or "" for d in deltas)
     jsonschema.validate(json.loads(args), SCHEMAS[first.function.name])
-    assert all(d.id is None for d in rest)
+    assert all(d.id is None for d in rest) and len(rest) > 3  # arguments arrive in pieces
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     whole = client(smol).chat.completions.create(model=smol.model, messages=ASK, tools=TOOLS, tool_choice="required",
                                                  temperature=0, max_tokens=150).choices[0].message.tool_calls[0]
@@ -97,3 +99,19 @@ def test_bad_tool_requests_are_400(smol, kw, needle):
     with pytest.raises(openai.BadRequestError) as e:
         client(smol).chat.completions.create(model=smol.model, messages=ASK, max_tokens=5, **kw)
     assert needle in str(e.value)
+
+
+def test_call_streamer_splits_calls_whatever_the_chunking():
+    text = ('[{"name": "get_weather", "arguments": {"city": "Pa\\"ris {x}\\\\", "unit": "celsius"}}, '
+            '{"name": "get_time", "arguments": {"city": "Oslo"}}]')
+    for step in (1, 2, 5, 11, len(text)):
+        reader, deltas = tools.CallStreamer(), []
+        for i in range(0, len(text), step):
+            deltas += reader.feed(text[i:i + step])
+        heads = [d for d in deltas if "id" in d]
+        args: dict[int, str] = {}
+        for d in deltas:
+            if "id" not in d:
+                args[d["index"]] = args.get(d["index"], "") + d["function"]["arguments"]
+        assert [h["function"]["name"] for h in heads] == ["get_weather", "get_time"]
+        assert [json.loads(args[i]) for i in (0, 1)] == [{"city": 'Pa"ris {x}\\', "unit": "celsius"}, {"city": "Oslo"}]

@@ -193,7 +193,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     calls_of = (lambda text: tools.parse_calls(text, tool_schemas, mode)) if mode != "none" else None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        gen = _chat_stream_tools(stream, calls_of) if calls_of else stream
+        gen = stream if not calls_of else \
+            _chat_stream_required(stream) if mode == "required" else _chat_stream_tools(stream, calls_of)
         return StreamingResponse(_chat_stream(gen, rid, created, model, tok, params, len(prompt_ids),
                                               include_usage), media_type="text/event-stream")
 
@@ -213,6 +214,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.prompt_logprobs is not None:
         response["prompt_logprobs"] = _vllm_prompt_logprobs(tok, prompt_ids, final.prompt_logprobs)
     return JSONResponse(response)
+
+
+async def _chat_stream_required(stream):
+    """A required / named tool call streams as it is generated: the first delta of each call
+    (index, id, name) once its name is complete, then its arguments in chunks."""
+    readers: dict[int, tools.CallStreamer] = {}
+    async for out in stream:
+        for c in out.outputs:
+            reader = readers.setdefault(c.index, tools.CallStreamer())
+            c.tool_deltas = reader.feed(c.text_delta)
+            c.called = reader.index >= 0
+            c.text_delta = ""
+        yield out
 
 
 async def _chat_stream_tools(stream, calls_of):
@@ -256,9 +270,11 @@ async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, inc
                 if c.logprobs is not None and c.token_ids_delta:
                     n = len(c.token_ids_delta)
                     lp = _chat_logprobs(tok, c.token_ids_delta, c.logprobs[-n:])
-                calls = getattr(c, "tool_calls", None)
-                if calls:  # the first delta of a call: index, id, name; then its arguments
-                    for j, call in enumerate(calls):
+                calls = getattr(c, "tool_calls", None) or getattr(c, "called", False)
+                for delta in getattr(c, "tool_deltas", None) or []:
+                    yield chunk(c.index, {"tool_calls": [delta]})
+                if getattr(c, "tool_calls", None):  # the first delta of a call: index, id, name; then its arguments
+                    for j, call in enumerate(c.tool_calls):
                         fn = call["function"]
                         yield chunk(c.index, {"tool_calls": [{"index": j, "id": call["id"], "type": "function",
                                                                "function": {"name": fn["name"], "arguments": ""}}]})
@@ -267,7 +283,8 @@ async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, inc
                     yield chunk(c.index, {"content": c.text_delta}, logprobs=lp)
                 if c.finish_reason and c.index not in num_completion:
                     num_completion[c.index] = len(c.token_ids)
-                    yield chunk(c.index, {}, finish="tool_calls" if calls else c.finish_reason)
+                    called = calls and c.finish_reason == "stop"  # a call cut by max_tokens stays "length"
+                    yield chunk(c.index, {}, finish="tool_calls" if called else c.finish_reason)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(num_completion.values()))})
         yield "data: [DONE]\n\n"

@@ -143,5 +143,61 @@ def parse_calls(text: str, tools: dict[str, dict], mode: str) -> list[dict] | No
         if not isinstance(c, dict) or c.get("name") not in tools or not _valid(c.get("arguments"), tools[c["name"]]):
             return None
         calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}})
+                      "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}})
     return calls
+
+
+_CALL_HEAD = re.compile(r'\{"name": "([^"\\]*)", "arguments": ')
+
+
+class CallStreamer:
+    """Streams a required / named tool-call answer as it grows. The grammar writes each call as
+    {"name": "N", "arguments": {...}} in compact form (alone, or in a list), so a call's first
+    delta (index, id, name) goes out once its name is complete, then its arguments as they come."""
+
+    def __init__(self):
+        self.text = ""
+        self.pos = 0            # scanned up to here
+        self.index = -1         # the call being streamed
+        self.in_args = False
+        self.sent = 0           # argument text sent, as an offset into self.text
+        self.depth = 0
+        self.in_str = self.escape = False
+
+    def feed(self, delta: str) -> list[dict]:
+        self.text += delta
+        out = []
+        while True:
+            if not self.in_args:
+                m = _CALL_HEAD.search(self.text, self.pos)
+                if not m:
+                    return out
+                self.index += 1
+                out.append({"index": self.index, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                            "function": {"name": m.group(1), "arguments": ""}})
+                self.pos = self.sent = m.end()
+                self.in_args, self.depth, self.in_str, self.escape = True, 0, False, False
+            done = False
+            while self.pos < len(self.text) and not done:
+                ch = self.text[self.pos]
+                self.pos += 1
+                if self.in_str:
+                    if self.escape:
+                        self.escape = False
+                    elif ch == "\\":
+                        self.escape = True
+                    elif ch == '"':
+                        self.in_str = False
+                elif ch == '"':
+                    self.in_str, self.escape = True, False
+                elif ch in "{[":
+                    self.depth += 1
+                elif ch in "}]":
+                    self.depth -= 1
+                    done = self.depth == 0
+            if self.pos > self.sent:
+                out.append({"index": self.index, "function": {"arguments": self.text[self.sent:self.pos]}})
+                self.sent = self.pos
+            if not done:
+                return out
+            self.in_args = False
