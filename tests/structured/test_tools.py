@@ -115,3 +115,18 @@ def test_call_streamer_splits_calls_whatever_the_chunking():
                 args[d["index"]] = args.get(d["index"], "") + d["function"]["arguments"]
         assert [h["function"]["name"] for h in heads] == ["get_weather", "get_time"]
         assert [json.loads(args[i]) for i in (0, 1)] == [{"city": 'Pa"ris {x}\\', "unit": "celsius"}, {"city": "Oslo"}]
+
+
+def test_auto_streams_text_as_it_comes(smol):
+    """Under auto, a plain answer is not held back: it arrives in many content deltas, equal to
+    the non-streamed answer."""
+    kw = dict(model=smol.model, messages=[{"role": "user", "content": "Say hello to my friend Ana."}], tools=TOOLS,
+              temperature=0, max_tokens=40)
+    whole = client(smol).chat.completions.create(**kw).choices[0]
+    chunks = [c for c in client(smol).chat.completions.create(stream=True, **kw) if c.choices]
+    texts = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    if whole.message.tool_calls:  # the model chose a call: then it comes whole, as a call
+        assert any(c.choices[0].delta.tool_calls for c in chunks)
+    else:
+        assert "".join(texts) == whole.message.content and len(texts) > 3
+        assert chunks[-1].choices[0].finish_reason == whole.finish_reason

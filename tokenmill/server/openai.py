@@ -230,22 +230,36 @@ async def _chat_stream_required(stream):
 
 
 async def _chat_stream_tools(stream, calls_of):
-    """With tools, an answer is known to be a call or text only at its end: each sample's output
-    is held back and handed on once finished, as text or as tool calls."""
-    sent: set[int] = set()
+    """tool_choice auto: the grammar lets an answer be text (never starting with '<') or calls
+    (starting with '<tool_call>'). Text streams as it comes; a call is held back and handed on
+    once finished, as tool calls (or as text, if it does not parse)."""
+    mode: dict[int, str] = {}  # per sample: "text" | "call", once its first character is known
+    done: set[int] = set()
     async for out in stream:
-        ready = [c for c in out.outputs if c.finish_reason and c.index not in sent]
-        if not ready:
-            continue
-        for c in ready:
-            sent.add(c.index)
-            c.tool_calls = calls_of(c.text)
-            c.text_delta = "" if c.tool_calls else c.text
-            c.token_ids_delta = list(c.token_ids)
-            if c.logprobs is not None:
-                c.logprobs = list(c.logprobs)
-        out.outputs = ready
-        yield out
+        outputs = []
+        for c in out.outputs:
+            if c.index in done:
+                continue
+            if c.index not in mode and c.text:
+                mode[c.index] = "call" if c.text.startswith("<") else "text"
+                c.text_delta = c.text  # what was held while undecided
+                c.token_ids_delta = list(c.token_ids)
+                if c.logprobs is not None:
+                    c.logprobs = list(c.logprobs)
+            if c.finish_reason:
+                done.add(c.index)
+            if mode.get(c.index) == "text":
+                outputs.append(c)
+            elif c.finish_reason:  # a call (or an empty answer) ends: all of it at once
+                c.tool_calls = calls_of(c.text) if mode.get(c.index) == "call" else None
+                c.text_delta = "" if c.tool_calls else c.text
+                c.token_ids_delta = list(c.token_ids)
+                if c.logprobs is not None:
+                    c.logprobs = list(c.logprobs)
+                outputs.append(c)
+        if outputs:
+            out.outputs = outputs
+            yield out
 
 
 async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, include_usage):
