@@ -7,6 +7,14 @@ import time
 import httpx
 
 
+def wait_for(condition, timeout=300.0, what="the server never reached the expected state"):
+    """Poll state until condition() holds; the generous deadline only catches hangs."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

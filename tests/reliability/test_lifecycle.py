@@ -12,16 +12,11 @@ import time
 
 import httpx
 
-from server_process import Server, free_port
+from server_process import Server, free_port, wait_for
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 2000, "ignore_eos": True}
 
 
-def wait_for(condition, timeout=300.0, what="never reached the expected state"):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, what
-        time.sleep(0.05)
 
 
 def start_with_fault(model, log, step, extra=()):

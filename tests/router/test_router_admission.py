@@ -4,20 +4,15 @@ cancels its upstream request, and Ollama / TGI pass through the router."""
 import asyncio
 import json
 import socket
-import time
 
 import httpx
 import ollama
 from huggingface_hub import InferenceClient
 
 from router_helpers import router
+from server_process import wait_for
 
 
-def wait_for(condition, timeout=300.0, what="never reached the expected state"):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, what
-        time.sleep(0.05)
 
 
 def test_tokens_per_minute_are_reserved_at_admission(replicas, logs):

@@ -1,23 +1,16 @@
 """Bad input gets the right 4xx, in the client's own error shape, and the server keeps serving."""
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 
-from server_process import Server
+from server_process import Server, wait_for
 
 CHAT = "/v1/chat/completions"
 MSGS = [{"role": "user", "content": "hi"}]
 
 
-def wait_for(condition, timeout=300.0):
-    """Poll the server's state until condition() holds; the deadline only catches hangs."""
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, "the server never reached the expected state"
-        time.sleep(0.05)
 
 
 def post(server, path, **kw):

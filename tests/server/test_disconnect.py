@@ -4,21 +4,15 @@ request whose client left while it waited in the queue is never prefilled. Every
 on the server's state, with a deadline that only catches hangs."""
 import json
 import socket
-import time
 
 import httpx
 import pytest
 
-from server_process import Server
+from server_process import Server, wait_for
 
 LONG = {"max_tokens": 6000, "ignore_eos": True}  # would run for many seconds if not aborted
 
 
-def wait_for(condition, timeout=300.0, what="the server never reached the expected state"):
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, what
-        time.sleep(0.05)
 
 
 def idle(server) -> bool:
