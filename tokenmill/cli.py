@@ -17,7 +17,8 @@ from .config import EngineConfig
 from .sampling_params import SamplingParams
 
 # fields that are not useful as flags
-_SKIP = {"show_progress", "model", "skip_special_tokens", "logits_processors"}
+_SKIP = {"show_progress", "model", "skip_special_tokens", "logits_processors", "return_raw_logits",
+         "price_in", "price_out"}
 
 
 def _flag_type(hint):
@@ -210,6 +211,14 @@ def _router_actions():
     return [a for a in p._actions if a.option_strings]
 
 
+def cmd_estimate(args) -> int:
+    from .estimate import estimate, format_table, load_shape, measure_bandwidth
+    shape = load_shape(args.model, args.params)
+    e = estimate(shape, args.context, args.concurrency, None if args.no_measure else measure_bandwidth())
+    print(json.dumps(e, indent=2) if args.json else format_table(e))
+    return 0
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -220,6 +229,7 @@ def cmd_serve(args) -> int:
     from .server.serving import ServerSettings
     config = EngineConfig(**_pick(args, EngineConfig))
     settings = ServerSettings(**_pick(args, ServerSettings))
+    settings.price_in, settings.price_out = _server_price(args.price)
     app = create_app(config, settings)
     name = app.state.tm.model_name
     base = f"http://{settings.host}:{settings.port}"
@@ -234,6 +244,18 @@ def cmd_serve(args) -> int:
                                                  log_level=args.log_level, timeout_graceful_shutdown=5))
     process.run()
     return app.state.tm.exit_code
+
+
+def _server_price(values: list[str] | None) -> tuple[float, float]:
+    """`serve --price IN,OUT`: dollars per million prompt / generated tokens."""
+    for v in values or []:
+        text = v.split("=", 1)[1] if "=" in v else v
+        try:
+            pin, pout = (float(x) for x in text.split(","))
+        except ValueError:
+            raise ValueError(f"--price takes IN,OUT (dollars per million tokens), got {v!r}") from None
+        return pin, pout
+    return 0.0, 0.0
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -258,7 +280,9 @@ def router_config(args):
         urls.setdefault("default", []).extend(args.backend)
     models, keys = _pairs(args.route_model, "--route-model"), _pairs(args.route_key, "--route-key")
     prices = {}
-    for name, v in _pairs(args.price, "--price").items():
+    bare = [v for v in args.price or [] if "=" not in v]  # IN,OUT alone: the default route
+    for name, v in _pairs([v for v in args.price or [] if "=" in v] + [f"default={v}" for v in bare],
+                          "--price").items():
         try:
             pin, pout = (float(x) for x in v.split(","))
         except ValueError:
@@ -273,7 +297,7 @@ def router_config(args):
         routes=routes, policy=args.policy, health_interval_s=args.health_interval,
         max_queue=args.max_queue, max_outstanding=args.max_outstanding, cache_url=args.cache_url,
         cache_ttl_s=args.cache_ttl, cache_max_entries=args.cache_max_entries, cache_enabled=not args.no_cache,
-        ledger_path=args.ledger, api_keys=api_keys, rate_limit_rpm=args.rate_limit_rpm,
+        ledger_path=args.ledger, api_keys=api_keys, admin_keys=set(args.admin_key or []), rate_limit_rpm=args.rate_limit_rpm,
         rate_limit_tpm=args.rate_limit_tpm, max_retries=args.max_retries,
         classifier=ClassifierConfig(large_threshold=args.large_threshold))
 
@@ -286,7 +310,10 @@ def _add_router_flags(p: argparse.ArgumentParser, with_backends: bool = True) ->
                        "small=http://127.0.0.1:8001 large=https://api.example.com")
         g.add_argument("--route-model", action="append", help="NAME=MODEL: model name sent upstream")
         g.add_argument("--route-key", action="append", help="NAME=ENVVAR: upstream API key from the environment")
-    g.add_argument("--price", action="append", help="ROUTE=IN,OUT dollars per million prompt/completion tokens")
+    g.add_argument("--price", action="append", help="[ROUTE=]IN,OUT dollars per million prompt/completion "
+                   "tokens (no ROUTE: the default route, or this server)")
+    g.add_argument("--admin-key", action="append", dest="admin_key", help="KEY that may also see the "
+                   "per-key figures on the dashboard (repeatable)")
     g.add_argument("--policy", default="least_outstanding",
                    choices=["least_outstanding", "prefix_affinity", "round_robin"])
     g.add_argument("--cache-url", default=None, help="redis://host:port/db to share the response cache")
@@ -371,6 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     esub = e.add_subparsers(dest="eval_command", required=True)
     from .benchmark import perplexity as eval_perplexity
     eval_perplexity.add_parser(esub)
+
+    est = sub.add_parser("estimate", help="memory and decode speed of a model in each weight format")
+    est.add_argument("model", nargs="?", default=None, help="GGUF file or HF directory (default: the bundled model)")
+    est.add_argument("--params", default=None, help="a bare parameter count (7B, 135M): a typical shape is assumed")
+    est.add_argument("--context", type=int, default=4096, help="tokens of context per sequence")
+    est.add_argument("--concurrency", type=int, default=1, help="sequences at once")
+    est.add_argument("--no-measure", action="store_true", help="skip measuring memory bandwidth")
+    est.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    est.set_defaults(func=cmd_estimate)
 
     u = sub.add_parser("usage", help="cost and tokens per key / route / day from the router's ledger")
     u.add_argument("--ledger", default="tokenmill-usage.sqlite")

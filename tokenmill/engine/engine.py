@@ -205,7 +205,8 @@ class LLMEngine:
                 index=req.index, text=detok.text[:detok.num_emitted], token_ids=list(req.output_token_ids),
                 text_delta=delta, token_ids_delta=req.output_token_ids[sent:],
                 logprobs=list(req.logprobs) if req.params.logprobs is not None else None,
-                finish_reason=req.finish_reason, stop_reason=req.stop_reason))
+                finish_reason=req.finish_reason, stop_reason=req.stop_reason,
+                raw_logits=list(req.raw_logits) if req.params.return_raw_logits else None))
         finished = group.finished
         if finished:
             del self.groups[request_id]

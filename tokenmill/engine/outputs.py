@@ -16,6 +16,7 @@ class CompletionOutput:
     logprobs: list[tuple[float, dict[int, float]]] | None = None  # per output token
     finish_reason: str | None = None   # stop | length | abort
     stop_reason: int | str | None = None  # the stop string or stop token id that ended it
+    raw_logits: list | None = None  # per output token, its raw logits row (V,): return_raw_logits
 
     @property
     def finished(self) -> bool:

@@ -66,6 +66,7 @@ class Request:
         self.num_hashed_blocks = 0          # blocks already registered in the prefix cache
         self.stop_reason: int | str | None = None
         self.logprobs: list[tuple[float, dict[int, float]]] = []
+        self.raw_logits: list[torch.Tensor] = []  # (V,) per output token, only when asked for
         self.prompt_logprobs: list = [None] if params.prompt_logprobs is not None else []
         self.metrics = RequestMetrics(arrival_time or time.time())
         # stateful processors (a grammar's matcher) are copied so that each sample has its own

@@ -103,6 +103,12 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: to
     return logits
 
 
+def seeded_noise(generator: torch.Generator, vocab: int) -> torch.Tensor:
+    """One step's Exp(1) noise (V,) for a seeded row: drawn on the CPU, so the same seed gives
+    the same tokens on every device; the token explorer replays a step with it."""
+    return torch.empty(vocab).exponential_(generator=generator)
+
+
 class Sampler:
     def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
         # logits: (S, V) float32, one row per request that gets a token this step
@@ -127,9 +133,12 @@ class Sampler:
                 noise[unseeded] = torch.empty(len(unseeded), V, device=dev).exponential_()
             for j, i in enumerate(sampled_rows):
                 g = reqs[i].generator
-                if g is not None:  # CPU generator: same noise on every device
-                    noise[j] = torch.empty(V).exponential_(generator=g).to(dev)
+                if g is not None:
+                    noise[j] = seeded_noise(g, V).to(dev)
             tokens[rows] = (probs / noise).argmax(-1)
+        for i, r in enumerate(reqs):
+            if r.params.return_raw_logits:  # the token explorer replays every stage from these
+                r.raw_logits.append(logits[i].detach().float().cpu().clone())
         token_list = tokens.tolist()
         logprobs: list = [None] * S
         want = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]

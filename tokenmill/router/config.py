@@ -50,6 +50,7 @@ class RouterConfig:
     cache_enabled: bool = True
     ledger_path: str = "tokenmill-usage.sqlite"
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> name; empty: open
+    admin_keys: set[str] = field(default_factory=set)  # may see per-key figures; also valid API keys
     rate_limit_rpm: int | None = None  # per key requests per minute
     rate_limit_tpm: int | None = None  # per key tokens per minute
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)

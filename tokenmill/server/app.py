@@ -21,6 +21,7 @@ from .errors import error_body, given_api_key, install_error_handlers, key_match
 from .lifecycle import watch_engine
 from .metrics import Metrics
 from .serving import ServerSettings, ServerState
+from ..web import is_public, mount_pages
 
 _OPEN_PATHS = {"/health"}
 _OPERATIONS = {"/health", "/metrics", "/version"}  # answered while draining
@@ -50,7 +51,7 @@ class Gatekeeper:
         path = scope["path"]
         settings = self.state.settings
         headers = dict(scope["headers"])
-        if settings.api_key and path not in _OPEN_PATHS:
+        if settings.api_key and path not in _OPEN_PATHS and not is_public(scope["method"], path):
             text = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers.items()}
             if not key_matches(given_api_key(text), settings.api_key):
                 return await self._reply(send, path, 401, "invalid or missing API key",
@@ -128,7 +129,9 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
         if state.engine is None:
             threading.Thread(target=load, name="tokenmill-load", daemon=True).start()
         watcher = asyncio.create_task(watch_engine(app))
+        feed = asyncio.create_task(app.state.feed.feed.run())
         yield
+        feed.cancel()
         watcher.cancel()
         if state.engine is not None and hasattr(state.engine, "shutdown"):
             state.engine.shutdown()
@@ -158,7 +161,11 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    from . import ollama, openai, tgi
+    from . import dashboard, explain, ollama, openai, tgi
+    app.state.feed = dashboard.ServerFeed(state)
+    app.include_router(dashboard.router)
+    app.include_router(explain.router)
+    mount_pages(app)
     app.include_router(openai.router)
     app.include_router(ollama.router)
     app.include_router(tgi.router)

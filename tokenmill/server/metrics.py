@@ -6,6 +6,9 @@ when a request finishes; HTTP responses are counted by a middleware.
 """
 from __future__ import annotations
 
+import time
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -73,6 +76,17 @@ class Metrics:
         self.http = Counter("tokenmill:http_responses", "HTTP responses by status code.",
                             ["status"], registry=r)
         r.register(_EngineCollector(state))
+        self.cost = Counter("tokenmill:cost_dollars", "Cost of finished requests at --price.", labels,
+                            registry=r)
+        self.cost_total = 0.0
+        # finished requests of the last hour, raw, for the dashboard's sliding-window percentiles
+        self._recent: deque = deque()
+
+    def recent(self, window_s: float) -> list[dict]:
+        now = time.time()
+        while self._recent and now - self._recent[0]["t"] > 3600:
+            self._recent.popleft()
+        return [r for r in self._recent if now - r["t"] <= window_s]
 
     def observe_finished(self, out: RequestOutput) -> None:
         name = self.state.model_name
@@ -81,16 +95,26 @@ class Metrics:
             self.request_success.labels(name, c.finish_reason or "abort").inc()
             self.gen_len.labels(name).observe(len(c.token_ids))
         self.prompt_len.labels(name).observe(len(out.prompt_token_ids))
+        settings = self.state.settings
+        generated = sum(len(c.token_ids) for c in out.outputs)
+        cost = (len(out.prompt_token_ids) * settings.price_in + generated * settings.price_out) / 1e6
+        self.cost.labels(name).inc(cost)
+        self.cost_total += cost
+        seen = {"t": time.time(), "ttft": None, "tpot": None, "e2e": None, "cost": cost}
+        self._recent.append(seen)
         if m is None or m.finish_time is None:
             return
-        self.e2e.labels(name).observe(m.finish_time - m.arrival_time)
+        seen["e2e"] = m.finish_time - m.arrival_time
+        self.e2e.labels(name).observe(seen["e2e"])
         if m.first_scheduled_time is not None:
             self.queue_time.labels(name).observe(m.first_scheduled_time - m.arrival_time)
         if m.first_token_time is not None:
-            self.ttft.labels(name).observe(m.first_token_time - m.arrival_time)
+            seen["ttft"] = m.first_token_time - m.arrival_time
+            self.ttft.labels(name).observe(seen["ttft"])
             n = len(out.outputs[0].token_ids)
             if n > 1:
-                self.tpot.labels(name).observe((m.finish_time - m.first_token_time) / (n - 1))
+                seen["tpot"] = (m.finish_time - m.first_token_time) / (n - 1)
+                self.tpot.labels(name).observe(seen["tpot"])
 
     def observe_aborted(self, num_outputs: int) -> None:
         self.request_success.labels(self.state.model_name, "abort").inc(num_outputs)

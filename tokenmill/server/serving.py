@@ -36,6 +36,9 @@ class ServerSettings:
     max_body_bytes: int = 4 * 2**20      # larger request bodies get 413
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0        # on SIGTERM: running requests get this long to finish
+    dashboard_window_s: float = 60.0     # the dashboard's latency percentiles cover this long
+    price_in: float = 0.0                # dollars per million prompt tokens (serve --price IN,OUT)
+    price_out: float = 0.0               # dollars per million generated tokens
 
 
 @dataclass

@@ -47,6 +47,15 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str | None:
         return self.tok.id_to_token(i)
 
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids of the special (control) tokens: <|im_start|>, BOS, EOS, ..."""
+        return {i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+
+    def piece(self, i: int) -> str:
+        """One token's own text (a lone part of a multi-byte character shows as U+FFFD)."""
+        return self.tok.decode([i], skip_special_tokens=False)
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self.chat_template is None:
             raise ValueError("this model has no chat template; use a plain prompt instead")

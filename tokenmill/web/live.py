@@ -1,0 +1,52 @@
+"""A live feed for a dashboard: a snapshot of the numbers taken every second, the last hour
+kept in memory (so a page opened now shows history), pushed to each open page as SSE.
+
+A snapshot is {"t": unix time, "series": {name: number}, "detail": {...}}. The history keeps
+only (t, series): the tables in "detail" (backends, costs by key) matter only for now.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class LiveFeed:
+    def __init__(self, take: Callable[[], dict], interval_s: float = 1.0, keep: int = 3600):
+        self.take = take                 # () -> {"series": {...}, "detail": {...}}
+        self.interval_s = interval_s
+        self.history: deque = deque(maxlen=keep)
+        self.latest: dict | None = None
+        self._changed = asyncio.Event()
+
+    def tick(self) -> dict:
+        snap = self.take()
+        snap["t"] = time.time()
+        self.latest = snap
+        self.history.append({"t": snap["t"], "series": snap["series"]})
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return snap
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception as e:  # a dashboard must never take the server down
+                print(f"tokenmill: dashboard snapshot failed: {type(e).__name__}: {e}", flush=True)
+            await asyncio.sleep(self.interval_s)
+
+    async def events(self, hello: dict, redact: Callable[[dict], dict] = lambda s: s):
+        """SSE: one `hello` event (static facts and the history), then every new snapshot."""
+        yield _event("hello", dict(hello, history=list(self.history), interval_s=self.interval_s))
+        while True:
+            changed = self._changed
+            await changed.wait()
+            if self.latest is not None:
+                yield _event("snapshot", redact(self.latest))
+
+
+def _event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
