@@ -182,7 +182,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise APIError(400, "tools (unless tool_choice is none) and response_format cannot be combined",
                        param="response_format")
     messages = tools.prompt_messages(_messages(body.messages), body.tools, mode)
-    prompt_ids = chat_prompt_ids(engine, messages)
+    if body.continue_final_message and body.add_generation_prompt:
+        body.add_generation_prompt = False  # as vLLM: continuing implies no new turn
+    prompt_ids = chat_prompt_ids(engine, messages, body.continue_final_message, body.add_generation_prompt)
     # no max_tokens: until EOS or the context is full, as OpenAI's chat API does
     grammar = await structured.processors(engine, tool_spec or spec)
     params = _common_params(body, body.max_completion_tokens or body.max_tokens,

@@ -91,6 +91,9 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # vLLM: go on writing the last (assistant) message instead of starting a new turn
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
     # OpenAI fields we do not support yet: refused with a 400 when set
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None

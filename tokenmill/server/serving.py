@@ -113,10 +113,25 @@ def make_params(**kwargs) -> SamplingParams:
         raise APIError(400, str(e)) from e
 
 
-def chat_prompt_ids(engine, messages: list[dict]) -> list[int]:
-    """Messages through the model's chat template (sandboxed, time- and size-limited)."""
+def chat_prompt_ids(engine, messages: list[dict], continue_final: bool = False,
+                    add_generation_prompt: bool = True) -> list[int]:
+    """Messages through the model's chat template (sandboxed, time- and size-limited). With
+    continue_final the last message (an assistant's, cut short) is left open, so that the
+    model goes on writing it: the rendered text ends right after that message's content."""
+    tok = engine.tokenizer
     try:
-        return engine.tokenizer.encode_chat(messages)
+        if not continue_final:
+            return tok.encode_chat(messages, add_generation_prompt)
+        last = messages[-1].get("content") if messages else None
+        if not isinstance(last, str) or not last or messages[-1].get("role") != "assistant":
+            raise APIError(400, "continue_final_message needs a last assistant message with text",
+                           param="continue_final_message")
+        text = tok.apply_chat_template(messages, add_generation_prompt=False)
+        end = text.rfind(last)
+        if end < 0:
+            raise APIError(400, "the chat template changed the last message; it cannot be continued",
+                           param="continue_final_message")
+        return tok.encode(text[:end + len(last)], add_special_tokens=False)
     except (ChatTemplateError, ValueError) as e:
         raise APIError(400, str(e), param="messages") from e
 

@@ -41,9 +41,9 @@ def mount_pages(app: FastAPI) -> None:
         return serve
 
     for path, name in PAGES.items():
-        app.get(path, include_in_schema=False)(page(name))
+        app.api_route(path, methods=["GET", "HEAD"], include_in_schema=False)(page(name))
 
-    @app.get("/static/{path:path}", include_in_schema=False)
+    @app.api_route("/static/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def static(path: str):
         target = root.joinpath(*[p for p in path.split("/") if p not in ("", ".", "..")])
         suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ""
