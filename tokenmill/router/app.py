@@ -13,6 +13,7 @@ request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -30,7 +31,10 @@ from ..server.errors import APIError, given_api_key, install_error_handlers
 from .backends import Pool, health_loop
 from .cache import cache_key, make_cache
 from .classifier import classify
+from ..web import mount_pages
 from .config import RouterConfig
+from .dashboard import RouterFeed
+from .dashboard import router as dashboard_routes
 from .ledger import Ledger
 from .limits import RateLimiter, estimate_tokens
 from .metrics import RouterMetrics
@@ -50,14 +54,16 @@ class Router:
         self.limiter = RateLimiter(cfg.rate_limit_rpm, cfg.rate_limit_tpm)
         self.metrics = RouterMetrics(self)
         self.waiting = 0
+        self.recent: collections.deque = collections.deque(maxlen=100_000)  # for the dashboard
         self.slots: asyncio.Semaphore | None = None
         self.client: httpx.AsyncClient | None = None
 
     # ---- admission ---------------------------------------------------------------------
     def authenticate(self, request: Request) -> str:
-        if not self.cfg.api_keys:
+        if not self.cfg.api_keys and not self.cfg.admin_keys:
             return "anonymous"
-        name = self.cfg.api_keys.get(given_api_key(request.headers))
+        key = given_api_key(request.headers)
+        name = self.cfg.api_keys.get(key) or ("admin" if key in self.cfg.admin_keys else None)
         if name is None:
             self.metrics.rejected.labels("auth").inc()
             raise APIError(401, "invalid or missing API key")
@@ -105,6 +111,7 @@ class Router:
         self.limiter.settle(reservation, p + c)
         self.metrics.requests.labels(route, backend or "cache", str(status)).inc()
         self.metrics.latency.labels(route).observe(time.time() - started)
+        self.recent.append({"t": time.time(), "latency": time.time() - started, "backend": backend, "cost": cost})
         self.metrics.tokens.labels(route, "prompt").inc(p)
         self.metrics.tokens.labels(route, "completion").inc(c)
         self.metrics.cost.labels(route).inc(cost)
@@ -306,7 +313,9 @@ def create_router_app(cfg: RouterConfig) -> FastAPI:
         await asyncio.gather(*(b.check(router.client) for p in router.pools.values() for b in p.backends))
         checker = asyncio.create_task(health_loop(list(router.pools.values()), cfg.health_interval_s,
                                                   router.client))
+        feed = asyncio.create_task(app.state.feed.feed.run())
         yield
+        feed.cancel()
         checker.cancel()
         await router.client.aclose()
         if router.cache:
@@ -315,6 +324,9 @@ def create_router_app(cfg: RouterConfig) -> FastAPI:
 
     app = FastAPI(title="tokenmill router", lifespan=lifespan)
     app.state.router = router
+    app.state.feed = RouterFeed(router)
+    app.include_router(dashboard_routes)
+    mount_pages(app)
 
     install_error_handlers(app)
 
@@ -334,9 +346,9 @@ def create_router_app(cfg: RouterConfig) -> FastAPI:
         route.__name__ = "meta_" + path.strip("/").replace("/", "_")
         return route
 
-    for path in ("/api/tags", "/api/ps", "/api/version", "/info"):
+    for path in ("/api/tags", "/api/ps", "/api/version", "/info", "/tokenmill/info"):
         app.get(path)(metadata(path))
-    for path in ("/api/show", "/tokenize", "/detokenize"):
+    for path in ("/api/show", "/tokenize", "/detokenize", "/tokenmill/explain"):
         app.post(path)(metadata(path))
 
     @app.get("/v1/models")

@@ -15,31 +15,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from .. import __version__
-from ..web.live import LiveFeed
+from ..web.live import LiveFeed, quantile, registry_totals
 from .serving import ServerState
 
 router = APIRouter()
 
 _RATE_SPAN_S = 5.0  # rates are averaged over the last few seconds
-
-
-def registry_totals(registry) -> dict[str, float]:
-    """Every counter and histogram count/sum, summed over labels: {sample name: value}."""
-    out: dict[str, float] = {}
-    for family in registry.collect():
-        for s in family.samples:
-            if s.name.endswith(("_total", "_count", "_sum")) and not s.name.endswith("_created"):
-                out[s.name] = out.get(s.name, 0.0) + s.value
-    return out
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    """Nearest rank: the smallest value with at least q of the values at or below it."""
-    if not values:
-        return None
-    import math
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def _rss_bytes() -> int | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,3 +51,21 @@ class LiveFeed:
 
 def _event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def registry_totals(registry) -> dict[str, float]:
+    """Every counter and histogram count/sum, summed over labels: {sample name: value}."""
+    out: dict[str, float] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name.endswith(("_total", "_count", "_sum")) and not s.name.endswith("_created"):
+                out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Nearest rank: the smallest value with at least q of the values at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]

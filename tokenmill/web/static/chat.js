@@ -14,7 +14,9 @@ const chat = {
   model: null,
   maxModelLen: null,
   controller: null,       // AbortController of the answer being streamed
+  finished: 0,            // answers ended (for the console and the browser tests)
 };
+window.tmChat = chat;
 
 // ---- storage -----------------------------------------------------------------------------
 function load() {
@@ -138,14 +140,22 @@ async function generate(opts) {
   save();
   $("error").textContent = failed || "";
   setBusy(false);
+  chat.finished += 1;
   render();
 }
 
 // ---- rendering ---------------------------------------------------------------------------
+const escapeHtml = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+// raw HTML in an answer is shown as text, not interpreted
+marked.use({gfm: true, breaks: false, renderer: {html(token) { return escapeHtml(typeof token === "string" ? token : token.text); }}});
+const PURIFY = {FORBID_TAGS: ["img", "style", "form", "input", "button", "textarea", "select", "iframe", "object", "embed"],
+                FORBID_ATTR: ["style"]};
+
 function markdown(text) {
-  // marked turns markdown into HTML; DOMPurify removes anything that could run (scripts,
-  // event handlers, javascript: links) before it reaches the page
-  return DOMPurify.sanitize(marked.parse(text, {gfm: true, breaks: false}));
+  // marked turns markdown into HTML (raw HTML escaped); DOMPurify then removes anything that
+  // could run or load (scripts, event handlers, javascript: links, images) before it reaches
+  // the page. The CSP is the third wall: no inline script runs on these pages at all.
+  return DOMPurify.sanitize(marked.parse(text), PURIFY);
 }
 
 function addCopyButtons(root) {

@@ -1,0 +1,155 @@
+"""The chat page in Chromium against live servers: streaming, stop, settings, history,
+export/import, sanitising, the API key, and the router."""
+import json
+import time
+
+import httpx
+
+from web_helpers import KEY, wait_page
+
+LAST_BODY = "(() => { const b = document.querySelectorAll('#messages .msg.assistant .body'); return b.length ? b[b.length - 1].textContent : ''; })()"
+LAST_STATS = "(() => { const s = document.querySelectorAll('#messages .msg.assistant .stats'); return s.length ? s[s.length - 1].textContent : ''; })()"
+
+
+def done(page, n):
+    """Wait until the page has ended its n-th answer."""
+    wait_page(page, f"window.tmChat.finished >= {n}")
+
+
+def open_chat(page, server, model):
+    page.goto(server.url + "/")
+    wait_page(page, f"document.querySelector('#model-name').textContent === {json.dumps(model)}")
+
+
+def send(page, text):
+    page.fill("#input", text)
+    page.click("#send")
+
+
+def test_long_answer_grows_then_stop_aborts_on_the_server(tiny_web, new_page):
+    page = new_page()
+    open_chat(page, tiny_web, "tiny")
+    page.fill("#p-max_tokens", "1500")
+    page.fill("#p-temperature", "0")
+    send(page, "Tell me a long story.")
+    seen = []
+    deadline = time.time() + 300
+    while not page.evaluate("window.tmChat.finished >= 1"):
+        assert time.time() < deadline
+        n = len(page.evaluate(LAST_BODY))
+        if n and (not seen or n != seen[-1]):
+            seen.append(n)
+        time.sleep(0.02)
+    final = len(page.evaluate(LAST_BODY))
+    growing = [n for n in seen if 0 < n < final]
+    assert len(growing) >= 2, f"the answer was not seen growing: {seen} then {final}"
+    assert "1500 tokens" in page.evaluate(LAST_STATS) and "finish: length" in page.evaluate(LAST_STATS)
+
+    # no max_tokens: this answer would run to the end of the 8k context; Stop must end it
+    page.fill("#p-max_tokens", "")
+    send(page, "Go on.")
+    wait_page(page, f"({LAST_BODY}).length > 20")
+    assert tiny_web.metric("tokenmill:num_requests_running") == 1
+    page.click("#stop")
+    done(page, 2)
+    deadline = time.time() + 120
+    while tiny_web.metric("tokenmill:num_requests_running") != 0:
+        assert time.time() < deadline, "the server kept generating after Stop"
+        time.sleep(0.05)
+    assert "finish: stopped" in page.evaluate(LAST_STATS)
+
+
+def greedy(server, messages, max_tokens):
+    r = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=120,
+                   json={"model": server.model, "messages": messages, "temperature": 0, "max_tokens": max_tokens})
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def test_key_settings_history_continue_export_import(smol_web, new_page, tmp_path):
+    page = new_page(allow=["401"])  # the first load, before the key is given, is refused
+    page.goto(smol_web.url + "/")
+    wait_page(page, "document.querySelector('#error').textContent.includes('401')")  # no key yet
+    page.once("dialog", lambda d: d.accept(KEY))
+    page.click("#api-key-button")  # reloads with the key kept in this browser
+    wait_page(page, f"document.querySelector('#model-name').textContent === {json.dumps(smol_web.model)}")
+
+    # sampling settings reach the request: greedy, 5 tokens, exactly what the API gives
+    page.fill("#p-temperature", "0")
+    page.fill("#p-max_tokens", "5")
+    question = "What is the capital of France?"
+    send(page, question)
+    done(page, 1)
+    expected = greedy(smol_web, [{"role": "user", "content": question}], 5)
+    assert page.evaluate(LAST_BODY).strip() == expected.strip()
+    stats = page.evaluate(LAST_STATS)
+    assert "5 tokens" in stats and "finish: length" in stats and "TTFT" in stats and "tok/s" in stats
+
+    # cut by its length: Continue goes on with the same answer
+    page.click("#continue")
+    done(page, 2)
+    continued = page.evaluate(LAST_BODY)
+    assert continued.startswith(expected.strip()[:10]) and len(continued) > len(expected)
+    assert "10 tokens" in page.evaluate(LAST_STATS) or "finish: stop" in page.evaluate(LAST_STATS)
+
+    # regenerate (greedy: the same 5 tokens again), then edit the last turn
+    page.fill("#p-max_tokens", "5")
+    page.click("#regenerate")
+    done(page, 3)
+    assert page.evaluate(LAST_BODY).strip() == expected.strip()
+    assert page.evaluate("document.querySelectorAll('#messages .msg').length") == 2
+    page.click("#edit-last")
+    assert page.input_value("#input") == question
+    assert page.evaluate("document.querySelectorAll('#messages .msg').length") == 0
+    send(page, question)
+    done(page, 4)
+
+    # history survives a reload, settings too
+    page.reload()
+    wait_page(page, f"({LAST_BODY}).trim() === {json.dumps(expected.strip())}")
+    assert page.input_value("#p-temperature") == "0"
+    assert page.evaluate("document.querySelector('#conversations li .title').textContent").startswith("What is")
+
+    # export, then import into a browser that has never seen it
+    with page.expect_download() as dl:
+        page.click("#export")
+    path = tmp_path / "export.json"
+    dl.value.save_as(path)
+    data = json.loads(path.read_text())
+    assert data["conversations"][0]["messages"][0]["content"] == question
+    data["conversations"].append({"id": "code", "title": "code sample", "messages": [
+        {"role": "user", "content": "code?"},
+        {"role": "assistant", "content": "Here:\n\n```python\nprint('hi')\n```\n"}]})
+    path.write_text(json.dumps(data))
+    other = new_page(api_key=KEY)
+    open_chat(other, smol_web, smol_web.model)
+    other.set_input_files("#import", str(path))
+    wait_page(other, "document.querySelectorAll('#conversations li').length === 2")
+    other.click("#conversations li:nth-child(1)")  # imported newest first: the code sample
+    wait_page(other, "document.querySelector('#messages pre button.copy') !== null")
+    assert other.evaluate("document.querySelector('#messages pre code').textContent").strip() == "print('hi')"
+
+
+def test_model_html_stays_inert(smol_web, new_page):
+    prompt = 'Repeat this HTML exactly, nothing else: <script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
+    answer = greedy(smol_web, [{"role": "user", "content": prompt}], 80)
+    assert "<script>" in answer and "onerror" in answer  # the real model really writes them
+    page = new_page(api_key=KEY)
+    open_chat(page, smol_web, smol_web.model)
+    page.fill("#p-temperature", "0")
+    page.fill("#p-max_tokens", "80")
+    send(page, prompt)
+    done(page, 1)
+    assert "<script>window.pwned=1</script>" in page.evaluate(LAST_BODY)  # shown as text
+    assert page.evaluate("document.querySelectorAll('#messages script, #messages img, #messages [onerror]').length") == 0
+    assert page.evaluate("typeof window.pwned") == "undefined"
+
+
+def test_chat_through_the_router(routed, new_page):
+    r, small, large = routed
+    page = new_page(api_key="user-key")
+    open_chat(page, r, "auto")
+    page.fill("#p-max_tokens", "12")
+    send(page, "Hello")
+    done(page, 1)
+    assert "12 tokens" in page.evaluate(LAST_STATS)
+    assert page.evaluate("document.querySelector('#ctx-text').textContent").endswith("/ 8192 tokens")
