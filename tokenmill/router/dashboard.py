@@ -127,7 +127,7 @@ async def dashboard_now(request: Request):
     return dict(feed.hello(), latest=latest, history=list(feed.feed.history))
 
 
-@router.get("/tokenmill/dashboard/stream")
+@router.get("/tokenmill/dashboard/stream", include_in_schema=False)  # endless SSE: not for generated clients
 async def dashboard_stream(request: Request):
     r = request.app.state.router
     r.authenticate(request)

@@ -131,7 +131,7 @@ async def dashboard_now(request: Request):
     return dict(await feed.hello(), latest=feed.feed.latest, history=list(feed.feed.history))
 
 
-@router.get("/tokenmill/dashboard/stream")
+@router.get("/tokenmill/dashboard/stream", include_in_schema=False)  # endless SSE: not for generated clients
 async def dashboard_stream(request: Request):
     """SSE: `hello` (facts and the last hour), then a `snapshot` every second."""
     feed: ServerFeed = request.app.state.feed
