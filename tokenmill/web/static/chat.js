@@ -171,13 +171,15 @@ function addCopyButtons(root) {
   }
 }
 
+// re-rendering the whole answer's markdown costs CPU that the server may need (on a small
+// machine both share the cores): at most every 80 ms
 let pending = null;
 function scheduleRender(view, msg) {
   if (pending) return;
-  pending = requestAnimationFrame(() => {
+  pending = setTimeout(() => {
     pending = null;
     if (view && view.isConnected) { view.innerHTML = markdown(msg.content); addCopyButtons(view); scrollDown(); }
-  });
+  }, 80);
 }
 
 function lastBody() {
