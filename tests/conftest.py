@@ -1,9 +1,15 @@
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+from server_process import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +47,23 @@ def tiny_server_model(tmp_path_factory):
     with torch.no_grad():
         model.lm_head.weight[EOS].zero_()
     return save_hf_dir(model, path)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is not installed (.ci/run installs it: apt-get install redis-server)"
+    port = free_port()
+    d = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(d)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait()

@@ -222,6 +222,12 @@ def cmd_estimate(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    if args.ray:
+        from .cluster.launch import serve_on_ray
+        from .server.serving import ServerSettings
+        settings = ServerSettings(**_pick(args, ServerSettings))
+        settings.price_in, settings.price_out = _server_price(args.price)
+        return serve_on_ray(args, EngineConfig(**_pick(args, EngineConfig)), settings)
     if args.replicas > 1:
         return _serve_replicas(args, sys.argv[1:] if args.argv is None else args.argv)
 
@@ -376,7 +382,15 @@ def main(argv: list[str] | None = None) -> int:
                         {f.name: f.default for f in dataclasses.fields(ServerSettings)})
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.add_argument("--replicas", type=int, default=1,
-                   help="start N engine processes (threads split between them) behind a router")
+                   help="start N engine processes (threads split between them) behind a router; "
+                   "with --ray: N Ray Serve replicas")
+    ray = s.add_argument_group("Ray Serve (pip install 'tokenmill[ray]')")
+    ray.add_argument("--ray", action="store_true", help="deploy the engine replicas on Ray Serve")
+    ray.add_argument("--address", default=None, help="Ray cluster: auto, ray://HOST:PORT; none: a local one")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="autoscale replicas between MIN and MAX")
+    ray.add_argument("--ray-num-cpus", type=float, default=1.0, help="CPUs per engine replica (its torch threads)")
+    ray.add_argument("--ray-num-gpus", type=float, default=0.0, help="GPUs per engine replica")
+    ray.add_argument("--ingress-replicas", type=int, default=1, help="ingress (HTTP) replicas")
     _add_router_flags(s, with_backends=False)
     s.set_defaults(func=cmd_serve)
 

@@ -1,13 +1,8 @@
 """Real tokenmill replicas (tiny model) and real routers, all on loopback."""
-import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 
 from router_helpers import replica
-from server_process import free_port
 
 
 @pytest.fixture(scope="session")
@@ -31,23 +26,3 @@ def replicas(tiny_router_model, logs):
     yield rs
     for r in rs:
         r.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is not installed (.ci/run installs it: apt-get install redis-server)"
-    port = free_port()
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(d)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait()

@@ -44,13 +44,13 @@ _RETRYABLE = {502, 503, 504}
 
 
 class Router:
-    def __init__(self, cfg: RouterConfig):
+    def __init__(self, cfg: RouterConfig, ledger=None):
         self.cfg = cfg
         self.pools = {r.name: Pool(r) for r in cfg.routes}
         self.hybrid = len(self.pools) > 1
         self.cache = make_cache(cfg.cache_url, cfg.cache_max_entries, cfg.cache_ttl_s) \
             if cfg.cache_enabled else None
-        self.ledger = Ledger(cfg.ledger_path)
+        self.ledger = ledger or Ledger(cfg.ledger_path)  # anything with record/report/flush/close
         self.limiter = RateLimiter(cfg.rate_limit_rpm, cfg.rate_limit_tpm)
         self.metrics = RouterMetrics(self)
         self.waiting = 0
@@ -194,6 +194,7 @@ class Router:
                         self.record(backend=backend.url, usage=usage, cache_hit=False, status=resp.status_code,
                                     **done)
                         headers["x-tokenmill-backend"] = backend.url
+                        _pass_replica(resp, headers)
                         return Response(content, status_code=resp.status_code, headers=headers,
                                         media_type=resp.headers.get("content-type", "application/json"))
                     lines = resp.aiter_lines()
@@ -208,6 +209,7 @@ class Router:
                         await resp.aclose()
                 backend.outstanding += 1  # held again until the relay ends
                 headers["x-tokenmill-backend"] = backend.url
+                _pass_replica(resp, headers)
                 relay = _Relay(self, resp, first, lines, backend, path, ckey, wants_usage, done)
                 handed_over = True
                 return StreamingResponse(relay.lines(), headers=headers, background=BackgroundTask(relay.finish),
@@ -283,6 +285,12 @@ class _Relay:
             await r.cache.set(self.ckey, self.acc.as_response(self.done["model"]))
 
 
+def _pass_replica(resp, headers: dict) -> None:
+    """Ray Serve replicas name themselves; the client may want to know which answered."""
+    if "x-tokenmill-replica" in resp.headers:
+        headers["x-tokenmill-replica"] = resp.headers["x-tokenmill-replica"]
+
+
 def _midstream_error(path: str) -> str:
     kind = protocol_of(path)
     message = "the backend failed mid-stream"
@@ -302,14 +310,17 @@ def _affinity_key(body: dict, chars: int) -> str | None:
     return hashlib.blake2b(text[:chars].encode(), digest_size=8).hexdigest() if text else None
 
 
-def create_router_app(cfg: RouterConfig) -> FastAPI:
-    router = Router(cfg)
+def create_router_app(cfg: RouterConfig, transports: dict | None = None, ledger=None) -> FastAPI:
+    """transports: {URL prefix: httpx transport} for backends reached without a socket (the
+    Ray Serve engine deployment); ledger: a shared ledger instead of the local SQLite file."""
+    router = Router(cfg, ledger)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         router.slots = asyncio.Semaphore(cfg.max_outstanding)
         router.client = httpx.AsyncClient(timeout=httpx.Timeout(cfg.request_timeout_s, connect=2.0),
-                                          limits=httpx.Limits(max_connections=cfg.max_outstanding + 16))
+                                          limits=httpx.Limits(max_connections=cfg.max_outstanding + 16),
+                                          mounts=transports or None)
         await asyncio.gather(*(b.check(router.client) for p in router.pools.values() for b in p.backends))
         checker = asyncio.create_task(health_loop(list(router.pools.values()), cfg.health_interval_s,
                                                   router.client))
@@ -371,6 +382,14 @@ def create_router_app(cfg: RouterConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics():
-        return Response(router.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        text = router.metrics.render()
+        if cfg.include_backend_metrics:  # one engine behind us (Ray Serve): its metrics too
+            live = [b for p in router.pools.values() for b in p.healthy()]
+            if live:
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await router.client.get(live[0].url + "/metrics", headers=live[0].headers(), timeout=5.0)
+                    if r.status_code == 200:
+                        text += r.content
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -54,6 +54,7 @@ class RouterConfig:
     rate_limit_rpm: int | None = None  # per key requests per minute
     rate_limit_tpm: int | None = None  # per key tokens per minute
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    include_backend_metrics: bool = False  # /metrics appends the first live backend's own
 
     def __post_init__(self):
         if not self.routes:

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from ..web.live import LiveFeed, quantile, registry_totals
-from .ledger import usage_report
 
 router = APIRouter()
 
@@ -19,9 +18,9 @@ _LEDGER_EVERY_S = 5.0  # the ledger is read (a GROUP BY over SQLite) at most thi
 WINDOW_S = 60.0
 
 
-def _report(path: str, by: str) -> list[dict]:
+def _report(ledger, by: str) -> list[dict]:
     keys = ("group", "requests", "cache_hits", "prompt_tokens", "completion_tokens", "cost")
-    return [dict(zip(keys, row)) for row in usage_report(path, by)]
+    return [dict(zip(keys, row)) for row in ledger.report(by)]
 
 
 class RouterFeed:
@@ -39,8 +38,8 @@ class RouterFeed:
 
     def _ledger_reports(self) -> dict:
         if time.time() - self._ledger["at"] >= _LEDGER_EVERY_S:
-            self._ledger = {"at": time.time(), "route": _report(self.r.cfg.ledger_path, "route"),
-                            "key": _report(self.r.cfg.ledger_path, "key")}
+            self._ledger = {"at": time.time(), "route": _report(self.r.ledger, "route"),
+                            "key": _report(self.r.ledger, "key")}
         return self._ledger
 
     def take(self) -> dict:

@@ -62,6 +62,9 @@ class Ledger:
         with self.lock:
             pass
 
+    def report(self, by: str = "key") -> list[tuple]:
+        return usage_report(self.path, by)
+
     def close(self):
         self._rows.put(None)
         self._writer.join(timeout=10)
