@@ -180,22 +180,33 @@ def test_kuberay_manifest_serve_config_deploys(ray_cluster, tiny_server_model, t
     serve.delete("manifest")
 
 
-def test_cache_and_ledger_shared_by_two_ingress_replicas(ray_cluster, tiny_server_model, redis_url, tmp_path):
-    """Two ingress replicas, one Redis response cache, one ledger actor: a repeated
-    deterministic request is computed once whichever ingress takes it, and every request is
-    in the one ledger."""
+def test_cache_limits_and_ledger_shared_by_two_ingress_replicas(ray_cluster, tiny_server_model, redis_url, tmp_path):
+    """Two ingress replicas, one Redis (response cache, rate-limit counters), one ledger
+    actor: a repeated deterministic request is computed once whichever ingress takes it, a
+    key's per-minute budget holds across both, and every request is in the one ledger."""
     from ray import serve
-    deploy("shared", tiny_server_model, "/shared", replicas=1, ingress_replicas=2,
-           router={"cache_url": redis_url, "ledger_path": str(tmp_path / "ledger.sqlite")})
+    deploy("shared", tiny_server_model, "/shared", replicas=1, ingress_replicas=2, router={
+        "cache_url": redis_url, "ledger_path": str(tmp_path / "ledger.sqlite"), "rate_limit_rpm": 16,
+        "api_keys": {"key-a": "tenant-a", "key-b": "tenant-b"}})
     wait_until(lambda: running_replicas("shared", "ingress") == 2 and running_replicas("shared") == 1)
     url = ray_cluster.serve_url + "/shared"
+
+    def ask(key, body):
+        return httpx.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
+                          timeout=300)
     body = {"model": "tiny", "messages": [{"role": "user", "content": "cache me"}], "max_tokens": 6, "temperature": 0}
-    answers = [post(url, "/v1/chat/completions", body) for _ in range(16)]
+    answers = [ask("key-a", body) for _ in range(16)]
     assert [a.status_code for a in answers] == [200] * 16
     assert len({a.headers["x-tokenmill-ingress"] for a in answers}) == 2  # both ingress replicas answered
     assert [a.headers["x-tokenmill-cache"] for a in answers].count("miss") == 1
     assert len({a.json()["choices"][0]["message"]["content"] for a in answers}) == 1
+
+    limited = [ask("key-b", dict(body, temperature=1.0, max_tokens=1)) for _ in range(24)]
+    assert len({a.headers.get("x-tokenmill-ingress") for a in limited if a.status_code == 200}) == 2
+    assert sorted(a.status_code for a in limited) == [200] * 16 + [429] * 8  # one budget, not one per ingress
+
     from tokenmill.cluster.ledger_actor import SharedLedger
-    rows = {r[0]: r for r in SharedLedger("unused", "tokenmill-ledger-shared").report("route")}
-    assert rows["default"][1] == 16 and rows["default"][2] == 15  # requests, cache hits
+    rows = {r[0]: r for r in SharedLedger("unused", "tokenmill-ledger-shared").report("key")}
+    assert rows["tenant-a"][1] == 16 and rows["tenant-a"][2] == 15  # requests, cache hits
+    assert rows["tenant-b"][1] == 16
     serve.delete("shared")

@@ -29,8 +29,8 @@ def serve_on_ray(args, config, settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *a: stop.set())
     stop.wait()
-    serve.delete("tokenmill")
     if address is None:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # our own local instance: every replica goes with it
+    else:
+        serve.delete("tokenmill", _blocking=False)  # a shared cluster: remove our app, leave the rest
     return 0

@@ -36,7 +36,7 @@ from .config import RouterConfig
 from .dashboard import RouterFeed
 from .dashboard import router as dashboard_routes
 from .ledger import Ledger
-from .limits import RateLimiter, estimate_tokens
+from .limits import estimate_tokens, make_limiter
 from .metrics import RouterMetrics
 from .streams import StreamAccumulator, is_streaming, protocol_of, replay_sse, usage_of
 
@@ -51,7 +51,7 @@ class Router:
         self.cache = make_cache(cfg.cache_url, cfg.cache_max_entries, cfg.cache_ttl_s) \
             if cfg.cache_enabled else None
         self.ledger = ledger or Ledger(cfg.ledger_path)  # anything with record/report/flush/close
-        self.limiter = RateLimiter(cfg.rate_limit_rpm, cfg.rate_limit_tpm)
+        self.limiter = make_limiter(cfg.rate_limit_rpm, cfg.rate_limit_tpm, cfg.cache_url)
         self.metrics = RouterMetrics(self)
         self.waiting = 0
         self.recent: collections.deque = collections.deque(maxlen=100_000)  # for the dashboard
@@ -108,7 +108,7 @@ class Router:
         self.ledger.record(api_key=key, route=route, backend=backend, model=model, prompt_tokens=p,
                            completion_tokens=c, latency_s=time.time() - started, cache_hit=cache_hit,
                            status=status, cost=cost)
-        self.limiter.settle(reservation, p + c)
+        _settle(self.limiter, reservation, p + c)
         self.metrics.requests.labels(route, backend or "cache", str(status)).inc()
         self.metrics.latency.labels(route).observe(time.time() - started)
         self.recent.append({"t": time.time(), "latency": time.time() - started, "backend": backend, "cost": cost})
@@ -126,14 +126,14 @@ class Router:
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         key = self.authenticate(request)
-        why, reservation = self.limiter.check(key, estimate_tokens(body))
+        why, reservation = await _maybe(self.limiter.check(key, estimate_tokens(body)))
         if why:
             self.metrics.rejected.labels("rate_limit").inc()
             raise APIError(429, why, headers={"Retry-After": "60"})
         try:
             return await self._handle(request, path, body, key, reservation, started)
         except BaseException:
-            self.limiter.settle(reservation, 0)
+            _settle(self.limiter, reservation, 0)
             raise
 
     async def _handle(self, request, path, body, key, reservation, started):
@@ -283,6 +283,22 @@ class _Relay:
                  **self.done)
         if ok and self.ckey and self.acc.cacheable:
             await r.cache.set(self.ckey, self.acc.as_response(self.done["model"]))
+
+
+async def _maybe(value):
+    """The in-memory limiter answers at once; the Redis one is awaited."""
+    return await value if asyncio.iscoroutine(value) else value
+
+
+_BACKGROUND: set = set()
+
+
+def _settle(limiter, reservation, n: int) -> None:
+    done = limiter.settle(reservation, n)
+    if asyncio.iscoroutine(done):  # Redis: in the background, the answer does not wait for it
+        task = asyncio.get_running_loop().create_task(done)
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
 
 
 def _pass_replica(resp, headers: dict) -> None:

@@ -56,3 +56,69 @@ class RateLimiter:
         """Replace a reservation's estimate by the tokens really used."""
         if reservation is not None:
             reservation[1] = n
+
+
+# One atomic step on Redis: drop entries older than a minute, refuse (1: requests, 2: tokens)
+# or record the request and its token reservation ("id:tokens" in a sorted set by time).
+_CHECK = """
+local now, rpm, tpm, est, id = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
+if rpm >= 0 and redis.call('ZCARD', KEYS[1]) >= rpm then return 1 end
+if tpm >= 0 then
+  local used = 0
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do used = used + tonumber(string.match(m, ':(%d+)$')) end
+  if used >= tpm or (used > 0 and used + est > tpm) then return 2 end
+  redis.call('ZADD', KEYS[2], now, id .. ':' .. est)
+end
+redis.call('ZADD', KEYS[1], now, id)
+redis.call('EXPIRE', KEYS[1], 120)
+redis.call('EXPIRE', KEYS[2], 120)
+return 0
+"""
+_SETTLE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[1], score, ARGV[2])
+end
+return 0
+"""
+
+
+class RedisRateLimiter:
+    """The same sliding-minute limits, kept on Redis so that every router process (Ray Serve
+    ingress replicas) counts against one budget per key. check() and settle() are async."""
+
+    def __init__(self, url: str, rpm: int | None, tpm: int | None):
+        import redis.asyncio as redis
+        self.client = redis.from_url(url)
+        self.rpm, self.tpm = rpm, tpm
+        self._check = self.client.register_script(_CHECK)
+        self._settle = self.client.register_script(_SETTLE)
+
+    async def check(self, key: str, estimate: int = 0) -> tuple[str | None, tuple | None]:
+        if self.rpm is None and self.tpm is None:
+            return None, None
+        import uuid
+        rid = uuid.uuid4().hex
+        keys = [f"tokenmill:rl:{key}:requests", f"tokenmill:rl:{key}:tokens"]
+        verdict = await self._check(keys=keys, args=[time.time(), -1 if self.rpm is None else self.rpm,
+                                                     -1 if self.tpm is None else self.tpm, estimate, rid])
+        if verdict == 1:
+            return f"rate limit reached: {self.rpm} requests per minute", None
+        if verdict == 2:
+            return f"rate limit reached: {self.tpm} tokens per minute", None
+        return None, (keys[1], f"{rid}:{estimate}", rid) if self.tpm is not None else None
+
+    async def settle(self, reservation: tuple | None, n: int) -> None:
+        if reservation is not None:
+            key, member, rid = reservation
+            await self._settle(keys=[key], args=[member, f"{rid}:{max(0, int(n))}"])
+
+
+def make_limiter(rpm: int | None, tpm: int | None, url: str | None):
+    """Redis-backed when the router shares state through Redis (cache_url), else in memory."""
+    if url and (rpm is not None or tpm is not None):
+        return RedisRateLimiter(url, rpm, tpm)
+    return RateLimiter(rpm, tpm)
