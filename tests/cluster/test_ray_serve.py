@@ -50,13 +50,13 @@ def test_pages_and_metrics_come_through(tm_app):
     assert bad.status_code == 400 and "messages" in bad.text
 
 
-def replica_running(replica: str, app: str = "tokenmill") -> float:
-    """The running gauge of one named replica, asked through the deployment's own handle
-    (a call lands on any replica: ask until it reaches this one)."""
+def replica_running(replica: str, affinity: str) -> float:
+    """The running gauge of one named replica, asked through the deployment's own handle with
+    the affinity key of the request it serves (by load alone, a call would go to the idle one)."""
     from ray import serve
-    handle = serve.get_deployment_handle("engine", app_name=app)
+    handle = serve.get_deployment_handle("engine", app_name="tokenmill")
     for _ in range(400):
-        status, headers, body = handle.call.remote("GET", "/metrics", b"", [], b"").result()
+        status, headers, body = handle.call.remote("GET", "/metrics", b"", [], b"", affinity=affinity).result()
         if dict(headers)[REPLICA] == replica:
             for line in body.decode().splitlines():
                 if line.startswith("tokenmill:num_requests_running"):
@@ -67,14 +67,16 @@ def replica_running(replica: str, app: str = "tokenmill") -> float:
 
 def test_stream_arrives_while_generating_and_a_leaving_client_cancels(tm_app):
     # no max_tokens: the tiny model writes until its 8k context is full
+    from tokenmill.cluster.affinity import affinity_key
     body = {"model": "tiny", "messages": [{"role": "user", "content": "go on forever"}], "stream": True}
+    key = affinity_key(body)
     with httpx.stream("POST", tm_app + "/v1/chat/completions", json=body, timeout=300) as r:
         replica = r.headers[REPLICA]
         lines = r.iter_lines()
         first = next(line for line in lines if line.startswith("data: "))
         assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
-        assert replica_running(replica) >= 1  # the first chunk came while it still runs
-    wait_until(lambda: replica_running(replica) == 0, what="the replica kept generating for a gone client")
+        assert replica_running(replica, key) >= 1  # the first chunk came while it still runs
+    wait_until(lambda: replica_running(replica, key) == 0, what="the replica kept generating for a gone client")
 
 
 def test_a_replica_killed_under_load_loses_no_request(tm_app):
@@ -159,27 +161,6 @@ def test_a_second_node_with_a_custom_resource_serves(ray_cluster, tiny_server_mo
     serve.delete("node2")
 
 
-def test_kuberay_manifest_serve_config_deploys(ray_cluster, tiny_server_model, tmp_path):
-    """The RayService's serveConfigV2, applied as `serve run` / `serve deploy` would: each
-    application's import_path built with its args (the model swapped for the tiny one)."""
-    from ray import serve
-    import importlib
-    manifest = yaml.safe_load(open(os.path.join(ROOT, "deploy", "rayservice.yaml")))
-    config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
-    assert config == yaml.safe_load(open(os.path.join(ROOT, "deploy", "serve_config.yaml")))
-    app = config["applications"][0]
-    assert app["import_path"] == "tokenmill.cluster.app:build_app"
-    args = dict(app["args"], num_cpus=1, autoscale="1:1", app_name="manifest",
-                router={"ledger_path": str(tmp_path / "ledger.sqlite")}, engine=dict(app["args"]["engine"], model=tiny_server_model,
-                                                                        kv_cache_memory_gib=0.05))
-    module, name = app["import_path"].split(":")
-    serve.run(getattr(importlib.import_module(module), name)(args), name="manifest", route_prefix="/manifest")
-    r = post(ray_cluster.serve_url + "/manifest", "/v1/chat/completions", {
-        "model": args["server"]["served_model_name"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
-    serve.delete("manifest")
-
-
 def test_cache_limits_and_ledger_shared_by_two_ingress_replicas(ray_cluster, tiny_server_model, redis_url, tmp_path):
     """Two ingress replicas, one Redis (response cache, rate-limit counters), one ledger
     actor: a repeated deterministic request is computed once whichever ingress takes it, a
@@ -210,3 +191,27 @@ def test_cache_limits_and_ledger_shared_by_two_ingress_replicas(ray_cluster, tin
     assert rows["tenant-a"][1] == 16 and rows["tenant-a"][2] == 15  # requests, cache hits
     assert rows["tenant-b"][1] == 16
     serve.delete("shared")
+
+
+def test_kuberay_manifest_serve_config_deploys(ray_cluster, tiny_server_model, tmp_path):
+    """The RayService's serveConfigV2 handed to the Serve controller as `serve deploy` does
+    (declaratively: the controller imports import_path and builds the app with its args), with
+    the model swapped for the tiny one and the app moved off `/`. Last in this file: a
+    declarative deploy may take over the cluster's other applications."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+    manifest = yaml.safe_load(open(os.path.join(ROOT, "deploy", "rayservice.yaml")))
+    config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert config == yaml.safe_load(open(os.path.join(ROOT, "deploy", "serve_config.yaml")))
+    app = config["applications"][0]
+    assert app["import_path"] == "tokenmill.cluster.app:build_app"
+    app.update(name="manifest", route_prefix="/manifest")
+    app["args"].update(num_cpus=1, autoscale="1:1", app_name="manifest",
+                       router={"ledger_path": str(tmp_path / "ledger.sqlite")},
+                       engine=dict(app["args"]["engine"], model=tiny_server_model, kv_cache_memory_gib=0.05))
+    serve.context._get_global_client().deploy_apps(ServeDeploySchema(**config), _blocking=True)
+    r = post(ray_cluster.serve_url + "/manifest", "/v1/chat/completions", {
+        "model": app["args"]["server"]["served_model_name"], "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    serve.delete("manifest")
