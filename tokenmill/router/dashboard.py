@@ -13,7 +13,6 @@ from ..web.live import LiveFeed, quantile, registry_totals
 
 router = APIRouter()
 
-_RATE_SPAN_S = 5.0
 _LEDGER_EVERY_S = 5.0  # the ledger is read (a GROUP BY over SQLite) at most this often
 WINDOW_S = 60.0
 
@@ -28,13 +27,6 @@ class RouterFeed:
         self.r = r
         self.feed = LiveFeed(self.take)
         self._ledger: dict = {"at": 0.0, "route": [], "key": []}
-
-    def _rate(self, name: str, value: float) -> float:
-        now = time.time()
-        then = next((h for h in self.feed.history if now - h["t"] <= _RATE_SPAN_S), None)
-        if then is None or name not in then["series"] or now - then["t"] < 0.5:
-            return 0.0
-        return max(0.0, value - then["series"][name]) / (now - then["t"])
 
     def _ledger_reports(self) -> dict:
         if time.time() - self._ledger["at"] >= _LEDGER_EVERY_S:
@@ -73,7 +65,7 @@ class RouterFeed:
             "large_share": (sum(decisions.get("large", {}).values()) / decided) if decided and "large" in r.pools else None,
         }
         for name in ("requests_total", "responses_4xx", "responses_5xx", "cost_total"):
-            series[name.replace("_total", "") + "_per_s"] = self._rate(name, series[name])
+            series[name.replace("_total", "") + "_per_s"] = self.feed.rate(name, series[name])
         rps = series["requests_per_s"]
         series["error_rate_4xx"] = series["responses_4xx_per_s"] / rps if rps else 0.0
         series["error_rate_5xx"] = series["responses_5xx_per_s"] / rps if rps else 0.0

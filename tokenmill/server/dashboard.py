@@ -20,7 +20,6 @@ from .serving import ServerState
 
 router = APIRouter()
 
-_RATE_SPAN_S = 5.0  # rates are averaged over the last few seconds
 
 
 def _rss_bytes() -> int | None:
@@ -53,13 +52,6 @@ class ServerFeed:
         self._cpu = (time.monotonic(), time.process_time())
         self._estimate: dict | None = None
 
-    def _rate(self, name: str, now_value: float) -> float:
-        now = time.time()
-        then = next((h for h in self.feed.history if now - h["t"] <= _RATE_SPAN_S), None)
-        if then is None or name not in then["series"] or now - then["t"] < 0.5:
-            return 0.0
-        return max(0.0, now_value - then["series"][name]) / (now - then["t"])
-
     def take(self) -> dict:
         st, m = self.state, self.state.metrics
         totals = registry_totals(m.registry)
@@ -80,7 +72,7 @@ class ServerFeed:
         }
         for name in ("requests_total", "prompt_tokens_total", "generation_tokens_total", "responses_total",
                      "responses_4xx", "responses_5xx", "cost_total"):
-            series[name.replace("_total", "") + "_per_s"] = self._rate(name, series[name])
+            series[name.replace("_total", "") + "_per_s"] = self.feed.rate(name, series[name])
         answered = series["responses_per_s"]
         series["error_rate_4xx"] = series["responses_4xx_per_s"] / answered if answered else 0.0
         series["error_rate_5xx"] = series["responses_5xx_per_s"] / answered if answered else 0.0

@@ -31,6 +31,14 @@ class LiveFeed:
         self._changed = asyncio.Event()
         return snap
 
+    def rate(self, name: str, value: float, span_s: float = 5.0) -> float:
+        """Per-second rate of a cumulative series over the last span_s seconds of history."""
+        now = time.time()
+        then = next((h for h in self.history if now - h["t"] <= span_s), None)
+        if then is None or name not in then["series"] or now - then["t"] < 0.5:
+            return 0.0
+        return max(0.0, value - then["series"][name]) / (now - then["t"])
+
     async def run(self) -> None:
         while True:
             try:
