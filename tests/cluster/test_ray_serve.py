@@ -75,7 +75,8 @@ def test_stream_arrives_while_generating_and_a_leaving_client_cancels(tm_app):
         lines = r.iter_lines()
         first = next(line for line in lines if line.startswith("data: "))
         assert json.loads(first[6:])["choices"][0]["finish_reason"] is None
-        assert replica_running(replica, key) >= 1  # the first chunk came while it still runs
+        # the first chunk is here and the stream is held open: the replica is still generating
+        wait_until(lambda: replica_running(replica, key) >= 1, what="the first chunk came after the generation")
     wait_until(lambda: replica_running(replica, key) == 0, what="the replica kept generating for a gone client")
 
 

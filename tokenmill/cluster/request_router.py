@@ -10,6 +10,7 @@ requests queued beyond the least loaded one, the request goes by load alone.
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
@@ -21,10 +22,25 @@ def _score(key: str, replica_id) -> int:
 class PrefixAffinityRouter(FIFOMixin, RequestRouter):
     def initialize_state(self, max_imbalance: int = 4, **kwargs):
         self.max_imbalance = max_imbalance
+        # requests this router sent and has not seen complete, per replica: exact and current,
+        # where Serve's queue-length cache may be empty or expired (it lives 10 s)
+        self._inflight: dict = defaultdict(int)
+
+    def on_send_request(self, replica_id):
+        super().on_send_request(replica_id)
+        self._inflight[replica_id] += 1
+
+    def on_request_completed(self, replica_id, internal_request_id: str) -> None:
+        super().on_request_completed(replica_id, internal_request_id)
+        self._inflight[replica_id] = max(0, self._inflight[replica_id] - 1)
+
+    def on_replica_actor_died(self, replica_id):
+        super().on_replica_actor_died(replica_id)
+        self._inflight.pop(replica_id, None)
 
     def _load(self, replica: RunningReplica) -> int:
         queued = self._replica_queue_len_cache.get(replica.replica_id)
-        return queued if queued is not None else 0
+        return max(self._inflight.get(replica.replica_id, 0), queued or 0)
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
@@ -36,6 +52,6 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
         if not key:
             return [by_load]
         affine = max(candidate_replicas, key=lambda r: _score(key, r.replica_id))
-        if self._load(affine) - self._load(by_load[0]) >= getattr(self, "max_imbalance", 4):
+        if self._load(affine) - self._load(by_load[0]) >= self.max_imbalance:
             return [by_load]
         return [[affine], by_load]
