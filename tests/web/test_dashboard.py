@@ -105,6 +105,9 @@ def test_router_dashboard_backends_split_and_cost_by_key(routed, new_page):
     wait_page(admin, "document.querySelectorAll('#routing tbody tr').length === 2")
     wait_page(admin, "document.querySelector('#cost-key table') !== null && "
                      "document.querySelector('#cost-key').textContent.includes('user')")
+    # the ledger is written by its own thread and read every few seconds: wait for all six rows
+    wait_page(admin, f"['small', 'large'].every(g => {LATEST}.detail.cost_by_route.some("
+                     "x => x.group === g && x.requests >= 3))")
     by_route = {x["group"]: x for x in admin.evaluate(f"{LATEST}.detail.cost_by_route")}
     assert by_route["large"]["cost"] > by_route["small"]["cost"] > 0  # large is priced higher
 
