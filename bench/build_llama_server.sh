@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-server (and llama-bench) from the llama.cpp source that the
+# Build llama.cpp's llama-server (and llama-bench, llama-quantize) from the llama.cpp source that the
 # llama-cpp-python source distribution vendors. Nothing is committed: source and binaries live
 # in a cache outside the repository. About 10 minutes on 2 cores.
 #   bench/build_llama_server.sh            -> prints the path of llama-server
@@ -8,7 +8,7 @@ VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CACHE="${TOKENMILL_CACHE:-$HOME/.cache/tokenmill}/llama.cpp-$VERSION"
 SRC="$CACHE/llama_cpp_python-$VERSION/vendor/llama.cpp"
 BIN="$SRC/build/bin/llama-server"
-if [ ! -x "$BIN" ] || [ ! -f "$SRC/build/.tokenmill-flags-v2" ]; then
+if [ ! -x "$BIN" ] || [ ! -f "$SRC/build/.tokenmill-flags-v3" ]; then
   mkdir -p "$CACHE"
   if [ ! -d "$SRC" ]; then
     pip download --no-binary :all: --no-deps "llama-cpp-python==$VERSION" -d "$CACHE" >&2
@@ -24,7 +24,7 @@ if [ ! -x "$BIN" ] || [ ! -f "$SRC/build/.tokenmill-flags-v2" ]; then
     -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
     -DGGML_AVX512=$AVX512 -DGGML_AVX512_VBMI=$AVX512 -DGGML_AVX512_VNNI=$VNNI -DGGML_AMX_TILE=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
-  cmake --build "$SRC/build" --target llama-server llama-bench -j "$(nproc)" >&2
-  touch "$SRC/build/.tokenmill-flags-v2"
+  cmake --build "$SRC/build" --target llama-server llama-bench llama-quantize -j "$(nproc)" >&2
+  touch "$SRC/build/.tokenmill-flags-v3"
 fi
 echo "$BIN"

@@ -20,6 +20,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     num_threads: int | None = None        # torch intra-op threads; None: all cores
+    speculation: str = "ngram"            # ngram (prompt-lookup drafts, exact) | off
+    spec_max_draft: int = 8               # draft tokens per step at most (adapted per request)
+    spec_max_batch: int = 4               # no drafts while more requests than this decode
     show_progress: bool = True
 
     def __post_init__(self):
@@ -27,6 +30,10 @@ class EngineConfig:
             raise ValueError("device must be auto, cpu or cuda")
         if self.quantization not in ("auto", "none", "int8", "q4_1"):
             raise ValueError("quantization must be auto, none, int8 or q4_1")
+        if self.speculation not in ("ngram", "off"):
+            raise ValueError("speculation must be ngram or off")
+        if self.spec_max_draft < 0 or self.spec_max_batch < 0:
+            raise ValueError("spec_max_draft and spec_max_batch must be non-negative")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError("dtype must be auto, float32, bfloat16 or float16")
         if self.kv_cache_dtype not in ("auto", "float32", "float16", "bfloat16"):

@@ -33,6 +33,7 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per token (0: only the sampled one)
     prompt_logprobs: int | None = None  # the same for each prompt token (the first has none)
     skip_special_tokens: bool = True
+    speculative: bool = True     # n-gram speculative decoding where the engine has it on
     return_raw_logits: bool = False  # keep each step's raw logits row (V,) for the token explorer
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
 

@@ -14,12 +14,21 @@ def req(rid, n, **params):
     return Request(rid, list(range(base, base + n)), SamplingParams(**params), eos_ids=[0])
 
 
+def apply(s, batch, sampled):
+    """What the engine does after the forward pass: counters, then each token with its stops."""
+    for r, tokens in s.update(batch, {rid: t if isinstance(t, list) else [t] for rid, t in sampled.items()}):
+        for t in tokens:
+            s.append_token(r, t)
+            if r.status.is_finished:
+                break
+
+
 def run_step(s, token=7):
     """Schedule, pretend the model ran, give every caught-up request `token`."""
     batch = s.schedule()
     sampled = {r.request_id: token for r, n in zip(batch.requests, batch.num_new_tokens)
-               if r.num_computed_tokens + n == r.num_tokens}
-    s.update(batch, sampled)
+               if r.num_computed_tokens + n >= r.num_tokens}
+    apply(s, batch, sampled)
     return [(r.request_id, n) for r, n in zip(batch.requests, batch.num_new_tokens)]
 
 
@@ -88,7 +97,7 @@ def test_token_stops():
     for r in (a, e, m, t):
         s.add(r)
     batch = s.schedule()
-    s.update(batch, {"a": 5, "e": 0, "m": 0, "t": 7})
+    apply(s, batch, {"a": 5, "e": 0, "m": 0, "t": 7})
     assert e.status == RequestStatus.FINISHED_STOPPED and e.block_table == []
     assert t.status == RequestStatus.FINISHED_STOPPED and t.stop_reason == 7
     assert m.status == RequestStatus.RUNNING  # eos before min_tokens does not stop
@@ -117,3 +126,31 @@ def test_context_length_stop():
     run_step(s)
     run_step(s)
     assert a.status == RequestStatus.FINISHED_LENGTH and a.num_tokens == 6
+
+
+def test_draft_tokens_ride_along_and_rejected_ones_are_not_computed():
+    s = make(budget=6)
+    a = req("a", 3, max_tokens=10)
+    s.add(a)
+    run_step(s)                               # prefill: 3 tokens, then a has 4
+    a.draft = [1, 2, 3, 4, 5, 6]
+    batch = s.schedule()
+    assert batch.num_new_tokens == [6] and a.draft == [1, 2, 3, 4, 5]  # cut to the budget
+    apply(s, batch, {"a": [1, 2, 9]})         # two accepted, then the correction
+    assert a.output_token_ids == [7, 1, 2, 9] and a.draft == []
+    assert a.num_computed_tokens == a.num_tokens - 1 == 6
+    a.draft = [3]
+    batch = s.schedule()
+    assert batch.num_new_tokens == [2]
+    apply(s, batch, {"a": [3, 0]})            # EOS as the bonus token stops it
+    assert a.status == RequestStatus.FINISHED_STOPPED and a.output_token_ids[-2:] == [3, 0]
+
+
+def test_a_draft_never_preempts():
+    s = make(num_blocks=2, block_size=4, budget=32)
+    a = req("a", 6, max_tokens=10)
+    s.add(a)
+    run_step(s)                               # 7 tokens in 2 blocks of 4: room for one more
+    a.draft = [1, 2, 3]
+    batch = s.schedule()
+    assert batch.num_new_tokens == [1] and a.draft == [] and a.status == RequestStatus.RUNNING

@@ -23,8 +23,9 @@ from .detokenizer import IncrementalDetokenizer
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
 from .request import Request, RequestStatus
-from .sampler import LOGPROB_FLOOR, Sampler
+from .sampler import LOGPROB_FLOOR, Sampler, seeded_noise
 from .scheduler import Scheduler
+from .spec_decode import DraftView, SpecConfig, accept, propose
 from .structured import GrammarCompiler
 from .stats import EngineStats
 
@@ -88,6 +89,8 @@ class LLMEngine:
                                    config.max_num_batched_tokens, self.max_model_len,
                                    config.enable_chunked_prefill)
         self.sampler = Sampler()
+        self.spec = (SpecConfig(max_draft=config.spec_max_draft, max_batch=config.spec_max_batch)
+                     if config.speculation == "ngram" and config.spec_max_draft > 0 else None)
         self.structured = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
         self.groups: dict[str, _Group] = {}
         self._aborted: list[str] = []
@@ -150,36 +153,72 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         if self._fault_at is not None and self.stats.num_steps >= self._fault_at:
             raise InjectedFault(f"fault injected at step {self._fault_at} (TOKENMILL_FAULT_AT_STEP)")
+        if self.spec is not None:
+            propose(self.scheduler.running, self.spec, self.max_model_len)
         batch = self.scheduler.schedule()
-        sampled: dict[str, int] = {}
+        sampled: dict[str, list[tuple[int, tuple | None]]] = {}
         if len(batch):
             logits, reqs = self.runner.execute(batch)
             for req, start, prompt_logits in self.runner.prompt_logits:
                 self._record_prompt_logprobs(req, start, prompt_logits)
             if reqs:
-                out = self.sampler(logits, reqs)
-                for req, tok, lp in zip(reqs, out.token_ids, out.logprobs):
-                    sampled[req.request_id] = tok
-                    if lp is not None:
-                        req.logprobs.append(lp)
+                sampled = self._sample(logits, reqs)
             self.stats.num_steps += 1
             self.stats.num_prompt_tokens += sum(
                 min(n, max(0, r.num_prompt_tokens - r.num_computed_tokens))
                 for r, n in zip(batch.requests, batch.num_new_tokens))
-            self.stats.num_generation_tokens += len(sampled)
         touched: dict[str, None] = dict.fromkeys(self._aborted)
         self._aborted = []
-        for req in self.scheduler.update(batch, sampled):
+        token_lists = {rid: [t for t, _ in toks] for rid, toks in sampled.items()}
+        for req, tokens in self.scheduler.update(batch, token_lists):
             group = self.groups[req.parent_id]
-            token = req.output_token_ids[-1]
-            if token not in req.eos_ids or req.status != RequestStatus.FINISHED_STOPPED:
-                stop = group.detoks[req.index].add_token(token)
-                if stop is not None and not req.status.is_finished:
-                    req.stop_reason = stop
-                    self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED)
+            for token, lp in sampled[req.request_id]:
+                self.scheduler.append_token(req, token)
+                self.stats.num_generation_tokens += 1
+                if lp is not None:
+                    req.logprobs.append(lp)
+                if token not in req.eos_ids or req.status != RequestStatus.FINISHED_STOPPED:
+                    stop = group.detoks[req.index].add_token(token)
+                    if stop is not None and not req.status.is_finished:
+                        req.stop_reason = stop
+                        self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED)
+                if req.status.is_finished:
+                    break  # tokens after a stop are dropped
             touched[req.parent_id] = None
         outputs = [self._make_output(rid) for rid in touched if rid in self.groups]
         return outputs
+
+    def _sample(self, logits: torch.Tensor, reqs: list) -> dict[str, list[tuple[int, tuple | None]]]:
+        """A (token, logprob) list per request: one, or with a draft the accepted ones and one
+        more (spec_decode.py). logits: one row per request, or 1 + len(draft) rows."""
+        if not any(r.draft for r in reqs):
+            out = self.sampler(logits, reqs)
+            return {r.request_id: [(t, lp)] for r, t, lp in zip(reqs, out.token_ids, out.logprobs)}
+        rows = [DraftView(r, j) for r in reqs for j in range(len(r.draft) + 1)]
+        # a seeded row's generator must end up as far as plain decoding would have taken it
+        states = {r.request_id: r.generator.get_state() for r in reqs
+                  if r.draft and r.generator is not None and not r.params.is_greedy}
+        out = self.sampler(logits, rows)
+        sampled, i = {}, 0
+        for r in reqs:
+            k = len(r.draft)
+            tokens = accept(r, out.token_ids[i:i + k + 1]) if k else out.token_ids[i:i + 1]
+            sampled[r.request_id] = list(zip(tokens, out.logprobs[i:i + len(tokens)]))
+            i += k + 1
+            if not k:
+                continue
+            self.stats.spec_num_drafts += 1
+            self.stats.spec_num_draft_tokens += k
+            self.stats.spec_num_accepted_tokens += len(tokens) - 1
+            for processor in r.logits_processors:  # back to the real history
+                rollback = getattr(processor, "rollback_to", None)
+                if rollback is not None:
+                    rollback(r.num_output_tokens)
+            if r.request_id in states:
+                r.generator.set_state(states[r.request_id])
+                for _ in tokens:
+                    seeded_noise(r.generator, logits.shape[-1])
+        return sampled
 
     def _record_prompt_logprobs(self, req, start: int, logits) -> None:
         """logits (k, V) at positions start..start+k-1 give prompt tokens start+1..start+k."""

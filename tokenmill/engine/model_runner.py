@@ -115,8 +115,9 @@ class ModelRunner:
         return (table[:, None] * self.block_size + self._block_offsets).flatten()[:num_ctx]
 
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Request]]:
-        """Returns logits (S, vocab) for the S requests whose computation catches up with
-        their tokens this step (they get a new token), and those requests."""
+        """Returns logits for the requests whose computation catches up with their tokens
+        this step (they get a new token), and those requests: one row each, or 1 + len(draft)
+        rows for a request with a speculative draft."""
         self.work.steps += 1
         input_ids: list[int] = []
         positions: list[int] = []
@@ -128,14 +129,16 @@ class ModelRunner:
         for req, n in zip(batch.requests, batch.num_new_tokens):
             start = req.num_computed_tokens
             row = len(input_ids)
-            input_ids.extend(req.all_token_ids[start:start + n])
+            k = len(req.draft)  # speculative tokens after the real ones: each row gets logits
+            input_ids.extend((req.all_token_ids + req.draft)[start:start + n] if k else
+                             req.all_token_ids[start:start + n])
             positions.extend(range(start, start + n))
             seqs.append((row, n, self._slots(req, start + n), req.num_prompt_tokens))
             self.work.tokens += n
             self.work.context_reads += start + n
             self.work.attn_pairs += n * start + n * (n + 1) // 2  # causal (query, key) pairs
-            if start + n == req.num_tokens:
-                sample_rows.append(row + n - 1)
+            if start + n == req.num_tokens + k:
+                sample_rows.extend(range(row + n - 1 - k, row + n))
                 sample_reqs.append(req)
             if req.params.prompt_logprobs is not None and start < req.num_prompt_tokens - 1:
                 # rows at positions start.. predict prompt tokens start+1..: (first row, count)

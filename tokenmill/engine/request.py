@@ -65,6 +65,8 @@ class Request:
         self.block_hashes: list[bytes] = []  # hash chain over full blocks, filled lazily
         self.num_hashed_blocks = 0          # blocks already registered in the prefix cache
         self.stop_reason: int | str | None = None
+        self.draft: list[int] = []          # speculative tokens verified this step (spec_decode.py)
+        self.spec = None                    # its SpecState, made at the first decode step
         self.logprobs: list[tuple[float, dict[int, float]]] = []
         self.raw_logits: list[torch.Tensor] = []  # (V,) per output token, only when asked for
         self.prompt_logprobs: list = [None] if params.prompt_logprobs is not None else []

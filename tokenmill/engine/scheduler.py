@@ -57,6 +57,12 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if req.draft:  # speculative tokens ride along while budget and free blocks allow
+                req.draft = req.draft[:max(0, budget - n)]
+                if req.draft and self.bm.can_allocate(req, n + len(req.draft)):
+                    n += len(req.draft)
+                else:
+                    req.draft = []
             while not self.bm.can_allocate(req, n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -101,34 +107,41 @@ class Scheduler:
     def _preempt(self, req: Request) -> None:
         self.bm.free(req)
         req.num_computed_tokens = 0
+        req.draft = []
         req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)
         self.num_preemptions += 1
 
-    def update(self, batch: ScheduledBatch, sampled: dict[str, int]) -> list[Request]:
-        """Advance counters after the forward pass; append sampled tokens (for requests whose
-        computation caught up) and apply token stops. Returns requests that got a token."""
-        got_token = []
+    def update(self, batch: ScheduledBatch, sampled: dict[str, list[int]]) -> list[tuple[Request, list[int]]]:
+        """Advance counters after the forward pass. Returns (request, its new tokens) for the
+        requests whose computation caught up: one token, or with a draft the accepted drafts
+        and one more. Rejected draft positions are not computed: their K/V is overwritten later."""
+        got_tokens = []
         for req, n in zip(batch.requests, batch.num_new_tokens):
-            req.num_computed_tokens += n
-            token = sampled.get(req.request_id)
-            if token is None:
-                continue  # a prefill chunk that is not the last one
-            req.append_token(token)
-            got_token.append(req)
-            if req.metrics.first_token_time is None:
-                req.metrics.first_token_time = time.time()
-            p = req.params
-            if req.num_output_tokens >= p.min_tokens and token in req.eos_ids:
-                self.finish(req, RequestStatus.FINISHED_STOPPED)
-            elif req.num_output_tokens >= p.min_tokens and token in p.stop_token_ids:
-                req.stop_reason = token
-                self.finish(req, RequestStatus.FINISHED_STOPPED)
-            elif p.max_tokens is not None and req.num_output_tokens >= p.max_tokens:
-                self.finish(req, RequestStatus.FINISHED_LENGTH)
-            elif req.num_tokens >= self.max_model_len:
-                self.finish(req, RequestStatus.FINISHED_LENGTH)
-        return got_token
+            tokens = sampled.get(req.request_id)
+            if tokens is None:
+                req.num_computed_tokens += n  # a prefill chunk that is not the last one
+                continue
+            req.num_computed_tokens += n - (len(req.draft) - (len(tokens) - 1))
+            req.draft = []
+            got_tokens.append((req, tokens))
+        return got_tokens
+
+    def append_token(self, req: Request, token: int) -> None:
+        """Append one sampled token and apply token stops (EOS, stop ids, max_tokens, context)."""
+        req.append_token(token)
+        if req.metrics.first_token_time is None:
+            req.metrics.first_token_time = time.time()
+        p = req.params
+        if req.num_output_tokens >= p.min_tokens and token in req.eos_ids:
+            self.finish(req, RequestStatus.FINISHED_STOPPED)
+        elif req.num_output_tokens >= p.min_tokens and token in p.stop_token_ids:
+            req.stop_reason = token
+            self.finish(req, RequestStatus.FINISHED_STOPPED)
+        elif p.max_tokens is not None and req.num_output_tokens >= p.max_tokens:
+            self.finish(req, RequestStatus.FINISHED_LENGTH)
+        elif req.num_tokens >= self.max_model_len:
+            self.finish(req, RequestStatus.FINISHED_LENGTH)
 
     def finish(self, req: Request, status: RequestStatus) -> None:
         """Finish (or abort) a request wherever it is; its blocks are freed at once."""

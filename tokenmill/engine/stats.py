@@ -17,4 +17,7 @@ class EngineStats:
     num_prompt_tokens: int = 0         # cumulative, computed prompt tokens of admitted requests
     num_generation_tokens: int = 0     # cumulative
     num_steps: int = 0
+    spec_num_drafts: int = 0           # cumulative: verification rows groups (one per drafted step)
+    spec_num_draft_tokens: int = 0     # cumulative: draft tokens proposed
+    spec_num_accepted_tokens: int = 0  # cumulative: of which accepted
     finished_by_reason: dict[str, int] = field(default_factory=dict)

@@ -137,12 +137,28 @@ class GrammarProcessor:
     def clone(self) -> "GrammarProcessor":
         return GrammarProcessor(self._proto, self._vocab, self._eos)
 
-    def __call__(self, output_ids: list[int], row: torch.Tensor) -> torch.Tensor:
-        # row: (V,) logits of one request; tokens the grammar forbids become -inf
-        import llguidance.torch as lt
+    def _catch_up(self, output_ids: list[int]) -> None:
         for tok in output_ids[self._consumed:]:
             self.matcher.consume_token(tok)
         self._consumed = len(output_ids)
+
+    def valid_draft(self, output_ids: list[int], draft: list[int]) -> int:
+        """How many of a speculative draft's tokens the grammar accepts after output_ids."""
+        self._catch_up(output_ids)
+        if self.matcher.is_error() or self.matcher.is_stopped():
+            return 0
+        return self.matcher.validate_tokens(draft)
+
+    def rollback_to(self, num_output_tokens: int) -> None:
+        """Forget draft tokens consumed while verifying (rows saw them as accepted)."""
+        if self._consumed > num_output_tokens:
+            self.matcher.rollback(self._consumed - num_output_tokens)
+            self._consumed = num_output_tokens
+
+    def __call__(self, output_ids: list[int], row: torch.Tensor) -> torch.Tensor:
+        # row: (V,) logits of one request; tokens the grammar forbids become -inf
+        import llguidance.torch as lt
+        self._catch_up(output_ids)
         if self._bitmask is None:
             self._bitmask = lt.allocate_token_bitmask(1, self._vocab)
         if self.matcher.is_error() or self.matcher.is_stopped():
