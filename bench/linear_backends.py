@@ -4,8 +4,8 @@
 
 Layers: SmolLM2-135M's 30 x (qkv 576->960, o 576->576, gate_up 576->3072, down 1536->576)
 plus the output layer 576->49152, random weights. Backends: fp32 F.linear (oneDNN/MKL), fbgemm
-int8 (per-token activations), ours int8 (VNNI row loop below GEMM_MIN_ROWS tokens, oneDNN
-_int_mm above; the same integers), ours q4_1 (Q4_1 blocks, VNNI kernel).
+int8 (per-token activations), ours int8 (packed weights, csrc/int8_linear.cpp), ours q4_1 (Q4_1
+blocks, VNNI kernel).
 """
 import argparse
 import time
@@ -13,7 +13,7 @@ import time
 import torch
 
 from tokenmill.model.layers.q4 import Q4Linear
-from tokenmill.model.layers.quantized import GEMM_MIN_ROWS, Int8Linear, _fbgemm_available, _native
+from tokenmill.model.layers.quantized import Int8Linear, _fbgemm_available, _native
 
 SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30 + [(49152, 576)]
 
@@ -43,7 +43,7 @@ def main():
     if _native() is not None:
         backends["ours int8"] = [Int8Linear(w, None, backend="native") for w in weights]
         backends["ours q4_1"] = [q4_layer(w) for w in weights]
-    print(f"ms per step over {len(SHAPES)} layers (ours int8: row loop below {GEMM_MIN_ROWS} tokens)")
+    print(f"ms per step over {len(SHAPES)} layers")
     print(f"{'tokens':>6} " + " ".join(f"{name:>12}" for name in backends))
     for M in args.rows:
         xs = {k: torch.randn(M, k) for k in {i for _, i in SHAPES}}

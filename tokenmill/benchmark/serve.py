@@ -1,8 +1,9 @@
 """`tokenmill bench serve`: N concurrent streaming clients against any OpenAI-compatible URL.
 
 Each client sends chat requests from a fixed prompt set with temperature 0 and a forced output
-length (max_tokens + ignore_eos), reads the SSE stream, and records time to first token,
-inter-token latencies and end-to-end latency. Prints a table and JSON.
+length (max_tokens + ignore_eos; the grounded set ends where the model ends, max_tokens at
+most), reads the SSE stream, and records time to first token, inter-token latencies and
+end-to-end latency. Prints a table and JSON.
 """
 from __future__ import annotations
 
@@ -55,9 +56,9 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 async def _one(client: httpx.AsyncClient, url: str, model: str, messages, output_len: int,
-               headers: dict) -> RequestResult:
+               headers: dict, forced: bool = True, extra: dict | None = None) -> RequestResult:
     body = {"model": model, "messages": messages, "max_tokens": output_len, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            "ignore_eos": forced, "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     t0 = time.perf_counter()
     first = None
     last = None
@@ -94,7 +95,8 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, messages, output
 
 
 async def run(url: str, concurrency: int, num_requests: int, set_name: str, output_len: int,
-              model: str | None = None, api_key: str | None = None, timeout: float = 600) -> BenchResult:
+              model: str | None = None, api_key: str | None = None, timeout: float = 600,
+              extra: dict | None = None) -> BenchResult:
     url = url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -111,7 +113,8 @@ async def run(url: str, concurrency: int, num_requests: int, set_name: str, outp
         async def worker():
             while not queue.empty():
                 messages = queue.get_nowait()
-                results.append(await _one(client, url, model, messages, output_len, headers))
+                results.append(await _one(client, url, model, messages, output_len, headers,
+                                          forced=set_name != "grounded", extra=extra))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -160,7 +163,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=None, help="default: the first of /v1/models")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--num-requests", type=int, default=None, help="per run; default 2 x concurrency (>= 8)")
-    p.add_argument("--prompt-set", nargs="+", default=["mixed"], choices=["short", "long", "shared", "mixed"])
+    p.add_argument("--prompt-set", nargs="+", default=["mixed"], choices=["short", "long", "shared", "mixed", "grounded"])
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--api-key", dest="bench_api_key", default=None)
     p.add_argument("--json", default=None, help="also write the results here")

@@ -7,6 +7,9 @@ torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale,
                           torch::Tensor wsum, torch::Tensor bias, int64_t gemm_min_rows);
 bool int8_linear_has_vnni();
+torch::Tensor int8_pack(torch::Tensor w);
+torch::Tensor int8_linear_packed(torch::Tensor x, torch::Tensor wp, torch::Tensor wscale,
+                                 torch::Tensor wsum, torch::Tensor bias, int64_t N);
 torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torch::Tensor m,
                         torch::Tensor bias);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
@@ -19,6 +22,8 @@ void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention_rows", &paged_attention_rows, "paged attention, one query row at a time");
   m.def("int8_linear", &int8_linear, "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");
+  m.def("int8_pack", &int8_pack, "int8 (N, K) weights -> 16-row blocks of 4-byte groups");
+  m.def("int8_linear_packed", &int8_linear_packed, "int8_linear on packed weights, any number of rows");
   m.def("q4_linear", &q4_linear, "linear on GGUF Q4_1 blocks, activations in two int8 parts");
   m.def("rms_norm", &rms_norm, "RMSNorm of each row");
   m.def("add_rms_norm", &add_rms_norm, "residual += x in place, then RMSNorm of residual");

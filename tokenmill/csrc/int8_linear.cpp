@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "quant_rows.h"
@@ -115,9 +116,170 @@ void int_dot_vnni(const int8_t* q, int64_t M, const int8_t* w, const int32_t* ws
 #undef load_a_tail
 }
 
+// ---- packed weights: no horizontal sums ------------------------------------------------------
+// Layout (N/16, K/4, 16, 4): for each block of 16 output rows, the 4 bytes of k..k+3 of each row
+// side by side. One vpdpbusd of a broadcast 4-byte activation group against one 64-byte load then
+// adds into 16 output sums at once, each in its own lane: no reduction at the end (the row loop
+// above spends about a quarter of a decode step in _mm512_reduce_add_epi32), and every weight
+// byte read serves MR activation rows, so a few more tokens (a speculative draft, a small batch)
+// cost compute, not another pass over the weights.
+// One pair of activation rows (a token's two int8 parts) against 4 blocks (64 outputs from n0):
+// 8 accumulators, named (an array of them was kept on the stack by GCC). Further pairs read the
+// same 4 blocks again, from L1/L2: one pass over memory for any number of rows.
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void packed_pair4(const uint8_t* q0, const uint8_t* q1, int64_t K, const int8_t* w,
+                  const int32_t* wsum, int32_t* acc0, int32_t* acc1) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;  // row q0, blocks 0..3
+  __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0;                      // row q1
+  const int8_t *w0 = w, *w1 = w + 16 * K, *w2 = w + 32 * K, *w3 = w + 48 * K;
+  for (int64_t k = 0; k < K; k += 4) {
+    const int64_t o = 16 * k;  // byte offset of group k / 4 in a block
+    const __m512i v0 = _mm512_loadu_si512(w0 + o), v1 = _mm512_loadu_si512(w1 + o);
+    const __m512i v2 = _mm512_loadu_si512(w2 + o), v3 = _mm512_loadu_si512(w3 + o);
+    _mm_prefetch(reinterpret_cast<const char*>(w0 + o + 1024), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w1 + o + 1024), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w2 + o + 1024), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w3 + o + 1024), _MM_HINT_T0);
+    const __m512i x0 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q0 + k));
+    const __m512i x1 = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q1 + k));
+    a0 = _mm512_dpbusd_epi32(a0, x0, v0); a1 = _mm512_dpbusd_epi32(a1, x0, v1);
+    a2 = _mm512_dpbusd_epi32(a2, x0, v2); a3 = _mm512_dpbusd_epi32(a3, x0, v3);
+    b0 = _mm512_dpbusd_epi32(b0, x1, v0); b1 = _mm512_dpbusd_epi32(b1, x1, v1);
+    b2 = _mm512_dpbusd_epi32(b2, x1, v2); b3 = _mm512_dpbusd_epi32(b3, x1, v3);
+  }
+  const __m512i c0 = _mm512_slli_epi32(_mm512_loadu_si512(wsum), 7);  // 128 * sum w
+  const __m512i c1 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + 16), 7);
+  const __m512i c2 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + 32), 7);
+  const __m512i c3 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + 48), 7);
+  _mm512_storeu_si512(acc0, _mm512_sub_epi32(a0, c0));
+  _mm512_storeu_si512(acc0 + 16, _mm512_sub_epi32(a1, c1));
+  _mm512_storeu_si512(acc0 + 32, _mm512_sub_epi32(a2, c2));
+  _mm512_storeu_si512(acc0 + 48, _mm512_sub_epi32(a3, c3));
+  _mm512_storeu_si512(acc1, _mm512_sub_epi32(b0, c0));
+  _mm512_storeu_si512(acc1 + 16, _mm512_sub_epi32(b1, c1));
+  _mm512_storeu_si512(acc1 + 32, _mm512_sub_epi32(b2, c2));
+  _mm512_storeu_si512(acc1 + 48, _mm512_sub_epi32(b3, c3));
+}
+
+// Two pairs (4 activation rows) against 4 blocks: 16 accumulators, each weight load feeding 4
+// vpdpbusd; for batches and prompt chunks, where the multiplies, not the weight reads, are the cost.
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void packed_quad4(const uint8_t* q, int64_t K, const int8_t* w, const int32_t* wsum, int32_t* acc,
+                  int64_t N) {
+#define TM_ROW(r) __m512i r##0 = _mm512_setzero_si512(), r##1 = r##0, r##2 = r##0, r##3 = r##0;
+  TM_ROW(a) TM_ROW(b) TM_ROW(e) TM_ROW(d)
+#undef TM_ROW
+  const int8_t *w0 = w, *w1 = w + 16 * K, *w2 = w + 32 * K, *w3 = w + 48 * K;
+  for (int64_t k = 0; k < K; k += 4) {
+    const int64_t o = 16 * k;
+    const __m512i v0 = _mm512_loadu_si512(w0 + o), v1 = _mm512_loadu_si512(w1 + o);
+    const __m512i v2 = _mm512_loadu_si512(w2 + o), v3 = _mm512_loadu_si512(w3 + o);
+#define TM_DOT(r, i)                                                                       \
+    {                                                                                      \
+      const __m512i x = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q + i * K + k)); \
+      r##0 = _mm512_dpbusd_epi32(r##0, x, v0); r##1 = _mm512_dpbusd_epi32(r##1, x, v1);   \
+      r##2 = _mm512_dpbusd_epi32(r##2, x, v2); r##3 = _mm512_dpbusd_epi32(r##3, x, v3);   \
+    }
+    TM_DOT(a, 0) TM_DOT(b, 1) TM_DOT(e, 2) TM_DOT(d, 3)
+#undef TM_DOT
+  }
+  const __m512i c0 = _mm512_slli_epi32(_mm512_loadu_si512(wsum), 7);  // 128 * sum w
+  const __m512i c1 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + 16), 7);
+  const __m512i c2 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + 32), 7);
+  const __m512i c3 = _mm512_slli_epi32(_mm512_loadu_si512(wsum + 48), 7);
+#define TM_STORE(r, i)                                                  \
+  _mm512_storeu_si512(acc + i * N, _mm512_sub_epi32(r##0, c0));         \
+  _mm512_storeu_si512(acc + i * N + 16, _mm512_sub_epi32(r##1, c1));    \
+  _mm512_storeu_si512(acc + i * N + 32, _mm512_sub_epi32(r##2, c2));    \
+  _mm512_storeu_si512(acc + i * N + 48, _mm512_sub_epi32(r##3, c3));
+  TM_STORE(a, 0) TM_STORE(b, 1) TM_STORE(e, 2) TM_STORE(d, 3)
+#undef TM_STORE
+}
+
+// The same for a single block (16 outputs): the tail of a layer whose N is not a multiple of 64.
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void packed_pair1(const uint8_t* q0, const uint8_t* q1, int64_t K, const int8_t* w,
+                  const int32_t* wsum, int32_t* acc0, int32_t* acc1) {
+  __m512i a = _mm512_setzero_si512(), b = a;
+  for (int64_t k = 0; k < K; k += 4) {
+    const __m512i v = _mm512_loadu_si512(w + 16 * k);
+    a = _mm512_dpbusd_epi32(a, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q0 + k)), v);
+    b = _mm512_dpbusd_epi32(b, _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(q1 + k)), v);
+  }
+  const __m512i c = _mm512_slli_epi32(_mm512_loadu_si512(wsum), 7);
+  _mm512_storeu_si512(acc0, _mm512_sub_epi32(a, c));
+  _mm512_storeu_si512(acc1, _mm512_sub_epi32(b, c));
+}
+
+// acc (2M, N) int32 sums of each token's two parts -> y (M, N) float32, one code path for all
+at::Tensor scale_rows(const at::Tensor& acc, const at::Tensor& sx, const at::Tensor& wscale,
+                      const at::Tensor& bias, int64_t M, int64_t N) {
+  auto y = at::empty({M, N}, sx.options());
+  const int32_t* a = acc.data_ptr<int32_t>();
+  const float* sxp = sx.data_ptr<float>();
+  const float* swp = wscale.data_ptr<float>();
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      epilogue_avx512(a + 2 * m * N, a + (2 * m + 1) * N, sxp[2 * m], sxp[2 * m + 1], swp, bp, N,
+                      yp + m * N);
+  });
+  return y;
+}
+
 }  // namespace
 
 bool int8_linear_has_vnni() { return has_vnni(); }
+
+// w (N, K) int8 with N % 16 == 0 and K % 4 == 0 -> the packed layout above, flat (N * K,)
+at::Tensor int8_pack(at::Tensor w) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar, "w must be (N, K) int8");
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(N % 16 == 0 && K % 4 == 0, "packing needs N % 16 == 0 and K % 4 == 0");
+  return w.contiguous().view({N / 16, 16, K / 4, 4}).permute({0, 2, 1, 3}).contiguous().view({-1});
+}
+
+// x (M, K) float32; wp from int8_pack; the rest as int8_linear. Every M takes the packed tiles.
+at::Tensor int8_linear_packed(at::Tensor x, at::Tensor wp, at::Tensor wscale, at::Tensor wsum,
+                              at::Tensor bias, int64_t N) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
+  TORCH_CHECK(has_vnni(), "int8_linear_packed needs AVX-512 VNNI");
+  x = x.contiguous();
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(wp.numel() == N * K && N % 16 == 0 && K % 4 == 0, "packed weight does not match");
+  const int64_t R = 2 * M;
+  auto q = at::empty({R, K}, x.options().dtype(at::kChar));
+  auto sx = at::empty({R}, x.options());
+  split_rows(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), sx.data_ptr<float>());
+  auto qu = at::bitwise_xor(q.view(at::kByte), 0x80);  // unsigned side of vpdpbusd: q + 128
+  auto acc = at::empty({R, N}, x.options().dtype(at::kInt));
+  const uint8_t* qup = qu.data_ptr<uint8_t>();
+  const int8_t* wpp = wp.data_ptr<int8_t>();
+  const int32_t* ws = wsum.data_ptr<int32_t>();
+  int32_t* accp = acc.data_ptr<int32_t>();
+  // units of 4 blocks (64 outputs); a last partial unit block by block
+  const int64_t blocks = N / 16, units = (blocks + 3) / 4;
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b0 = u * 4;
+      for (int64_t m = 0; m < R; m += 2) {  // R is even: a token's two parts
+        const uint8_t* q0 = qup + m * K;
+        int32_t* a0 = accp + m * N;
+        if (b0 + 4 <= blocks && m + 4 <= R) {
+          packed_quad4(q0, K, wpp + b0 * 16 * K, ws + b0 * 16, a0 + b0 * 16, N);
+          m += 2;
+        } else if (b0 + 4 <= blocks) {
+          packed_pair4(q0, q0 + K, K, wpp + b0 * 16 * K, ws + b0 * 16, a0 + b0 * 16, a0 + N + b0 * 16);
+        } else {
+          for (int64_t b = b0; b < blocks; ++b)
+            packed_pair1(q0, q0 + K, K, wpp + b * 16 * K, ws + b * 16, a0 + b * 16, a0 + N + b * 16);
+        }
+      }
+    }
+  });
+  return scale_rows(acc, sx, wscale, bias, M, N);
+}
 
 // x (M, K) float32; w (N, K) int8; wscale (N,) float32; wsum (N,) int32 = w.sum(1);
 // bias (N,) float32 or empty.
@@ -151,16 +313,5 @@ at::Tensor int8_linear(at::Tensor x, at::Tensor w, at::Tensor wscale,
     });
   }
 
-  auto y = at::empty({M, N}, x.options());
-  const int32_t* a = acc.data_ptr<int32_t>();
-  const float* sxp = sx.data_ptr<float>();
-  const float* swp = wscale.data_ptr<float>();
-  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m)
-      epilogue_avx512(a + 2 * m * N, a + (2 * m + 1) * N, sxp[2 * m], sxp[2 * m + 1], swp, bp, N,
-                      yp + m * N);
-  });
-  return y;
+  return scale_rows(acc, sx, wscale, bias, M, N);
 }

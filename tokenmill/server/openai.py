@@ -72,7 +72,7 @@ def _common_params(body, max_tokens, logprobs, processors=(), prompt_logprobs=No
         presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
         logit_bias=_logit_bias(body.logit_bias), ignore_eos=body.ignore_eos,
         stop_token_ids=body.stop_token_ids, skip_special_tokens=body.skip_special_tokens,
-        logprobs=logprobs)
+        logprobs=logprobs, speculative=body.speculative)
 
 
 def _token_text(tok, token_id: int) -> str:

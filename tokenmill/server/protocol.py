@@ -70,6 +70,7 @@ class _SamplingFields(_Strict):
     skip_special_tokens: bool | None = None
     cache_salt: str | None = Field(default=None, max_length=256)  # prefix cache shared only within a salt
     prompt_logprobs: int | None = Field(default=None, ge=0, le=20)  # vLLM: logprobs of the prompt tokens
+    speculative: bool | None = None  # tokenmill: false opts this request out of speculative decoding
     # structured output (vLLM's names): one of these, or response_format on chat
     structured_outputs: dict[str, Any] | None = None
     guided_json: dict[str, Any] | str | None = None

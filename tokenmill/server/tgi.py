@@ -118,7 +118,6 @@ async def _generate_stream(body: GenerateRequest, request: Request):
     tok, p, stream, prefix = await _start(body, request)
 
     async def sse():
-        index = 0
         try:
             async for out in stream:
                 c = out.outputs[0]
@@ -126,7 +125,7 @@ async def _generate_stream(body: GenerateRequest, request: Request):
                     continue
                 tid = c.token_ids[-1]
                 lp, top = c.logprobs[-1] if c.logprobs else (0.0, {})
-                index += 1
+                index = len(c.token_ids)  # a speculative step can bring several tokens at once
                 event = {"index": index, "token": _token(tok, tid, lp, c.text_delta),
                          "top_tokens": _top(tok, top) if p.top_n_tokens else None,
                          "generated_text": None, "details": None}
