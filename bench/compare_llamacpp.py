@@ -1,17 +1,28 @@
-"""Side by side: llama.cpp's llama-server and tokenmill on the same GGUF, the same threads, the
-same load (tokenmill bench serve), in one run. Prints both tables and the ratios.
+"""tokenmill against llama.cpp on this machine, every scenario of the performance issue in one
+run, one after the other, the same GGUF and thread count; prints one table with ratios.
 
-    python bench/compare_llamacpp.py [--concurrency 1 16] [--threads 2] [--output-len 128]
-                                     [--quantization auto q4_1 ...]
+    python bench/compare_llamacpp.py [--threads 2] [--only offline server grounded]
+                                     [--concurrency 1 4 16 64] [--json out.json]
 
-Each --quantization gets its own tokenmill server (default: auto, the default format).
-Decode tok/s is 1 / ITL p50.
+Rows (llama.cpp's best configuration for each, both listed):
+  offline   decode tg128, prefill pp512, decode at 4,096 tokens of context: llama-bench on the
+            Q4_1 file and on a Q8_0 copy (llama-quantize --allow-requantize), default settings and
+            -fa on -ctk q8_0 -ctv q8_0; tokenmill's LLM on the engine directly (greedy, no
+            speculation, no prefix cache), and the TTFT of an 8,191-token prompt
+  server    mixed prompts (37-706 tokens), 128 forced tokens, streaming, c = 1/4/16/64: llama-server
+            (-np 64 --kv-unified, so every slot has the context it needs) and tokenmill serve with
+            a KV cache of the same size; output tok/s, TTFT p95, RSS after load and after the run,
+            and RSS minus the KV cache
+  grounded  input-grounded edits (tokenmill/benchmark/prompts.py GROUNDED), c = 1, answers end where
+            the model ends: llama-server plain and with each draft-free --spec-type, tokenmill with
+            speculation off and on; and open-ended chat (the short set), tokenmill speculation off
+            and on, three interleaved runs each
 
-llama-server comes from bench/build_llama_server.sh (built from the llama.cpp source that the
-llama-cpp-python sdist vendors; cached outside the repo), or $LLAMA_SERVER.
+llama.cpp binaries come from bench/build_llama_server.sh (cached outside the repo).
 """
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -21,10 +32,11 @@ import time
 
 import httpx
 
-from tokenmill.benchmark.serve import print_table, run
+from tokenmill.benchmark.serve import run
 from tokenmill.model.loader import default_model_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SPEC_TYPES = ["ngram-simple", "ngram-map-k", "ngram-mod", "ngram-cache"]
 
 
 def free_port():
@@ -33,7 +45,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_ready(url, proc, timeout=180):
+def wait_ready(url, proc, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
@@ -43,7 +55,7 @@ def wait_ready(url, proc, timeout=180):
                 return time.time() - t0
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.2)
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
@@ -55,69 +67,218 @@ def rss_mb(pid):
     return float("nan")
 
 
+class Server:
+    def __init__(self, cmd, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(cmd + ["--port", str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, env=env)
+        self.ready_s = wait_ready(self.url, self.proc)
+
+    def rss(self):
+        return rss_mb(self.proc.pid)
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def llama_bin(name):
+    server = os.environ.get("LLAMA_SERVER") or subprocess.run(
+        [os.path.join(HERE, "build_llama_server.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    return os.path.join(os.path.dirname(server), name)
+
+
+def q8_copy(model):
+    out = os.path.join(os.path.expanduser("~/.cache/tokenmill"), os.path.basename(model).replace(".gguf", "") + "-Q8_0.gguf")
+    if not os.path.exists(out):
+        subprocess.run([llama_bin("llama-quantize"), "--allow-requantize", model, out, "Q8_0"],
+                       check=True, capture_output=True)
+    return out
+
+
+def llama_bench(model, threads, args):
+    cmd = [llama_bin("llama-bench"), "-m", model, "-t", str(threads), "-o", "json", "-r", "3"] + args
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return {(r["n_prompt"], r["n_gen"], r.get("n_depth", 0)): r["avg_ts"] for r in json.loads(out)}
+
+
+# ---- tokenmill offline: the engine stepped directly ---------------------------------------------
+def _timed(llm, prompt_ids, max_tokens):
+    """(seconds to the first token, seconds from the first token to the last, tokens after the first)"""
+    from tokenmill import SamplingParams
+    eng = llm.engine
+    eng.add_request(prompt_token_ids=prompt_ids, params=SamplingParams(
+        temperature=0, max_tokens=max_tokens, ignore_eos=True, speculative=False))
+    t0 = time.perf_counter()
+    first = last = None
+    n = 0
+    while eng.has_unfinished_requests():
+        for o in eng.step():
+            now = time.perf_counter()
+            n = len(o.outputs[0].token_ids)
+            if first is None and n:
+                first = now
+            last = now
+    return first - t0, last - first, n - 1
+
+
+def tokenmill_offline(model, threads):
+    from tokenmill import LLM
+    base = 1000  # ordinary text-token ids; each prompt distinct
+    llm = LLM(model, num_threads=threads, enable_prefix_caching=False, max_model_len=8192,
+              show_progress=False)
+    _timed(llm, list(range(base, base + 64)), 8)  # warm-up
+    res = {}
+    _, dt, n = _timed(llm, [1] + list(range(base, base + 4)), 129)
+    res["tg128"] = n / dt
+    ttft, _, _ = _timed(llm, list(range(base + 7, base + 7 + 512)), 1)
+    ttft2, _, _ = _timed(llm, list(range(base + 9, base + 9 + 512)), 1)
+    res["pp512"] = 512 / min(ttft, ttft2)
+    _, dt, n = _timed(llm, [(base + i * 7) % 40000 + 100 for i in range(4096)], 65)
+    res["tg_at_4096"] = n / dt
+    ttft, _, _ = _timed(llm, [(base + i * 13) % 40000 + 100 for i in range(8191)], 1)
+    res["ttft_8191_s"] = ttft
+    del llm
+    gc.collect()
+    return res
+
+
+# ---- servers ------------------------------------------------------------------------------------
+def kv_bytes_per_token(model):
+    from tokenmill.model.loader import load_checkpoint
+    cfg = load_checkpoint(model).config
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # K and V, fp16 (both sides)
+
+
+def llama_server_cmd(model, threads, slots, ctx, extra=()):
+    return [llama_bin("llama-server"), "-m", model, "--host", "127.0.0.1", "-t", str(threads), "-tb",
+            str(threads), "-np", str(slots), "-c", str(ctx), "--kv-unified", "--cont-batching",
+            "--log-disable", *extra]
+
+
+def tokenmill_cmd(model, threads, kv_gib, extra=()):
+    return [sys.executable, "-m", "tokenmill.cli", "serve", "--model", model, "--num-threads", str(threads),
+            "--kv-cache-memory-gib", f"{kv_gib:.4f}", "--log-level", "warning", *extra]
+
+
+def bench(url, c, prompt_set, output_len=128, n=None, extra=None):
+    return asyncio.run(run(url, c, n or max(2 * c, 8), prompt_set, output_len, extra=extra))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--prompt-set", default="mixed")
-    ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--slots", type=int, default=16, help="llama-server parallel slots")
-    ap.add_argument("--ctx-per-slot", type=int, default=2048)
-    ap.add_argument("--quantization", nargs="+", default=["auto"], help="tokenmill formats to run")
+    ap.add_argument("--only", nargs="+", default=["offline", "server", "grounded"])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--ctx", type=int, default=32768, help="llama-server's unified KV (tokens)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     model = args.model or default_model_path()
-    llama = os.environ.get("LLAMA_SERVER") or subprocess.run(
-        [os.path.join(HERE, "build_llama_server.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    T = args.threads
+    rows = []  # (scenario, llama.cpp value, its config, tokenmill value, higher is better)
+    out = {}
 
-    servers = {}
-    try:
-        lp = free_port()
-        servers["llama-server"] = subprocess.Popen(
-            [llama, "-m", model, "--host", "127.0.0.1", "--port", str(lp), "-t", str(args.threads),
-             "-tb", str(args.threads), "-np", str(args.slots), "-c", str(args.slots * args.ctx_per_slot),
-             "--cont-batching", "--log-disable"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ready = {}
-        urls = {"llama-server": f"http://127.0.0.1:{lp}"}
-        ready["llama-server"] = wait_ready(urls["llama-server"], servers["llama-server"])
-        for q in args.quantization:  # one at a time: a start-up time is measured on an idle machine
-            name = "tokenmill" if q == "auto" else f"tokenmill[{q}]"
-            tp = free_port()
-            servers[name] = subprocess.Popen(
-                [sys.executable, "-m", "tokenmill.cli", "serve", "--model", model, "--port", str(tp),
-                 "--num-threads", str(args.threads), "--quantization", q, "--log-level", "warning"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            urls[name] = f"http://127.0.0.1:{tp}"
-            ready[name] = wait_ready(urls[name], servers[name])
-        results = {name: [] for name in servers}
-        for c in args.concurrency:
-            for name in servers:  # one after the other: each gets the whole machine
-                n = max(2 * c, 8)
-                r = asyncio.run(run(urls[name], c, n, args.prompt_set, args.output_len))
-                results[name].append(r)
-        for name in servers:
-            print_table(results[name], f"\n{name} ({urls[name]}), ready in {ready[name]:.1f} s after start, "
-                                       f"RSS {rss_mb(servers[name].pid):.0f} MB")
-        for name in servers:
-            if name == "llama-server":
-                continue
-            print(f"\n{name} / llama-server")
-            print(f"{'conc':>4} {'out tok/s':>10} {'decode tok/s':>13} {'TTFT p50':>9} {'TTFT p95':>9}")
-            for a, b in zip(results[name], results["llama-server"]):
-                print(f"{a.concurrency:>4} {a.output_tok_per_s / b.output_tok_per_s:>9.2f}x "
-                      f"{b.itl_p50 / a.itl_p50:>12.2f}x {a.ttft_p50 / b.ttft_p50:>8.2f}x "
-                      f"{a.ttft_p95 / b.ttft_p95:>8.2f}x")
-        out = {name: [r.__dict__ for r in rs] for name, rs in results.items()}
-        print(json.dumps(out))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=1)
-    finally:
-        for p in servers.values():
-            p.terminate()
-        for p in servers.values():
-            p.wait(timeout=30)
+    if "offline" in args.only:
+        q8 = q8_copy(model)
+        lb = {}
+        for name, path in (("Q4_1", model), ("Q8_0", q8)):
+            lb[name] = llama_bench(path, T, ["-p", "512", "-n", "128"])
+            lb[name + " 4096"] = llama_bench(path, T, ["-p", "0", "-n", "32", "-d", "4096"])
+            lb[name + " 4096 fa q8kv"] = llama_bench(
+                path, T, ["-p", "0", "-n", "32", "-d", "4096", "-fa", "on", "-ctk", "q8_0", "-ctv", "q8_0"])
+        tm = tokenmill_offline(model, T)
+        out["llama-bench"] = {k: {str(kk): v for kk, v in d.items()} for k, d in lb.items()}
+        out["tokenmill offline"] = tm
+
+        def best(key, configs):
+            return max((lb[c][key], c) for c in configs)
+
+        v, c = best((0, 128, 0), ["Q4_1", "Q8_0"])
+        rows.append(("decode tg128 (tok/s)", v, c, tm["tg128"], True))
+        v, c = best((512, 0, 0), ["Q4_1", "Q8_0"])
+        rows.append(("prefill pp512 (tok/s)", v, c, tm["pp512"], True))
+        v, c = best((0, 32, 4096), ["Q4_1 4096", "Q8_0 4096"])
+        rows.append(("decode at 4096 ctx, llama.cpp defaults (tok/s)", v, c, tm["tg_at_4096"], True))
+        v, c = best((0, 32, 4096), ["Q4_1 4096 fa q8kv", "Q8_0 4096 fa q8kv"])
+        rows.append(("decode at 4096 ctx, llama.cpp -fa on q8_0 KV (tok/s)", v, c, tm["tg_at_4096"], True))
+        rows.append(("TTFT of an 8,191-token prompt (s, tokenmill only)", float("nan"), "", tm["ttft_8191_s"], False))
+
+    kv_gib = args.ctx * kv_bytes_per_token(model) / 2**30
+    if "server" in args.only:
+        res = {}
+        mem = {}
+        for name, cmd in (("llama-server", llama_server_cmd(model, T, 64, args.ctx)),
+                          ("tokenmill", tokenmill_cmd(model, T, kv_gib))):
+            s = Server(cmd)
+            try:
+                mem[name] = {"ready_s": s.ready_s, "rss_after_load_mb": s.rss()}
+                res[name] = [bench(s.url, c, "mixed") for c in args.concurrency]
+                mem[name]["rss_after_run_mb"] = s.rss()
+            finally:
+                s.close()
+        out["server"] = {k: [r.__dict__ for r in v] for k, v in res.items()}
+        out["memory"] = mem
+        for i, c in enumerate(args.concurrency):
+            a, b = res["llama-server"][i], res["tokenmill"][i]
+            rows.append((f"server c={c}, mixed, output tok/s", a.output_tok_per_s, "Q4_1", b.output_tok_per_s, True))
+            rows.append((f"server c={c}, TTFT p95 (s)", a.ttft_p95, "Q4_1", b.ttft_p95, False))
+        kv_mb = kv_gib * 1024
+        for key in ("rss_after_load_mb", "rss_after_run_mb"):
+            rows.append((f"RSS {key[4:-3].replace('_', ' ')} (MB), KV {kv_mb:.0f} MB each",
+                         mem["llama-server"][key], "Q4_1", mem["tokenmill"][key], False))
+            rows.append((f"RSS {key[4:-3].replace('_', ' ')} minus KV (MB)", mem["llama-server"][key] - kv_mb,
+                         "Q4_1", mem["tokenmill"][key] - kv_mb, False))
+
+    if "grounded" in args.only:
+        g = {}
+        for spec in ["none"] + SPEC_TYPES:
+            extra = [] if spec == "none" else ["--spec-type", spec]
+            s = Server(llama_server_cmd(model, T, 1, 8192, extra))
+            try:
+                bench(s.url, 1, "grounded", 256, n=2)  # warm-up
+                g[f"llama-server {spec}"] = bench(s.url, 1, "grounded", 256, n=12)
+            finally:
+                s.close()
+        s = Server(tokenmill_cmd(model, T, 0.5))
+        try:
+            bench(s.url, 1, "grounded", 256, n=2)
+            g["tokenmill spec off"] = bench(s.url, 1, "grounded", 256, n=12, extra={"speculative": False})
+            g["tokenmill"] = bench(s.url, 1, "grounded", 256, n=12)
+            chat = {"off": [], "on": []}
+            for _ in range(3):  # open-ended chat: interleaved, forced 128 tokens
+                chat["off"].append(bench(s.url, 1, "short", 128, n=8, extra={"speculative": False}).output_tok_per_s)
+                chat["on"].append(bench(s.url, 1, "short", 128, n=8).output_tok_per_s)
+            metrics = httpx.get(s.url + "/metrics").text
+        finally:
+            s.close()
+        out["grounded"] = {k: v.__dict__ for k, v in g.items()}
+        out["chat_spec"] = chat
+        spec_lines = [ln for ln in metrics.splitlines() if ln.startswith("tokenmill:spec_decode")]
+        out["spec_metrics"] = spec_lines
+        plain = g["llama-server none"].output_tok_per_s
+        best_spec, best_name = max((g[f"llama-server {t}"].output_tok_per_s, t) for t in SPEC_TYPES)
+        rows.append(("grounded c=1 output tok/s vs llama-server plain", plain, "Q4_1",
+                     g["tokenmill"].output_tok_per_s, True))
+        rows.append(("grounded c=1 output tok/s vs llama-server best --spec-type", best_spec, best_name,
+                     g["tokenmill"].output_tok_per_s, True))
+        rows.append(("grounded c=1, tokenmill speculation off (tok/s)", plain, "Q4_1",
+                     g["tokenmill spec off"].output_tok_per_s, True))
+        print("\ngrounded c=1 output tok/s: " + ", ".join(f"{k} {v.output_tok_per_s:.1f}" for k, v in g.items()))
+        print("open-ended chat c=1 output tok/s, tokenmill speculation off: "
+              + " ".join(f"{x:.1f}" for x in chat["off"]) + "; on: " + " ".join(f"{x:.1f}" for x in chat["on"]))
+        print("\n".join(spec_lines))
+
+    print(f"\n{'scenario':<58} {'llama.cpp':>10} {'(config)':<22} {'tokenmill':>10} {'ratio':>7}")
+    for name, a, cfg, b, higher in rows:
+        ratio = (b / a if higher else a / b) if a == a and a and b else float("nan")
+        print(f"{name:<58} {a:>10.2f} {cfg:<22} {b:>10.2f} {ratio:>6.2f}x")
+    print("(ratio: tokenmill's advantage; > 1 is better for tokenmill, for times and memory too)")
+    out["rows"] = rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

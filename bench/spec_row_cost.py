@@ -26,8 +26,8 @@ def main():
     base = None
     print(f"{'draft k':>7} {'step ms':>8} {'x plain':>8} {'per extra row':>14}")
     for k in range(0, 9):
-        spec_decode.SpecState.draft_len = lambda self, k=k: k
-        spec_decode.NgramIndex.propose = lambda self, tokens, n: tokens[-n:] if n else []
+        spec_decode.SpecState.draft_len = lambda self, n, k=k: k
+        spec_decode.NgramIndex.propose = lambda self, tokens, n: (tokens[-n:], 4)
         eng.add_request(prompt_token_ids=prompt, params=SamplingParams(temperature=0, max_tokens=10**6,
                                                                        ignore_eos=True))
         times = []

@@ -48,7 +48,7 @@ class Oracle:
 @pytest.fixture
 def oracle(monkeypatch):
     o = Oracle()
-    monkeypatch.setattr(NgramIndex, "propose", lambda self, tokens, k: o.propose(tokens, k))
+    monkeypatch.setattr(NgramIndex, "propose", lambda self, tokens, k: (o.propose(tokens, k), 4))
     return o
 
 
@@ -67,22 +67,23 @@ def spec_counts(llm):
 
 def test_ngram_index_proposes_what_followed_the_latest_match():
     idx = NgramIndex(1, 3)
-    assert idx.propose([1, 2, 3, 9, 1, 2, 3, 7, 1, 2], 4) == [3, 7, 1, 2]  # (1, 2) last seen at 4
-    assert idx.propose([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == [7, 1]     # (1, 2, 3): latest first
-    assert NgramIndex(2, 3).propose([5, 6, 7, 8], 3) == []
+    assert idx.propose([1, 2, 3, 9, 1, 2, 3, 7, 1, 2], 4) == ([3, 7, 1, 2], 2)  # (1, 2) last seen at 4
+    assert idx.propose([1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3], 2) == ([7, 1], 3)     # (1, 2, 3): longest first
+    assert NgramIndex(2, 3).propose([5, 6, 7, 8], 3) == ([], 0)
 
 
 def test_draft_length_follows_the_acceptance_rate():
     st = SpecState(SpecConfig(max_draft=8))
+    st.last_n = 3
     for _ in range(10):
         st.observe(8, 8)
-    assert st.draft_len() == 8
+    assert st.draft_len(3) == 8 and st.draft_len(1) < 8   # counted per match length
     for _ in range(40):
         st.observe(4, 0)
-    assert st.draft_len() == 0
+    assert st.draft_len(3) == 0
     for _ in range(40):  # no drafts for a while: it probes again
-        st.idle()
-    assert st.draft_len() > 0
+        st.idle(3)
+    assert st.draft_len(3) > 0
 
 
 def test_greedy_output_is_identical_alone_and_batched(pair, oracle):

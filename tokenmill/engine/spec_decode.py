@@ -17,10 +17,11 @@ distribution, a seeded request gives the same tokens with speculation on or off,
 output is plain greedy output token for token (the rows are computed as decode rows are; see
 attention.py on batch invariance).
 
-Adaptive: each request keeps a decayed count of accepted and rejected draft tokens, which gives
-a per-token acceptance rate a; the draft length k maximises expected tokens per step,
-(1 + a + ... + a^k), over the step's cost, (1 + ROW_COST * k). A low rate chooses k = 0 (no draft);
-the counts then drift back towards even odds, so a request probes again later. Above
+Adaptive: each request keeps decayed counts of accepted and rejected draft tokens per length of
+the matching n-gram, which give a per-token acceptance rate a; the draft length k maximises the
+expected tokens per step, (1 + a + ... + a^k), over the step's cost, (1 + ROW_COST * k). A low
+rate chooses k = 0 (no draft); the counts then drift back towards even odds, so the request
+probes again later. Above
 `max_batch` running requests no drafts are made: the batch already shares the weight reads.
 """
 from __future__ import annotations
@@ -48,7 +49,8 @@ class NgramIndex:
         self.maps: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
         self.indexed = 0  # n-grams ending before this index are in the maps
 
-    def propose(self, tokens: list[int], k: int) -> list[int]:
+    def propose(self, tokens: list[int], k: int) -> tuple[list[int], int]:
+        """(draft of at most k tokens, length of the n-gram that matched; 0: no match)"""
         last = len(tokens) - 1
         # index the n-grams ending at tokens[e] for e < last: each has a continuation
         for e in range(self.indexed, last):
@@ -60,25 +62,26 @@ class NgramIndex:
             if len(tokens) >= n:
                 pos = self.maps[n].get(tuple(tokens[len(tokens) - n:]))
                 if pos is not None:
-                    return tokens[pos:pos + k]
-        return []
+                    return tokens[pos:pos + k], n
+        return [], 0
 
 
 class SpecState:
-    """One request's drafting state: its n-gram index and acceptance counts."""
+    """One request's drafting state: its n-gram index and acceptance counts, kept per length of
+    the matching n-gram (a 4-token match predicts far better than a 1-token one)."""
 
     def __init__(self, cfg: SpecConfig):
         self.cfg = cfg
         self.index = NgramIndex(cfg.min_n, cfg.max_n)
-        self.accepted = 1.0  # decayed counts; start at even odds
-        self.rejected = 1.0
+        self.accepted = {n: 1.0 for n in range(cfg.min_n, cfg.max_n + 1)}  # decayed counts;
+        self.rejected = dict(self.accepted)                                 # even odds at first
+        self.last_n = 0  # the match length of the draft being verified
 
-    @property
-    def rate(self) -> float:
-        return self.accepted / (self.accepted + self.rejected)
+    def rate(self, n: int) -> float:
+        return self.accepted[n] / (self.accepted[n] + self.rejected[n])
 
-    def draft_len(self) -> int:
-        a = self.rate
+    def draft_len(self, n: int) -> int:
+        a = self.rate(n)
         best, best_gain, expected = 0, 1.0, 1.0
         for k in range(1, self.cfg.max_draft + 1):
             expected += a ** k
@@ -88,13 +91,14 @@ class SpecState:
         return best
 
     def observe(self, num_draft: int, num_accepted: int) -> None:
-        self.accepted = 0.8 * self.accepted + num_accepted
-        self.rejected = 0.8 * self.rejected + (num_accepted < num_draft)
+        n = self.last_n
+        self.accepted[n] = 0.8 * self.accepted[n] + num_accepted
+        self.rejected[n] = 0.8 * self.rejected[n] + (num_accepted < num_draft)
 
-    def idle(self) -> None:
-        """A step without a draft: drift back towards even odds, so the request probes again."""
-        self.accepted = 0.9 * self.accepted + 0.05
-        self.rejected = 0.9 * self.rejected + 0.05
+    def idle(self, n: int) -> None:
+        """A match not drafted: drift back towards even odds, so that length probes again."""
+        self.accepted[n] = 0.9 * self.accepted[n] + 0.05
+        self.rejected[n] = 0.9 * self.rejected[n] + 0.05
 
 
 class DraftView:
@@ -133,21 +137,24 @@ def propose(running, cfg: SpecConfig, max_model_len: int) -> None:
             continue
         if req.spec is None:
             req.spec = SpecState(cfg)
-        k = req.spec.draft_len()
         p = req.params
         room = max_model_len - req.num_tokens - 1
         if p.max_tokens is not None:
             room = min(room, p.max_tokens - req.num_output_tokens - 1)
-        k = min(k, room)
-        draft = req.spec.index.propose(req.all_token_ids, k) if k > 0 else []
+        draft, n = req.spec.index.propose(req.all_token_ids, min(cfg.max_draft, room)) if room > 0 else ([], 0)
+        if not draft:
+            continue
+        k = req.spec.draft_len(n)
+        if k == 0:
+            req.spec.idle(n)
+            continue
+        draft = draft[:k]
+        req.spec.last_n = n
         for processor in req.logits_processors:  # a grammar keeps the drafts it can accept
             valid = getattr(processor, "valid_draft", None)
             if valid is not None and draft:
                 draft = draft[:valid(req.output_token_ids, draft)]
-        if draft:
-            req.draft = draft
-        else:
-            req.spec.idle()
+        req.draft = draft
 
 
 def accept(req, row_tokens: list[int]) -> list[int]:
