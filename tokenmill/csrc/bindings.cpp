@@ -13,6 +13,11 @@ torch::Tensor int8_linear_packed(torch::Tensor x, torch::Tensor wp, torch::Tenso
 torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torch::Tensor m,
                         torch::Tensor bias);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
+torch::Tensor decode_layers(torch::Tensor x, torch::Tensor positions, std::vector<torch::Tensor> layers,
+                            std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches,
+                            torch::Tensor slot_mapping, torch::Tensor row_seq, torch::Tensor row_ctx,
+                            torch::Tensor block_tables, torch::Tensor cos, torch::Tensor sin,
+                            torch::Tensor final_norm, double eps, double scale, int64_t Hq, int64_t Hkv);
 torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tensor w, double eps);
 torch::Tensor silu_mul(torch::Tensor gate_up);
 void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
@@ -25,6 +30,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_pack", &int8_pack, "int8 (N, K) weights -> 16-row blocks of 4-byte groups");
   m.def("int8_linear_packed", &int8_linear_packed, "int8_linear on packed weights, any number of rows");
   m.def("q4_linear", &q4_linear, "linear on GGUF Q4_1 blocks, activations in two int8 parts");
+  m.def("decode_layers", &decode_layers, "every decoder layer of a decode step in one call");
   m.def("rms_norm", &rms_norm, "RMSNorm of each row");
   m.def("add_rms_norm", &add_rms_norm, "residual += x in place, then RMSNorm of residual");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of [gate | up] rows");

@@ -108,9 +108,40 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         # input_ids, positions: (T,) -> hidden: (T, hidden)
         x, residual = self.embed_tokens(input_ids), None
+        if not meta.groups and meta.rows is not None and len(meta.rows) == len(input_ids):
+            plan = self._decode_plan(x)
+            if plan is not None:  # every row a generated token: the same calls, from C++
+                kern, weights = plan
+                a = self.layers[0].self_attn
+                return kern.decode_layers(
+                    x, positions, weights, [k for k, _ in kv_caches], [v for _, v in kv_caches],
+                    meta.slot_mapping, meta.row_seq, meta.row_ctx, meta.block_tables, self.rope.cos,
+                    self.rope.sin, self.norm.weight, self.norm.eps, a.scale, a.num_heads, a.num_kv_heads)
         for layer, kv in zip(self.layers, kv_caches):
             x, residual = layer(x, residual, positions, self.rope, meta, kv)
         return self.norm(x, residual)[0]
+
+    def _decode_plan(self, x: torch.Tensor):
+        """(kernel module, flat weight list) for csrc/decode_loop.cpp, or None where the Python
+        path must run: not CPU float32, or a layer that is not packed int8 (fp32, q4_1, ...)."""
+        if not hasattr(self, "_plan"):
+            self._plan = None
+            kern = fused_ops(x)
+            if kern is not None and hasattr(kern, "decode_layers"):
+                weights = []
+                for layer in self.layers:
+                    linears = (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
+                               layer.mlp.down_proj)
+                    if not all(getattr(m, "_packed", None) is not None for m in linears):
+                        break
+                    norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+                    if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in norms):
+                        break
+                    packs = [[m._packed, m._scale32, m._wsum, m._bias32] for m in linears]
+                    weights += [norms[0], *packs[0], *packs[1], norms[1], *packs[2], *packs[3]]
+                else:
+                    self._plan = (kern, weights)
+        return self._plan
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
