@@ -10,9 +10,10 @@ Rows (llama.cpp's best configuration for each, both listed):
             -fa on -ctk q8_0 -ctv q8_0; tokenmill's LLM on the engine directly (greedy, no
             speculation, no prefix cache), and the TTFT of an 8,191-token prompt
   server    mixed prompts (37-706 tokens), 128 forced tokens, streaming, c = 1/4/16/64: llama-server
-            (-np 64 --kv-unified, so every slot has the context it needs) and tokenmill serve with
-            a KV cache of the same size; output tok/s, TTFT p95, RSS after load and after the run,
-            and RSS minus the KV cache
+            started for each c with -np c and 2,048 tokens of context per slot (--kv-unified), and
+            one tokenmill serve whose KV cache holds --ctx tokens; output tok/s, TTFT p95; RSS
+            after load and after the run (and minus the KV cache) at the same KV capacity: the
+            llama-server whose -c equals --ctx (c=16 by default)
   grounded  input-grounded edits (tokenmill/benchmark/prompts.py GROUNDED), c = 1, answers end where
             the model ends: llama-server plain and with each draft-free --spec-type, tokenmill with
             speculation off and on; and open-ended chat (the short set), tokenmill speculation off
@@ -172,7 +173,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--only", nargs="+", default=["offline", "server", "grounded"])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-    ap.add_argument("--ctx", type=int, default=32768, help="llama-server's unified KV (tokens)")
+    ap.add_argument("--ctx", type=int, default=32768, help="KV capacity (tokens) for the memory rows")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     model = args.model or default_model_path()
@@ -207,29 +208,39 @@ def main():
 
     kv_gib = args.ctx * kv_bytes_per_token(model) / 2**30
     if "server" in args.only:
-        res = {}
+        res = {"llama-server": [], "tokenmill": []}
         mem = {}
-        for name, cmd in (("llama-server", llama_server_cmd(model, T, 64, args.ctx)),
-                          ("tokenmill", tokenmill_cmd(model, T, kv_gib))):
-            s = Server(cmd)
+        for c in args.concurrency:  # llama-server: c slots of 2,048 tokens each, started anew
+            s = Server(llama_server_cmd(model, T, c, c * 2048))
             try:
-                mem[name] = {"ready_s": s.ready_s, "rss_after_load_mb": s.rss()}
-                res[name] = [bench(s.url, c, "mixed") for c in args.concurrency]
-                mem[name]["rss_after_run_mb"] = s.rss()
+                if c * 2048 == args.ctx:
+                    mem["llama-server"] = {"ready_s": s.ready_s, "rss_after_load_mb": s.rss()}
+                res["llama-server"].append(bench(s.url, c, "mixed"))
+                if c * 2048 == args.ctx:
+                    mem["llama-server"]["rss_after_run_mb"] = s.rss()
             finally:
                 s.close()
+        s = Server(tokenmill_cmd(model, T, kv_gib))  # one server, a KV cache of args.ctx tokens
+        try:
+            mem["tokenmill"] = {"ready_s": s.ready_s, "rss_after_load_mb": s.rss()}
+            res["tokenmill"] = [bench(s.url, c, "mixed") for c in args.concurrency]
+            mem["tokenmill"]["rss_after_run_mb"] = s.rss()
+        finally:
+            s.close()
         out["server"] = {k: [r.__dict__ for r in v] for k, v in res.items()}
         out["memory"] = mem
         for i, c in enumerate(args.concurrency):
             a, b = res["llama-server"][i], res["tokenmill"][i]
-            rows.append((f"server c={c}, mixed, output tok/s", a.output_tok_per_s, "Q4_1", b.output_tok_per_s, True))
-            rows.append((f"server c={c}, TTFT p95 (s)", a.ttft_p95, "Q4_1", b.ttft_p95, False))
+            rows.append((f"server c={c}, mixed, output tok/s", a.output_tok_per_s, f"Q4_1 -np {c}", b.output_tok_per_s, True))
+            rows.append((f"server c={c}, TTFT p95 (s)", a.ttft_p95, f"Q4_1 -np {c}", b.ttft_p95, False))
         kv_mb = kv_gib * 1024
-        for key in ("rss_after_load_mb", "rss_after_run_mb"):
-            rows.append((f"RSS {key[4:-3].replace('_', ' ')} (MB), KV {kv_mb:.0f} MB each",
-                         mem["llama-server"][key], "Q4_1", mem["tokenmill"][key], False))
-            rows.append((f"RSS {key[4:-3].replace('_', ' ')} minus KV (MB)", mem["llama-server"][key] - kv_mb,
-                         "Q4_1", mem["tokenmill"][key] - kv_mb, False))
+        if "llama-server" in mem:
+            for key in ("rss_after_load_mb", "rss_after_run_mb"):
+                what = key[4:-3].replace("_", " ")
+                rows.append((f"RSS {what} (MB), KV of {args.ctx} tokens ({kv_mb:.0f} MB)",
+                             mem["llama-server"][key], f"-c {args.ctx}", mem["tokenmill"][key], False))
+                rows.append((f"RSS {what} minus KV (MB)", mem["llama-server"][key] - kv_mb,
+                             f"-c {args.ctx}", mem["tokenmill"][key] - kv_mb, False))
 
     if "grounded" in args.only:
         g = {}
