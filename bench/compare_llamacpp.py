@@ -10,14 +10,15 @@ Rows (llama.cpp's best configuration for each, both listed):
             -fa on -ctk q8_0 -ctv q8_0; tokenmill's LLM on the engine directly (greedy, no
             speculation, no prefix cache), and the TTFT of an 8,191-token prompt
   server    mixed prompts (37-706 tokens), 128 forced tokens, streaming, c = 1/4/16/64: llama-server
-            started for each c with -np c and 2,048 tokens of context per slot (--kv-unified), and
+            started for each c with -np c and 2,048 tokens of context per slot (-c 2048 c; with
+            --kv-unified every sequence's attention spans the whole shared cache, and c=64 starved), and
             one tokenmill serve whose KV cache holds --ctx tokens; output tok/s, TTFT p95; RSS
             after load and after the run (and minus the KV cache) at the same KV capacity: the
             llama-server whose -c equals --ctx (c=16 by default)
   grounded  input-grounded edits (tokenmill/benchmark/prompts.py GROUNDED), c = 1, answers end where
             the model ends: llama-server plain and with each draft-free --spec-type, tokenmill with
-            speculation off and on; and open-ended chat (the short set), tokenmill speculation off
-            and on, three interleaved runs each
+            speculation off and on; and open-ended chat (the short set, natural ends), tokenmill
+            speculation off and on, three interleaved runs each
 
 llama.cpp binaries come from bench/build_llama_server.sh (cached outside the repo).
 """
@@ -154,7 +155,7 @@ def kv_bytes_per_token(model):
 
 def llama_server_cmd(model, threads, slots, ctx, extra=()):
     return [llama_bin("llama-server"), "-m", model, "--host", "127.0.0.1", "-t", str(threads), "-tb",
-            str(threads), "-np", str(slots), "-c", str(ctx), "--kv-unified", "--cont-batching",
+            str(threads), "-np", str(slots), "-c", str(ctx), "--cont-batching",
             "--log-disable", *extra]
 
 
@@ -163,8 +164,8 @@ def tokenmill_cmd(model, threads, kv_gib, extra=()):
             "--kv-cache-memory-gib", f"{kv_gib:.4f}", "--log-level", "warning", *extra]
 
 
-def bench(url, c, prompt_set, output_len=128, n=None, extra=None):
-    return asyncio.run(run(url, c, n or max(2 * c, 8), prompt_set, output_len, extra=extra))
+def bench(url, c, prompt_set, output_len=128, n=None, extra=None, forced=None):
+    return asyncio.run(run(url, c, n or max(2 * c, 8), prompt_set, output_len, extra=extra, forced=forced))
 
 
 def main():
@@ -180,6 +181,17 @@ def main():
     T = args.threads
     rows = []  # (scenario, llama.cpp value, its config, tokenmill value, higher is better)
     out = {}
+
+    def report():
+        print(f"\n{'scenario':<58} {'llama.cpp':>10} {'(config)':<22} {'tokenmill':>10} {'ratio':>7}")
+        for name, a, cfg, b, higher in rows:
+            ratio = (b / a if higher else a / b) if a == a and a and b else float("nan")
+            print(f"{name:<58} {a:>10.2f} {cfg:<22} {b:>10.2f} {ratio:>6.2f}x")
+        print("(ratio: tokenmill's advantage; > 1 is better for tokenmill, for times and memory too)", flush=True)
+        out["rows"] = rows
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1, default=str)
 
     if "offline" in args.only:
         q8 = q8_copy(model)
@@ -205,6 +217,7 @@ def main():
         v, c = best((0, 32, 4096), ["Q4_1 4096 fa q8kv", "Q8_0 4096 fa q8kv"])
         rows.append(("decode at 4096 ctx, llama.cpp -fa on q8_0 KV (tok/s)", v, c, tm["tg_at_4096"], True))
         rows.append(("TTFT of an 8,191-token prompt (s, tokenmill only)", float("nan"), "", tm["ttft_8191_s"], False))
+        report()
 
     kv_gib = args.ctx * kv_bytes_per_token(model) / 2**30
     if "server" in args.only:
@@ -241,6 +254,7 @@ def main():
                              mem["llama-server"][key], f"-c {args.ctx}", mem["tokenmill"][key], False))
                 rows.append((f"RSS {what} minus KV (MB)", mem["llama-server"][key] - kv_mb,
                              f"-c {args.ctx}", mem["tokenmill"][key] - kv_mb, False))
+        report()
 
     if "grounded" in args.only:
         g = {}
@@ -258,9 +272,10 @@ def main():
             g["tokenmill spec off"] = bench(s.url, 1, "grounded", 256, n=12, extra={"speculative": False})
             g["tokenmill"] = bench(s.url, 1, "grounded", 256, n=12)
             chat = {"off": [], "on": []}
-            for _ in range(3):  # open-ended chat: interleaved, forced 128 tokens
-                chat["off"].append(bench(s.url, 1, "short", 128, n=8, extra={"speculative": False}).output_tok_per_s)
-                chat["on"].append(bench(s.url, 1, "short", 128, n=8).output_tok_per_s)
+            for _ in range(3):  # open-ended chat, answers end where the model ends: interleaved
+                chat["off"].append(bench(s.url, 1, "short", 256, n=8, extra={"speculative": False},
+                                         forced=False).output_tok_per_s)
+                chat["on"].append(bench(s.url, 1, "short", 256, n=8, forced=False).output_tok_per_s)
             metrics = httpx.get(s.url + "/metrics").text
         finally:
             s.close()
@@ -281,15 +296,7 @@ def main():
               + " ".join(f"{x:.1f}" for x in chat["off"]) + "; on: " + " ".join(f"{x:.1f}" for x in chat["on"]))
         print("\n".join(spec_lines))
 
-    print(f"\n{'scenario':<58} {'llama.cpp':>10} {'(config)':<22} {'tokenmill':>10} {'ratio':>7}")
-    for name, a, cfg, b, higher in rows:
-        ratio = (b / a if higher else a / b) if a == a and a and b else float("nan")
-        print(f"{name:<58} {a:>10.2f} {cfg:<22} {b:>10.2f} {ratio:>6.2f}x")
-    print("(ratio: tokenmill's advantage; > 1 is better for tokenmill, for times and memory too)")
-    out["rows"] = rows
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1, default=str)
+        report()
 
 
 if __name__ == "__main__":

@@ -96,7 +96,9 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, messages, output
 
 async def run(url: str, concurrency: int, num_requests: int, set_name: str, output_len: int,
               model: str | None = None, api_key: str | None = None, timeout: float = 600,
-              extra: dict | None = None) -> BenchResult:
+              extra: dict | None = None, forced: bool | None = None) -> BenchResult:
+    """forced: answers of exactly output_len tokens (ignore_eos); default all sets but grounded."""
+    forced = set_name != "grounded" if forced is None else forced
     url = url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -114,7 +116,7 @@ async def run(url: str, concurrency: int, num_requests: int, set_name: str, outp
             while not queue.empty():
                 messages = queue.get_nowait()
                 results.append(await _one(client, url, model, messages, output_len, headers,
-                                          forced=set_name != "grounded", extra=extra))
+                                          forced=forced, extra=extra))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
