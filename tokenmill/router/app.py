@@ -180,7 +180,13 @@ class Router:
                 try:
                     req = self.client.build_request("POST", backend.url + path, json=upstream,
                                                     headers=backend.headers())
-                    resp = await until_disconnect(request, self.client.send(req, stream=True))
+                    try:
+                        resp = await until_disconnect(request, self.client.send(req, stream=True))
+                    except AttributeError as e:
+                        # httpcore, when the backend's socket goes away while it connects (a
+                        # replica killed mid-burst: "'NoneType' object has no attribute
+                        # 'getpeername'"); a connection failure like any other, so retried
+                        raise httpx.ConnectError(f"connection lost while connecting: {e}") from e
                     if resp.status_code in _RETRYABLE and i + 1 < len(attempts):
                         backend.mark_failed(f"HTTP {resp.status_code}")
                         continue
