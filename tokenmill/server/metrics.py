@@ -50,12 +50,11 @@ class _EngineCollector:
                       s.prefix_cache_hits)
         yield counter("tokenmill:num_preemptions", "Requests preempted (freed and recomputed later).",
                       s.num_preemptions)
-        yield counter("tokenmill:spec_decode_num_drafts", "Speculative drafts verified (one per request and step).",
-                      s.spec_num_drafts)
-        yield counter("tokenmill:spec_decode_num_draft_tokens", "Speculative draft tokens proposed.",
-                      s.spec_num_draft_tokens)
-        yield counter("tokenmill:spec_decode_num_accepted_tokens", "Speculative draft tokens accepted.",
-                      s.spec_num_accepted_tokens)
+        for what, doc, value in (
+                ("drafts", "drafts verified (one per request and step)", s.spec_num_drafts),
+                ("draft_tokens", "draft tokens proposed", s.spec_num_draft_tokens),
+                ("accepted_tokens", "draft tokens accepted", s.spec_num_accepted_tokens)):
+            yield counter(f"tokenmill:spec_decode_num_{what}", f"Speculative decoding: {doc}.", value)
         yield counter("tokenmill:prompt_tokens", "Prompt tokens computed.", s.num_prompt_tokens)
         yield counter("tokenmill:generation_tokens", "Tokens generated.", s.num_generation_tokens)
 
