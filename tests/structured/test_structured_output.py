@@ -54,9 +54,9 @@ def ask_city(s, seed):
 
 
 def test_parse_city_for_fifty_seeds(smol):
-    """Every answer that ends is a valid City (the SDK validates it with pydantic). At
-    temperature 1 a 135M model sometimes writes a landmark string past 300 tokens: that answer
-    is cut with finish_reason "length" (the SDK's LengthFinishReasonError), never invalid."""
+    """Must-show 1: `.parsed` is a valid City for seeds 0-49 at temperature 1, max_tokens 300,
+    finish_reason "stop". Before the mask kept to the model's tokenization
+    (engine/token_alignment.py), 6 of these 50 ran a string to max_tokens."""
     def one(seed):
         try:
             return ask_city(smol, seed).choices[0]
@@ -64,12 +64,9 @@ def test_parse_city_for_fifty_seeds(smol):
             return e.completion.choices[0]
     with cf.ThreadPoolExecutor(16) as pool:
         choices = list(pool.map(one, range(50)))
-    done = [c for c in choices if c.finish_reason == "stop"]
-    assert all(isinstance(c.message.parsed, City) for c in done)
-    cut = [c for c in choices if c.finish_reason != "stop"]
-    assert all(c.finish_reason == "length" for c in cut)
-    print(f"\nCity x 50 seeds: {len(done)} complete and valid, {len(cut)} cut at 300 tokens")
-    assert len(done) >= 40
+    cut = [c.message.content[:120] for c in choices if c.finish_reason != "stop"]
+    assert not cut, cut
+    assert all(isinstance(c.message.parsed, City) for c in choices)
     assert len({c.message.content for c in choices}) > 10  # really sampled
 
 

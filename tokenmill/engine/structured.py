@@ -5,7 +5,9 @@ applied as a logits processor.
 
 Each step, for each constrained row: the matcher takes the tokens sampled since its last call,
 fills the allowed-token bitmask, and the row's other tokens become -inf, before any
-temperature, top-k, top-p or min-p, so sampling stays exact. Unconstrained rows are untouched.
+temperature, top-k, top-p or min-p. The mask is kept aligned with the model's tokenization
+(forced text in its canonical tokens, a forbidden token's mass credited to its longest allowed
+prefix: token_alignment.py). Unconstrained rows are untouched.
 Compiled grammars are cached by their text; every request (each of its n samples) gets its own
 copy of the matcher. Compilation has llguidance's parser limits, so a pathological schema is
 refused quickly with GrammarError (a 400 at the server).
@@ -23,6 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+
+from .token_alignment import TokenBytes, canonical_forced, credit_prefixes
 
 KINDS = ("json", "regex", "choice", "grammar")
 _JSON_FORM = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -74,6 +78,8 @@ class GrammarCompiler:
         self._lock = threading.Lock()
         self.compiled = 0   # grammars compiled (cache misses)
         self.hits = 0
+        self.token_alignment = True   # engine/token_alignment.py; False: the plain mask
+        self._token_bytes = None
 
     def _ll_tokenizer(self):
         if self._ll is None:
@@ -82,16 +88,30 @@ class GrammarCompiler:
                                               eos_token=self._tokenizer.eos_id)
         return self._ll
 
+    def warm(self) -> None:
+        """Build the tokenizer tables every grammar needs (~0.7 s for a 49k vocabulary) now."""
+        self._ll_tokenizer()
+        self._alignment()
+
+    def _alignment(self):
+        if not self.token_alignment:
+            return None
+        with self._lock:
+            if self._token_bytes is None:
+                self._token_bytes = TokenBytes(self._ll_tokenizer(), self._vocab)
+        return self._token_bytes
+
     def compile(self, spec: GrammarSpec) -> "GrammarProcessor":
         import llguidance
         if spec.kind not in KINDS:
             raise GrammarError(f"unknown grammar kind {spec.kind!r}")
+        tb = self._alignment()
         with self._lock:
             proto = self._cache.get(spec)
             if proto is not None:
                 self._cache.move_to_end(spec)
                 self.hits += 1
-                return GrammarProcessor(proto, self._vocab, self._tokenizer.eos_id)
+                return GrammarProcessor(proto, self._vocab, self._tokenizer.eos_id, tb)
         fmt = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar"}[spec.kind]
         try:
             text = llguidance.grammar_from(fmt, spec.value)
@@ -111,7 +131,7 @@ class GrammarCompiler:
             self._cache[spec] = proto
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        return GrammarProcessor(proto, self._vocab, self._tokenizer.eos_id)
+        return GrammarProcessor(proto, self._vocab, self._tokenizer.eos_id, tb)
 
 
 _SHIFTS = torch.arange(32, dtype=torch.int32)
@@ -127,15 +147,16 @@ def allowed_tokens(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
 class GrammarProcessor:
     """A logits processor with state: its own matcher. clone() gives each sample its own."""
 
-    def __init__(self, proto, vocab_size: int, eos_id: int | None):
+    def __init__(self, proto, vocab_size: int, eos_id: int | None, token_bytes: TokenBytes | None = None):
         self._proto = proto
         self.matcher = proto.deep_copy()
         self._vocab, self._eos = vocab_size, eos_id
+        self._tb = token_bytes
         self._consumed = 0
         self._bitmask = None
 
     def clone(self) -> "GrammarProcessor":
-        return GrammarProcessor(self._proto, self._vocab, self._eos)
+        return GrammarProcessor(self._proto, self._vocab, self._eos, self._tb)
 
     def _catch_up(self, output_ids: list[int]) -> None:
         for tok in output_ids[self._consumed:]:
@@ -168,4 +189,11 @@ class GrammarProcessor:
                 allowed[self._eos] = 0.0
             return allowed
         lt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
-        return row.masked_fill(~allowed_tokens(self._bitmask[0], row.shape[0]).to(row.device), float("-inf"))
+        allowed = allowed_tokens(self._bitmask[0], row.shape[0])
+        if self._tb is None:
+            return row.masked_fill(~allowed.to(row.device), float("-inf"))
+        allowed = canonical_forced(self.matcher, allowed, self._tb)
+        if int(allowed.sum()) <= 1:  # forced: nothing to credit
+            return row.masked_fill(~allowed.to(row.device), float("-inf"))
+        forced = self.matcher.compute_ff_bytes()
+        return credit_prefixes(row.cpu(), allowed, self._tb, forced).to(row.device)

@@ -1,0 +1,98 @@
+"""Keep a grammar's mask aligned with how the model tokenizes text.
+
+A grammar speaks in bytes, the model in tokens, and the mask is where the two meet. Two ways
+the plain mask pulls a small model off its own distribution (measured on SmolLM2-135M with a
+City schema at temperature 1: 6 of 50 answers ran a string to max_tokens, 0 with both rules):
+
+- Forced text in a foreign tokenization. After `{"name` the grammar forces `": "`. The mask
+  allows `":` but also `"` alone, and after `":` both ` "` and a bare ` `; a model that draws
+  the bare space has never seen `": ` + `"` split that way and loses its footing. When the
+  grammar forces text, only its canonical tokens are allowed: llguidance's fast-forward tokens
+  when it has them, else the tokens that cover all the forced bytes (not a strict prefix).
+- Mass lost at a token boundary. When a list must close (maxItems reached), the model's mass on
+  `",` (close the string, then another item) is masked, though its first byte, closing the
+  string, is allowed; what is left is mostly "keep writing the string". A forbidden token whose
+  bytes start with an allowed token's bytes gives its probability to the longest such token.
+
+Both act on one constrained row's logits, before temperature and the other sampling filters;
+a row without a grammar is untouched. GrammarCompiler.token_alignment = False turns them off.
+"""
+from __future__ import annotations
+
+import torch
+
+_NEG_INF = float("-inf")
+_CREDIT_TOKENS = 64     # the forbidden ones among the most probable tokens: where the lost mass sits
+_CREDIT_WINDOW = 20.0   # one more than e^20 times less likely than the top token gives nothing
+
+
+class TokenBytes:
+    """The byte string of every token, and each token's shorter tokens that are its prefixes."""
+
+    def __init__(self, ll_tokenizer, vocab_size: int):
+        raw = [b"" if ll_tokenizer.is_special_token(i) else ll_tokenizer.decode_bytes([i])
+               for i in range(vocab_size)]
+        self.by_bytes: dict[bytes, int] = {}
+        for i, b in enumerate(raw):
+            if b:
+                self.by_bytes.setdefault(b, i)
+        chains = [[self.by_bytes[b[:n]] for n in range(len(b) - 1, 0, -1) if b[:n] in self.by_bytes]
+                  for b in raw]
+        depth = max(1, max(len(c) for c in chains))
+        # prefixes: (V, depth) token ids, longest prefix first, -1 padded
+        self.prefixes = torch.full((vocab_size, depth), -1, dtype=torch.long)
+        for i, c in enumerate(chains):
+            if c:
+                self.prefixes[i, :len(c)] = torch.tensor(c)
+
+
+def forced_prefix_tokens(forced: bytes, tb: TokenBytes) -> list[int]:
+    """The tokens whose bytes are a prefix of the forced text (or all of it)."""
+    found = (tb.by_bytes.get(forced[:n]) for n in range(1, len(forced) + 1))
+    return [t for t in found if t is not None]
+
+
+def canonical_forced(matcher, allowed: torch.Tensor, tb: TokenBytes) -> torch.Tensor:
+    """allowed (V,) bool -> the same, narrowed to the canonical tokens of forced text."""
+    ff = matcher.compute_ff_tokens()
+    if ff and bool(allowed[ff[0]]):
+        only = torch.zeros_like(allowed)
+        only[ff[0]] = True
+        return only
+    forced = matcher.compute_ff_bytes()
+    partial = [t for t in forced_prefix_tokens(forced[:-1], tb) if bool(allowed[t])]
+    if not partial:
+        return allowed
+    narrowed = allowed.clone()
+    narrowed[partial] = False
+    return narrowed if bool(narrowed.any()) else allowed
+
+
+def credit_prefixes(logits: torch.Tensor, allowed: torch.Tensor, tb: TokenBytes, forced: bytes = b"") -> torch.Tensor:
+    """logits (V,) of one row, allowed (V,) bool -> masked logits in which each forbidden token
+    among the most probable ones adds its probability to its longest allowed prefix token (in
+    logit space, so a temperature applied later sees the combined mass). Tokens inside the
+    forced text get no credit: the model's mass on ` a` where the grammar forces a space then a
+    value does not mean "a bare space" (which would then stand in a split it never saw)."""
+    out = logits.masked_fill(~allowed, _NEG_INF)
+    if forced:
+        inside = forced_prefix_tokens(forced, tb)
+        if inside:
+            allowed = allowed.clone()
+            allowed[inside] = False
+    vals, cand = logits.topk(min(_CREDIT_TOKENS, logits.shape[0]))   # (K,) the most probable tokens
+    top = vals[0]
+    cand = cand[(vals > top - _CREDIT_WINDOW) & ~allowed[cand]]
+    if cand.numel() == 0:
+        return out
+    pre = tb.prefixes[cand]                                    # (K, depth), longest first
+    ok = (pre >= 0) & allowed[pre.clamp(min=0)]
+    has = ok.any(1)
+    if not bool(has.any()):
+        return out
+    first = ok.to(torch.uint8).argmax(1)                       # the longest allowed prefix
+    src, dst = cand[has], pre[has, first[has]]
+    dst, slot = dst.unique(return_inverse=True)
+    gained = torch.zeros(dst.shape[0], dtype=logits.dtype).index_add_(0, slot, (logits[src] - top).exp())
+    out[dst] = torch.logaddexp(out[dst], gained.log() + top)
+    return out
