@@ -26,7 +26,7 @@ def test_replayed_draw_is_the_engine_token(tiny_llm, settings):
     eos = tiny_llm.engine.tokenizer.eos_ids
     for k, token in enumerate(out.token_ids):
         st = ex.stages(out.raw_logits[k], params, prompt, out.token_ids[:k], eos)
-        assert ex.draw(st, params, k) == token
+        assert ex.pick(st, params, k) == token
         probs = st.probs()
         assert abs(float(probs["filtered"].sum()) - 1) < 1e-5
         assert float(probs["filtered"][token]) > 0
@@ -42,7 +42,7 @@ def test_filters_leave_what_they_promise(tiny_llm):
     assert ex.kept(st) == 2
     assert abs(float(st.probs()["filtered"].sum()) - 1) < 1e-6
     greedy = ex.stages(raw, SamplingParams(temperature=0), [1], [], [])
-    assert ex.kept(greedy) == 1 and ex.draw(greedy, SamplingParams(temperature=0), 0) == int(raw.argmax())
+    assert ex.kept(greedy) == 1 and ex.pick(greedy, SamplingParams(temperature=0), 0) == int(raw.argmax())
     # penalties change the penalized stage only for tokens seen before
     pen = ex.stages(raw, SamplingParams(temperature=1.0, presence_penalty=1.0), [1], [4, 4], [])
     changed = (pen.penalized != pen.raw).nonzero().flatten().tolist()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokenmill.engine.request import Request
-from tokenmill.engine.sampler import Sampler, apply_penalties, apply_top_k_top_p_min_p
+from tokenmill.engine.sampler import Sampler, apply_penalties, apply_top_k_top_p_min_p, draw
 from tokenmill.sampling_params import SamplingParams
 
 V = 50
@@ -163,3 +163,18 @@ def test_child_seeds_never_collide_with_the_next_seed():
     assert child_seed(7, 1) != child_seed(8, 0)
     assert len({child_seed(s, i) for s in range(50) for i in range(4)}) == 200
     assert 0 <= child_seed(-1, 0) < 2**64 and 0 <= child_seed(10**30, 0) < 2**64
+
+
+def test_inverse_cdf_draws_follow_the_distribution():
+    """draw(): frequencies of 200k draws match the probabilities (each within 5 standard
+    errors); a zero-probability token is never drawn, not even at u = 0 or next to 1."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0]])
+    n = 200_000
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(n, dtype=torch.float64, generator=g)
+    tokens = draw(probs.expand(n, -1), u)
+    freq = torch.bincount(tokens, minlength=7).double() / n
+    se = (probs[0].double() * (1 - probs[0].double()) / n).sqrt()
+    assert ((freq - probs[0]).abs() <= 5 * se + 1e-12).all(), freq
+    edges = draw(probs.expand(3, -1), torch.tensor([0.0, 1 - 2**-53, 0.5], dtype=torch.float64))
+    assert edges.tolist() == [1, 5, 3]  # u = 0.5 sits on the edge of 1 and 3: [cdf_{i-1}, cdf_i) holds it in 3

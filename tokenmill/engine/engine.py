@@ -23,7 +23,7 @@ from .detokenizer import IncrementalDetokenizer
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput
 from .request import Request, RequestStatus
-from .sampler import LOGPROB_FLOOR, Sampler, seeded_noise
+from .sampler import LOGPROB_FLOOR, Sampler, seeded_uniform
 from .scheduler import Scheduler
 from .spec_decode import DraftView, SpecConfig, accept, propose
 from .structured import GrammarCompiler
@@ -217,7 +217,7 @@ class LLMEngine:
             if r.request_id in states:
                 r.generator.set_state(states[r.request_id])
                 for _ in tokens:
-                    seeded_noise(r.generator, logits.shape[-1])
+                    seeded_uniform(r.generator)
         return sampled
 
     def _record_prompt_logprobs(self, req, start: int, logits) -> None:

@@ -3,7 +3,7 @@ stages (penalties, temperature, top-k / top-p / min-p), so that a person sees ho
 setting changes the distribution the next token is drawn from.
 
 Every stage calls the functions the sampler itself uses; a seeded draw is replayed with the
-same noise stream, so the token explorer picks the token the engine would pick.
+same stream of draws, so the token explorer picks the token the engine would pick.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 from ..sampling_params import SamplingParams
 from .request import child_seed
-from .sampler import apply_penalties, apply_top_k_top_p_min_p, seeded_noise
+from .sampler import apply_penalties, apply_top_k_top_p_min_p, draw, seeded_uniform
 
 
 @dataclass
@@ -49,20 +49,19 @@ def stages(raw: torch.Tensor, params: SamplingParams, prompt_ids: list[int], out
     return Stages(raw.float(), penalized, tempered, filtered)
 
 
-def draw(s: Stages, params: SamplingParams, step: int, generator: torch.Generator | None = None) -> int:
+def pick(s: Stages, params: SamplingParams, step: int, generator: torch.Generator | None = None) -> int:
     """The token the sampler picks from these stages at output position `step`. With a seed,
-    the noise stream is advanced past the `step` earlier draws, as in the engine."""
+    the draw stream is advanced past the `step` earlier draws, as in the engine."""
     if params.is_greedy:
         return int(s.penalized.argmax())
-    vocab = s.filtered.numel()
     if params.seed is not None:
         generator = torch.Generator().manual_seed(child_seed(params.seed, 0))
         for _ in range(step):
-            seeded_noise(generator, vocab)
-        noise = seeded_noise(generator, vocab)
+            seeded_uniform(generator)
+        u = seeded_uniform(generator)
     else:
-        noise = torch.empty(vocab).exponential_(generator=generator)
-    return int((s.filtered.softmax(-1) / noise).argmax())
+        u = torch.rand(1, dtype=torch.float64, generator=generator)
+    return int(draw(s.filtered.softmax(-1).unsqueeze(0), u)[0])
 
 
 def candidates(s: Stages, top_n: int, sampled: int | None) -> list[dict]:

@@ -8,7 +8,7 @@ draws a token for every row as if the drafts before it were accepted (penalties,
 grammar see that history; see DraftView).
 
 Acceptance: row j's token t_j is drawn exactly as plain decoding would draw it (a seeded request
-uses the same noise it would have used); the draft token d_j is accepted when t_j == d_j; the
+uses the same draws it would have used); the draft token d_j is accepted when t_j == d_j; the
 first mismatch emits t_j instead and ends the step; when all k are accepted, the last row gives
 one more token. With a one-token (point-mass) draft this is the rejection-sampling rule of
 speculative sampling: d_j is accepted with probability p_j(d_j), and a rejected position draws

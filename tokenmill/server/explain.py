@@ -92,7 +92,7 @@ async def explain(body: ExplainRequest, request: Request):
         for k, (token, raw) in enumerate(zip(completion.token_ids, completion.raw_logits or [])):
             before = list(body.output_token_ids) + completion.token_ids[:k]
             st = ex.stages(raw, params, prompt_ids, before, tok.eos_ids)
-            chosen = ex.draw(st, params, len(before)) if replay else token
+            chosen = ex.pick(st, params, len(before)) if replay else token
             cands = ex.candidates(st, body.top_n, chosen)
             for c in cands:
                 c["text"] = tok.piece(c["id"])
