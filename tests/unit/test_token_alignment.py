@@ -4,7 +4,11 @@ import math
 
 import torch
 
-from tokenmill.engine.token_alignment import TokenBytes, canonical_forced, credit_prefixes
+import pytest
+
+from tokenmill.engine import token_alignment
+from tokenmill.engine.token_alignment import TokenBytes, aligned_mask, credit_prefixes
+from tokenmill.model.layers.native import kernels
 
 VOCAB = ['"', '",', '"]', ' ', ' "', ' "P', 'a', 'ab', 'abc', ':', '":', ' a', '<eos>']
 
@@ -82,16 +86,52 @@ def test_text_the_grammar_forces_gets_no_credit():
     assert out[VOCAB.index(' ')] < credit_prefixes(logits, allowed, TB)[VOCAB.index(' ')]
 
 
-def test_forced_text_comes_in_its_canonical_tokens():
-    allowed = mask('"', '":')
-    only = canonical_forced(FakeMatcher(ff_tokens=ids('":')), allowed, TB)
-    assert only.nonzero().flatten().tolist() == ids('":')
+def bits(allowed):
+    """(V,) bool -> llguidance's bitmask, (ceil(V/32),) int32."""
+    words = torch.zeros((allowed.shape[0] + 31) // 32, dtype=torch.int64)
+    for t in allowed.nonzero().flatten().tolist():
+        words[t >> 5] |= 1 << (t & 31)
+    return words.to(torch.int32) if (words < 2**31).all() else (words - 2**32 * (words >= 2**31)).to(torch.int32)
+
+
+def allowed_after(matcher, allowed, python=True, logits=None):
+    logits = torch.zeros(len(VOCAB)) if logits is None else logits
+    if python:  # the PyTorch reference, as on CUDA
+        saved, token_alignment.fused_ops = token_alignment.fused_ops, lambda x: None
+        try:
+            return aligned_mask(matcher, logits, bits(allowed), TB)
+        finally:
+            token_alignment.fused_ops = saved
+    return aligned_mask(matcher, logits, bits(allowed), TB)
+
+
+@pytest.mark.parametrize("python", [True, False])
+def test_forced_text_comes_in_its_canonical_tokens(python):
+    if not python and kernels() is None:
+        pytest.skip("no C++ kernels here")
+    finite = lambda out: torch.isfinite(out).nonzero().flatten().tolist()  # noqa: E731
+    assert finite(allowed_after(FakeMatcher(ff_tokens=ids('":')), mask('"', '":'), python)) == ids('":')
     # no fast-forward token (what follows could still merge) but forced bytes ' "': the bare
     # space, a strict prefix of them, goes; the tokens that cover them stay
-    allowed = mask(' ', ' "', ' "P')
-    narrowed = canonical_forced(FakeMatcher(ff_bytes=b' "'), allowed, TB)
-    assert narrowed.nonzero().flatten().tolist() == ids(' "', ' "P')
+    forced = FakeMatcher(ff_bytes=b' "')
+    assert finite(allowed_after(forced, mask(' ', ' "', ' "P'), python)) == ids(' "', ' "P')
     # nothing forced: unchanged
-    assert torch.equal(canonical_forced(FakeMatcher(), allowed, TB), allowed)
+    assert finite(allowed_after(FakeMatcher(), mask(' ', ' "', ' "P'), python)) == ids(' ', ' "', ' "P')
     # only the prefix is allowed: kept rather than leaving nothing
-    assert torch.equal(canonical_forced(FakeMatcher(ff_bytes=b' "'), mask(' '), TB), mask(' '))
+    assert finite(allowed_after(forced, mask(' '), python)) == ids(' ')
+
+
+@pytest.mark.skipif(kernels() is None, reason="no C++ kernels here")
+def test_the_kernel_equals_the_pytorch_reference():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        logits = torch.randn(len(VOCAB), generator=g) * 4
+        allowed = torch.rand(len(VOCAB), generator=g) < 0.5
+        allowed[VOCAB.index('<eos>')] = False
+        if not allowed.any():
+            continue
+        matcher = FakeMatcher(ff_bytes=[b"", b" ", b' "', b'"'][trial % 4])
+        ref = allowed_after(matcher, allowed, True, logits.clone())
+        got = allowed_after(matcher, allowed, False, logits.clone())
+        assert torch.equal(torch.isinf(ref), torch.isinf(got)), trial
+        assert torch.allclose(ref[torch.isfinite(ref)], got[torch.isfinite(got)], atol=1e-5), trial

@@ -23,6 +23,9 @@ torch::Tensor silu_mul(torch::Tensor gate_up);
 void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
                     torch::Tensor sin, torch::Tensor k_cache, torch::Tensor v_cache,
                     torch::Tensor slot_mapping, int64_t Hq, int64_t Hkv);
+torch::Tensor grammar_mask(torch::Tensor logits, torch::Tensor bitmask, torch::Tensor removed,
+                           torch::Tensor excluded, torch::Tensor start, torch::Tensor flat,
+                           int64_t max_candidates, double window);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_attention_rows", &paged_attention_rows, "paged attention, one query row at a time");
@@ -35,5 +38,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_rms_norm", &add_rms_norm, "residual += x in place, then RMSNorm of residual");
   m.def("silu_mul", &silu_mul, "silu(gate) * up of [gate | up] rows");
   m.def("rope_and_cache", &rope_and_cache, "rotary on q, k in place; k, v into the paged cache");
+  m.def("grammar_mask", &grammar_mask, "a grammar's token mask with prefix credit, one row");
   m.def("int8_linear_has_vnni", &int8_linear_has_vnni, "whether the AVX-512 VNNI row loop runs here");
 }

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .token_alignment import TokenBytes, canonical_forced, credit_prefixes
+from .token_alignment import TokenBytes, aligned_mask, allowed_tokens
 
 KINDS = ("json", "regex", "choice", "grammar")
 _JSON_FORM = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -134,16 +134,6 @@ class GrammarCompiler:
         return GrammarProcessor(proto, self._vocab, self._tokenizer.eos_id, tb)
 
 
-_SHIFTS = torch.arange(32, dtype=torch.int32)
-
-
-def allowed_tokens(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
-    """bitmask (ceil(V/32),) int32, bit j of word i = token 32*i+j allowed -> (V,) bool.
-    Plain torch: llguidance's own helper is a torch.compile kernel, which would make the first
-    constrained request wait seconds for a compiler."""
-    return (((bitmask.unsqueeze(-1) >> _SHIFTS) & 1) == 1).flatten()[:vocab]
-
-
 class GrammarProcessor:
     """A logits processor with state: its own matcher. clone() gives each sample its own."""
 
@@ -177,7 +167,7 @@ class GrammarProcessor:
             self._consumed = num_output_tokens
 
     def __call__(self, output_ids: list[int], row: torch.Tensor) -> torch.Tensor:
-        # row: (V,) logits of one request; tokens the grammar forbids become -inf
+        # row: (V,) logits of one request (written in place); tokens the grammar forbids become -inf
         import llguidance.torch as lt
         self._catch_up(output_ids)
         if self._bitmask is None:
@@ -189,11 +179,7 @@ class GrammarProcessor:
                 allowed[self._eos] = 0.0
             return allowed
         lt.fill_next_token_bitmask(self.matcher, self._bitmask, 0)
+        if self._tb is not None:
+            return aligned_mask(self.matcher, row, self._bitmask[0], self._tb)
         allowed = allowed_tokens(self._bitmask[0], row.shape[0])
-        if self._tb is None:
-            return row.masked_fill(~allowed.to(row.device), float("-inf"))
-        allowed = canonical_forced(self.matcher, allowed, self._tb)
-        if int(allowed.sum()) <= 1:  # forced: nothing to credit
-            return row.masked_fill(~allowed.to(row.device), float("-inf"))
-        forced = self.matcher.compute_ff_bytes()
-        return credit_prefixes(row.cpu(), allowed, self._tb, forced).to(row.device)
+        return row.masked_fill_(~allowed.to(row.device), float("-inf"))  # in place: no page faults

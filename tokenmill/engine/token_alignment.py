@@ -16,14 +16,18 @@ City schema at temperature 1: 6 of 50 answers ran a string to max_tokens, 0 with
 
 Both act on one constrained row's logits, before temperature and the other sampling filters;
 a row without a grammar is untouched. GrammarCompiler.token_alignment = False turns them off.
+On the CPU one C++ pass does the masking and the credit (csrc/grammar_mask.cpp); the PyTorch
+functions here are the reference it is tested against, and the path elsewhere.
 """
 from __future__ import annotations
 
 import torch
 
+from ..model.layers.native import fused_ops
+
 _NEG_INF = float("-inf")
-_CREDIT_TOKENS = 64     # the forbidden ones among the most probable tokens: where the lost mass sits
-_CREDIT_WINDOW = 20.0   # one more than e^20 times less likely than the top token gives nothing
+_CREDIT_TOKENS = 32     # the most probable forbidden tokens: where the lost mass sits
+_CREDIT_WINDOW = 8.0    # a forbidden token e^8 times less likely than the best allowed one gives nothing
 
 
 class TokenBytes:
@@ -39,18 +43,28 @@ class TokenBytes:
         chains = [[self.by_bytes[b[:n]] for n in range(len(b) - 1, 0, -1) if b[:n] in self.by_bytes]
                   for b in raw]
         # ragged, ~0.5 MB for 49k tokens (a padded (V, 54) table was 21 MB of server RSS):
-        # token i's prefix tokens, longest first, are _flat[_start[i]:_start[i + 1]]
-        self._start = torch.tensor([0] + [len(c) for c in chains], dtype=torch.int32).cumsum(0)
-        self._flat = torch.tensor([t for c in chains for t in c] + [-1], dtype=torch.int32)
+        # token i's prefix tokens, longest first, are flat[start[i]:start[i + 1]]
+        self.start = torch.tensor([0] + [len(c) for c in chains], dtype=torch.int32).cumsum(0).to(torch.int32)
+        self.flat = torch.tensor([t for c in chains for t in c] + [-1], dtype=torch.int32)
 
     def prefixes(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (K,) -> (K, D) their prefix tokens, longest first, -1 padded."""
-        start = self._start[tokens].long()
-        count = self._start[tokens + 1].long() - start
+        start = self.start[tokens].long()
+        count = self.start[tokens + 1].long() - start
         depth = max(1, int(count.max()))
         col = torch.arange(depth)
-        idx = torch.where(col < count[:, None], start[:, None] + col, self._flat.shape[0] - 1)
-        return self._flat[idx].long()
+        idx = torch.where(col < count[:, None], start[:, None] + col, self.flat.shape[0] - 1)
+        return self.flat[idx].long()
+
+
+_SHIFTS = torch.arange(32, dtype=torch.int32)
+
+
+def allowed_tokens(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """bitmask (ceil(V/32),) int32, bit j of word i = token 32*i+j allowed -> (V,) bool.
+    Plain torch: llguidance's own helper is a torch.compile kernel, which would make the first
+    constrained request wait seconds for a compiler."""
+    return (((bitmask.unsqueeze(-1) >> _SHIFTS) & 1) == 1).flatten()[:vocab]
 
 
 def forced_prefix_tokens(forced: bytes, tb: TokenBytes) -> list[int]:
@@ -59,39 +73,57 @@ def forced_prefix_tokens(forced: bytes, tb: TokenBytes) -> list[int]:
     return [t for t in found if t is not None]
 
 
-def canonical_forced(matcher, allowed: torch.Tensor, tb: TokenBytes) -> torch.Tensor:
-    """allowed (V,) bool -> the same, narrowed to the canonical tokens of forced text."""
+def _bit(bitmask: torch.Tensor, t: int) -> bool:
+    return bool((int(bitmask[t >> 5]) >> (t & 31)) & 1)
+
+
+def aligned_mask(matcher, row: torch.Tensor, bitmask: torch.Tensor, tb: TokenBytes) -> torch.Tensor:
+    """row (V,) logits, bitmask (ceil(V/32),) int32 of the grammar's allowed tokens -> the
+    masked row (written in place where it can be), with forced text in its canonical tokens
+    and prefix credit."""
     ff = matcher.compute_ff_tokens()
-    if ff and bool(allowed[ff[0]]):
-        only = torch.zeros_like(allowed)
-        only[ff[0]] = True
-        return only
+    if ff and _bit(bitmask, ff[0]):  # llguidance's fast-forward token: the only choice
+        keep = row[ff[0]].item()
+        row.fill_(_NEG_INF)
+        row[ff[0]] = keep
+        return row
     forced = matcher.compute_ff_bytes()
-    partial = [t for t in forced_prefix_tokens(forced[:-1], tb) if bool(allowed[t])]
-    if not partial:
-        return allowed
-    narrowed = allowed.clone()
-    narrowed[partial] = False
-    return narrowed if bool(narrowed.any()) else allowed
+    # strict prefixes of the forced bytes (a bare ` ` when ` "` is forced) go, unless nothing
+    # would be left; tokens inside the forced text get no credit
+    removed = [t for t in forced_prefix_tokens(forced[:-1], tb) if _bit(bitmask, t)]
+    excluded = forced_prefix_tokens(forced, tb)
+    kern = fused_ops(row)
+    if kern is not None:
+        return kern.grammar_mask(row if row.is_contiguous() else row.contiguous(), bitmask, torch.tensor(removed, dtype=torch.long),
+                                 torch.tensor(excluded, dtype=torch.long), tb.start, tb.flat,
+                                 _CREDIT_TOKENS, _CREDIT_WINDOW)
+    allowed = allowed_tokens(bitmask, row.shape[0])
+    if removed:
+        narrowed = allowed.clone()
+        narrowed[removed] = False
+        if bool(narrowed.any()):
+            allowed = narrowed
+    return credit_prefixes(row.cpu(), allowed, tb, forced).to(row.device)
 
 
 def credit_prefixes(logits: torch.Tensor, allowed: torch.Tensor, tb: TokenBytes, forced: bytes = b"") -> torch.Tensor:
-    """logits (V,) of one row, allowed (V,) bool -> masked logits in which each forbidden token
-    among the most probable ones adds its probability to its longest allowed prefix token (in
+    """logits (V,) of one row, allowed (V,) bool -> masked logits in which each of the most
+    probable forbidden tokens adds its probability to its longest allowed prefix token (in
     logit space, so a temperature applied later sees the combined mass). Tokens inside the
     forced text get no credit: the model's mass on ` a` where the grammar forces a space then a
     value does not mean "a bare space" (which would then stand in a split it never saw)."""
     out = logits.masked_fill(~allowed, _NEG_INF)
+    forbidden = logits.masked_fill(allowed, _NEG_INF)
+    top = out.max()
+    if not bool(forbidden.max() > top - _CREDIT_WINDOW):  # the usual case inside a string
+        return out
     if forced:
         inside = forced_prefix_tokens(forced, tb)
         if inside:
             allowed = allowed.clone()
             allowed[inside] = False
-    vals, cand = logits.topk(min(_CREDIT_TOKENS, logits.shape[0]))   # (K,) the most probable tokens
-    top = vals[0]
-    cand = cand[(vals > top - _CREDIT_WINDOW) & ~allowed[cand]]
-    if cand.numel() == 0:
-        return out
+    vals, cand = forbidden.topk(min(_CREDIT_TOKENS, logits.shape[0]))   # (K,) most probable forbidden
+    cand = cand[vals > top - _CREDIT_WINDOW]
     pre = tb.prefixes(cand)                                    # (K, depth), longest first
     ok = (pre >= 0) & allowed[pre.clamp(min=0)]
     has = ok.any(1)
