@@ -121,8 +121,6 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
         except Exception as e:  # /health and every route report it
             state.load_error = f"{type(e).__name__}: {e}"
             print(f"tokenmill: model failed to load: {state.load_error}", flush=True)
-            return
-        state.engine.structured.warm()  # the first grammar request then compiles in ms
 
     from contextlib import asynccontextmanager
 
