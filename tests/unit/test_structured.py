@@ -21,12 +21,12 @@ def grammar(llm, spec):
 
 
 def test_samples_match_the_grammar_under_preemption(llm):
-    spec = GrammarSpec("regex", "(ab|ba){3,6}c")
+    spec = GrammarSpec("regex", "(ab|ba){8,12}c")  # long enough to need preemption, with forced drafts too
     params = [SamplingParams(n=3, temperature=1.0, seed=s, max_tokens=40, logits_processors=grammar(llm, spec))
               for s in range(6)]
     outs = llm.generate(["hello"] * 6, params)
     texts = [c.text for o in outs for c in o.outputs]
-    assert all(re.fullmatch("(ab|ba){3,6}c", t) for t in texts), texts
+    assert all(re.fullmatch("(ab|ba){8,12}c", t) for t in texts), texts
     assert len(set(texts)) > 3
     assert llm.engine.scheduler.num_preemptions > 0
 
@@ -95,3 +95,23 @@ def test_auto_tool_grammar_holds_a_call_to_its_schema(llm):
     free = llm.generate(["call"], SamplingParams(temperature=1.0, seed=1, max_tokens=20, logit_bias={ord("<"): -100.0},
                                                  logits_processors=grammar(llm, spec)))[0].outputs[0]
     assert not free.text.startswith("<")  # plain text stays free
+
+
+def test_forced_text_is_drafted_and_output_unchanged(tiny_llama_dir):
+    """A grammar's forced tokens (JSON keys and separators) ride as speculative drafts, at any
+    batch size: fewer steps, and seeded output identical to decoding one token a step."""
+    spec = GrammarSpec.json_schema({"type": "object", "properties": {
+        "alpha_key": {"type": "integer"}, "beta_key": {"enum": ["xx", "yy"]}, "gamma_key": {"type": "boolean"}},
+        "required": ["alpha_key", "beta_key", "gamma_key"], "additionalProperties": False})
+    outs, steps = {}, {}
+    for mode in ("ngram", "off"):
+        llm = LLM(tiny_llama_dir, speculation=mode, spec_max_batch=1, kv_cache_memory_gib=0.01, show_progress=False)
+        params = [SamplingParams(temperature=1.0, seed=s, max_tokens=80, logits_processors=grammar(llm, spec))
+                  for s in range(6)]
+        outs[mode] = [o.outputs[0].text for o in llm.generate(["a", "b", "c", "d", "e", "f"], params)]
+        steps[mode] = llm.engine.stats.num_steps
+        if mode == "ngram":  # six requests, spec_max_batch 1: no n-gram drafts, only forced ones
+            assert llm.engine.stats.spec_num_accepted_tokens >= 6 * len('"alpha_key": ')
+    assert outs["ngram"] == outs["off"]
+    assert steps["ngram"] < steps["off"]
+    assert all('"beta_key": ' in t for t in outs["off"]), outs["off"]

@@ -17,6 +17,11 @@ distribution, a seeded request gives the same tokens with speculation on or off,
 output is plain greedy output token for token (the rows are computed as decode rows are; see
 attention.py on batch invariance).
 
+Forced text: where a grammar forces the next tokens (a JSON key and its separators), those
+tokens (llguidance's fast-forward tokens) are the draft, at any batch size; the aligned mask
+allows nothing else there (token_alignment.py), so they are drawn, and accepted, as plain
+decoding would draw them one step at a time.
+
 Adaptive: each request keeps decayed counts of accepted and rejected draft tokens per length of
 the matching n-gram, which give a per-token acceptance rate a; the draft length k maximises the
 expected tokens per step, (1 + a + ... + a^k), over the step's cost, (1 + ROW_COST * k). A low
@@ -92,6 +97,8 @@ class SpecState:
 
     def observe(self, num_draft: int, num_accepted: int) -> None:
         n = self.last_n
+        if n is None:  # a grammar's forced tokens, not an n-gram guess
+            return
         self.accepted[n] = 0.8 * self.accepted[n] + num_accepted
         self.rejected[n] = 0.8 * self.rejected[n] + (num_accepted < num_draft)
 
@@ -130,8 +137,7 @@ def propose(running, cfg: SpecConfig, max_model_len: int) -> None:
     for r in running:
         r.draft = []
     decoding = [r for r in running if r.num_tokens - r.num_computed_tokens == 1]
-    if len(decoding) > cfg.max_batch:
-        return
+    ngrams = len(decoding) <= cfg.max_batch
     for req in decoding:
         if not eligible(req):
             continue
@@ -141,7 +147,15 @@ def propose(running, cfg: SpecConfig, max_model_len: int) -> None:
         room = max_model_len - req.num_tokens - 1
         if p.max_tokens is not None:
             room = min(room, p.max_tokens - req.num_output_tokens - 1)
-        draft, n = req.spec.index.propose(req.all_token_ids, min(cfg.max_draft, room)) if room > 0 else ([], 0)
+        if room <= 0:
+            continue
+        forced = _forced(req, min(cfg.max_draft, room))
+        if forced:  # text the grammar forces: drafted at any batch size, accepted as drawn
+            req.draft, req.spec.last_n = forced, None
+            continue
+        if not ngrams:
+            continue
+        draft, n = req.spec.index.propose(req.all_token_ids, min(cfg.max_draft, room))
         if not draft:
             continue
         k = req.spec.draft_len(n)
@@ -155,6 +169,17 @@ def propose(running, cfg: SpecConfig, max_model_len: int) -> None:
             if valid is not None and draft:
                 draft = draft[:valid(req.output_token_ids, draft)]
         req.draft = draft
+
+
+def _forced(req, k: int) -> list[int]:
+    """Up to k tokens a logits processor (a grammar) says must come next, else []."""
+    for processor in req.logits_processors:
+        forced = getattr(processor, "forced_tokens", None)
+        if forced is not None:
+            tokens = forced(req.output_token_ids)[:k]
+            if tokens:
+                return tokens
+    return []
 
 
 def accept(req, row_tokens: list[int]) -> list[int]:

@@ -161,6 +161,13 @@ class GrammarProcessor:
             return 0
         return self.matcher.validate_tokens(draft)
 
+    def forced_tokens(self, output_ids: list[int]) -> list[int]:
+        """The tokens the grammar forces after output_ids (a speculative draft), else []."""
+        self._catch_up(output_ids)
+        if self.matcher.is_error() or self.matcher.is_stopped():
+            return []
+        return self.matcher.compute_ff_tokens()
+
     def rollback_to(self, num_output_tokens: int) -> None:
         """Forget draft tokens consumed while verifying (rows saw them as accepted)."""
         if self._consumed > num_output_tokens:
