@@ -1,8 +1,9 @@
 """Keep a grammar's mask aligned with how the model tokenizes text.
 
 A grammar speaks in bytes, the model in tokens, and the mask is where the two meet. Two ways
-the plain mask pulls a small model off its own distribution (measured on SmolLM2-135M with a
-City schema at temperature 1: 6 of 50 answers ran a string to max_tokens, 0 with both rules):
+the plain mask pulls a small model off its own distribution (SmolLM2-135M, a City schema,
+5 prompts x 50 seeds, max_tokens 300: 26 of 250 answers ran a string to max_tokens at
+temperature 1 with the plain mask, 3 with both rules; at 0.8, 32 and 0):
 
 - Forced text in a foreign tokenization. After `{"name` the grammar forces `": "`. The mask
   allows `":` but also `"` alone, and after `":` both ` "` and a bare ` `; a model that draws
