@@ -7,7 +7,7 @@ import torch
 import pytest
 
 from tokenmill.engine import token_alignment
-from tokenmill.engine.token_alignment import TokenBytes, aligned_mask, credit_prefixes
+from tokenmill.engine.token_alignment import TokenBytes, aligned_mask, credit_prefixes, forced_prefix_tokens
 from tokenmill.model.layers.native import kernels
 
 VOCAB = ['"', '",', '"]', ' ', ' "', ' "P', 'a', 'ab', 'abc', ':', '":', ' a', '<eos>']
@@ -81,7 +81,7 @@ def test_text_the_grammar_forces_gets_no_credit():
     logits = torch.zeros(len(VOCAB))
     logits[VOCAB.index(' a')] = 5.0
     allowed = mask(' ', ' "')
-    out = credit_prefixes(logits, allowed, TB, forced=b" ")
+    out = credit_prefixes(logits, allowed, TB, excluded=forced_prefix_tokens(b" ", TB))
     assert out[VOCAB.index(' ')] == 0
     assert out[VOCAB.index(' ')] < credit_prefixes(logits, allowed, TB)[VOCAB.index(' ')]
 
@@ -91,7 +91,7 @@ def bits(allowed):
     words = torch.zeros((allowed.shape[0] + 31) // 32, dtype=torch.int64)
     for t in allowed.nonzero().flatten().tolist():
         words[t >> 5] |= 1 << (t & 31)
-    return words.to(torch.int32) if (words < 2**31).all() else (words - 2**32 * (words >= 2**31)).to(torch.int32)
+    return (words - 2**32 * (words >= 2**31)).to(torch.int32)  # the same bits, as signed int32
 
 
 def allowed_after(matcher, allowed, python=True, logits=None):

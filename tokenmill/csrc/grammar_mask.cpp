@@ -27,10 +27,12 @@ torch::Tensor grammar_mask(torch::Tensor logits, torch::Tensor bitmask, torch::T
   auto in = [](const int64_t* v, int64_t n, int64_t t) { return std::find(v, v + n, t) != v + n; };
   auto bit = [&](int64_t t) { return t < V && ((bm[t >> 5] >> (t & 31)) & 1); };
 
-  int64_t kept = 0;  // allowed tokens that the canonical rule leaves
-  for (int64_t w = 0; w * 32 < V; ++w) kept += __builtin_popcount(static_cast<uint32_t>(bm[w]));
-  for (int64_t i = 0; i < n_rm; ++i) kept -= bit(rm[i]);
-  const bool use_removed = n_rm > 0 && kept > 0;
+  int64_t kept = 0;  // allowed tokens that the canonical rule leaves (counted only if it removes any)
+  if (n_rm > 0) {
+    for (int64_t w = 0; w * 32 < V; ++w) kept += __builtin_popcount(static_cast<uint32_t>(bm[w]));
+    for (int64_t i = 0; i < n_rm; ++i) kept -= bit(rm[i]);
+  }
+  const bool use_removed = kept > 0;
   auto allowed = [&](int64_t t) { return bit(t) && !(use_removed && in(rm, n_rm, t)); };
   // the main loops: removed tokens are few, so look them up only where the bit is set
   auto allowed_fast = [&](int64_t t) {

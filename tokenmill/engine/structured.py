@@ -88,13 +88,10 @@ class GrammarCompiler:
                                               eos_token=self._tokenizer.eos_id)
         return self._ll
 
-    def warm(self) -> None:
-        """Build the tokenizer tables every grammar needs now (~0.7 s and ~40 MB of RSS for a
-        49k vocabulary; otherwise the first grammar request builds them, off the engine thread)."""
-        self._ll_tokenizer()
-        self._alignment()
-
     def _alignment(self):
+        # built by the first grammar request, off the engine thread: ~0.7 s and ~40 MB of RSS
+        # with the llguidance tokenizer for a 49k vocabulary, which a server without grammar
+        # traffic should not carry
         if not self.token_alignment:
             return None
         with self._lock:

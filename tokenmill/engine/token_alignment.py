@@ -104,25 +104,25 @@ def aligned_mask(matcher, row: torch.Tensor, bitmask: torch.Tensor, tb: TokenByt
         narrowed[removed] = False
         if bool(narrowed.any()):
             allowed = narrowed
-    return credit_prefixes(row.cpu(), allowed, tb, forced).to(row.device)
+    return credit_prefixes(row.cpu(), allowed, tb, excluded).to(row.device)
 
 
-def credit_prefixes(logits: torch.Tensor, allowed: torch.Tensor, tb: TokenBytes, forced: bytes = b"") -> torch.Tensor:
+def credit_prefixes(logits: torch.Tensor, allowed: torch.Tensor, tb: TokenBytes,
+                    excluded: list[int] = ()) -> torch.Tensor:
     """logits (V,) of one row, allowed (V,) bool -> masked logits in which each of the most
     probable forbidden tokens adds its probability to its longest allowed prefix token (in
-    logit space, so a temperature applied later sees the combined mass). Tokens inside the
-    forced text get no credit: the model's mass on ` a` where the grammar forces a space then a
-    value does not mean "a bare space" (which would then stand in a split it never saw)."""
+    logit space, so a temperature applied later sees the combined mass). The excluded tokens
+    (those inside the forced text) get no credit: the model's mass on ` a` where the grammar
+    forces a space then a value does not mean "a bare space" (which would then stand in a split
+    it never saw)."""
     out = logits.masked_fill(~allowed, _NEG_INF)
     forbidden = logits.masked_fill(allowed, _NEG_INF)
     top = out.max()
     if not bool(forbidden.max() > top - _CREDIT_WINDOW):  # the usual case inside a string
         return out
-    if forced:
-        inside = forced_prefix_tokens(forced, tb)
-        if inside:
-            allowed = allowed.clone()
-            allowed[inside] = False
+    if excluded:
+        allowed = allowed.clone()
+        allowed[list(excluded)] = False
     vals, cand = forbidden.topk(min(_CREDIT_TOKENS, logits.shape[0]))   # (K,) most probable forbidden
     cand = cand[vals > top - _CREDIT_WINDOW]
     pre = tb.prefixes(cand)                                    # (K, depth), longest first
