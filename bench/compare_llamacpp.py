@@ -8,13 +8,15 @@ Rows (llama.cpp's best configuration for each, both listed):
   offline   decode tg128, prefill pp512, decode at 4,096 tokens of context: llama-bench on the
             Q4_1 file and on a Q8_0 copy (llama-quantize --allow-requantize), default settings and
             -fa on -ctk q8_0 -ctv q8_0; tokenmill's LLM on the engine directly (greedy, no
-            speculation, no prefix cache), and the TTFT of an 8,191-token prompt
+            speculation, no prefix cache; its default int8 KV cache, and the 4,096 row again with
+            float16 KV), and the TTFT of an 8,191-token prompt
   server    mixed prompts (37-706 tokens), 128 forced tokens, streaming, c = 1/4/16/64: llama-server
             started for each c with -np c and 2,048 tokens of context per slot (-c 2048 c; with
             --kv-unified every sequence's attention spans the whole shared cache, and c=64 starved), and
             one tokenmill serve whose KV cache holds --ctx tokens; output tok/s, TTFT p95; RSS
-            after load and after the run (and minus the KV cache) at the same KV capacity: the
-            llama-server whose -c equals --ctx (c=16 by default)
+            after load and after the run (and minus each one's KV cache) at the same KV capacity
+            in tokens: the llama-server whose -c equals --ctx (c=16 by default, f16 KV), tokenmill
+            with its default int8 KV, and after load with float16 KV
   grounded  input-grounded edits (tokenmill/benchmark/prompts.py GROUNDED), c = 1, answers end where
             the model ends: llama-server plain and with each draft-free --spec-type, tokenmill with
             speculation off and on; and open-ended chat (the short set, natural ends), tokenmill
@@ -130,8 +132,8 @@ def tokenmill_offline(model, threads):
     base = 1000  # ordinary text-token ids; each prompt distinct
     llm = LLM(model, num_threads=threads, enable_prefix_caching=False, max_model_len=8192,
               show_progress=False)
+    res = {"kv_dtype": str(llm.engine.runner.kv_dtype)}
     _timed(llm, list(range(base, base + 64)), 8)  # warm-up
-    res = {}
     _, dt, n = _timed(llm, [1] + list(range(base, base + 4)), 129)
     res["tg128"] = n / dt
     ttft, _, _ = _timed(llm, list(range(base + 7, base + 7 + 512)), 1)
@@ -143,14 +145,25 @@ def tokenmill_offline(model, threads):
     res["ttft_8191_s"] = ttft
     del llm
     gc.collect()
+    # the same long-context decode with a float16 KV cache (llama.cpp's default format)
+    llm = LLM(model, num_threads=threads, enable_prefix_caching=False, max_model_len=8192,
+              show_progress=False, kv_cache_dtype="float16")
+    _timed(llm, list(range(base, base + 64)), 8)
+    _, dt, n = _timed(llm, [(base + i * 7) % 40000 + 100 for i in range(4096)], 65)
+    res["tg_at_4096_fp16_kv"] = n / dt
+    del llm
+    gc.collect()
     return res
 
 
 # ---- servers ------------------------------------------------------------------------------------
-def kv_bytes_per_token(model):
+def kv_bytes_per_token(model, kv_dtype):
+    import torch
+    from tokenmill.model.layers.attention import cache_row_bytes
     from tokenmill.model.loader import load_checkpoint
     cfg = load_checkpoint(model).config
-    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # K and V, fp16 (both sides)
+    row = cache_row_bytes(getattr(torch, kv_dtype), cfg.head_dim)  # llama.cpp's f16 = float16
+    return 2 * cfg.num_layers * cfg.num_kv_heads * row  # K and V
 
 
 def llama_server_cmd(model, threads, slots, ctx, extra=()):
@@ -159,9 +172,11 @@ def llama_server_cmd(model, threads, slots, ctx, extra=()):
             "--log-disable", *extra]
 
 
-def tokenmill_cmd(model, threads, kv_gib, extra=()):
+def tokenmill_cmd(model, threads, kv_gib, extra=(), kv_dtype="int8"):
+    # int8 KV: the default on CPU with the C++ kernels; named here so that kv_gib fits it
     return [sys.executable, "-m", "tokenmill.cli", "serve", "--model", model, "--num-threads", str(threads),
-            "--kv-cache-memory-gib", f"{kv_gib:.4f}", "--log-level", "warning", *extra]
+            "--kv-cache-memory-gib", f"{kv_gib:.4f}", "--kv-cache-dtype", kv_dtype, "--log-level", "warning",
+            *extra]
 
 
 def bench(url, c, prompt_set, output_len=128, n=None, extra=None, forced=None):
@@ -216,10 +231,13 @@ def main():
         rows.append(("decode at 4096 ctx, llama.cpp defaults (tok/s)", v, c, tm["tg_at_4096"], True))
         v, c = best((0, 32, 4096), ["Q4_1 4096 fa q8kv", "Q8_0 4096 fa q8kv"])
         rows.append(("decode at 4096 ctx, llama.cpp -fa on q8_0 KV (tok/s)", v, c, tm["tg_at_4096"], True))
+        v, c = best((0, 32, 4096), ["Q4_1 4096", "Q8_0 4096"])
+        rows.append(("decode at 4096 ctx, both float16 KV (tok/s)", v, c, tm["tg_at_4096_fp16_kv"], True))
         rows.append(("TTFT of an 8,191-token prompt (s, tokenmill only)", float("nan"), "", tm["ttft_8191_s"], False))
         report()
 
-    kv_gib = args.ctx * kv_bytes_per_token(model) / 2**30
+    kv_gib = args.ctx * kv_bytes_per_token(model, "int8") / 2**30  # tokenmill's default
+    llama_kv_gib = args.ctx * kv_bytes_per_token(model, "float16") / 2**30  # llama.cpp's f16
     if "server" in args.only:
         res = {"llama-server": [], "tokenmill": []}
         mem = {}
@@ -240,20 +258,28 @@ def main():
             mem["tokenmill"]["rss_after_run_mb"] = s.rss()
         finally:
             s.close()
+        s = Server(tokenmill_cmd(model, T, llama_kv_gib, kv_dtype="float16"))  # llama.cpp's KV format
+        try:
+            mem["tokenmill float16 KV"] = {"ready_s": s.ready_s, "rss_after_load_mb": s.rss()}
+        finally:
+            s.close()
         out["server"] = {k: [r.__dict__ for r in v] for k, v in res.items()}
         out["memory"] = mem
         for i, c in enumerate(args.concurrency):
             a, b = res["llama-server"][i], res["tokenmill"][i]
             rows.append((f"server c={c}, mixed, output tok/s", a.output_tok_per_s, f"Q4_1 -np {c}", b.output_tok_per_s, True))
             rows.append((f"server c={c}, TTFT p95 (s)", a.ttft_p95, f"Q4_1 -np {c}", b.ttft_p95, False))
-        kv_mb = kv_gib * 1024
+        kv_mb, llama_kv_mb = kv_gib * 1024, llama_kv_gib * 1024
         if "llama-server" in mem:
             for key in ("rss_after_load_mb", "rss_after_run_mb"):
                 what = key[4:-3].replace("_", " ")
-                rows.append((f"RSS {what} (MB), KV of {args.ctx} tokens ({kv_mb:.0f} MB)",
-                             mem["llama-server"][key], f"-c {args.ctx}", mem["tokenmill"][key], False))
-                rows.append((f"RSS {what} minus KV (MB)", mem["llama-server"][key] - kv_mb,
+                rows.append((f"RSS {what} (MB), KV of {args.ctx} tokens (f16 {llama_kv_mb:.0f} / int8 "
+                             f"{kv_mb:.0f} MB)", mem["llama-server"][key], f"-c {args.ctx}", mem["tokenmill"][key], False))
+                rows.append((f"RSS {what} minus each one's KV (MB)", mem["llama-server"][key] - llama_kv_mb,
                              f"-c {args.ctx}", mem["tokenmill"][key] - kv_mb, False))
+            rows.append((f"RSS after load (MB), both float16 KV ({llama_kv_mb:.0f} MB)",
+                         mem["llama-server"]["rss_after_load_mb"], f"-c {args.ctx}",
+                         mem["tokenmill float16 KV"]["rss_after_load_mb"], False))
         report()
 
     if "grounded" in args.only:

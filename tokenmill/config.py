@@ -12,7 +12,7 @@ class EngineConfig:
     dtype: str = "auto"                   # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
     quantization: str = "auto"            # auto (int8 on CPU, none on CUDA) | none | int8 | q4_1
     kv_cache_memory_gib: float = 1.0      # memory budget of the paged KV cache
-    kv_cache_dtype: str = "auto"          # auto (float16 on CPU with int8, else dtype) | float32 | float16 | bfloat16
+    kv_cache_dtype: str = "auto"          # auto (int8 on CPU with quantized weights, else dtype) | float32 | float16 | bfloat16 | int8
     block_size: int = 16                  # tokens per KV block
     max_num_seqs: int = 64                # running requests at most
     max_num_batched_tokens: int = 512     # tokens per engine step (prefill chunks + decodes)
@@ -36,8 +36,8 @@ class EngineConfig:
             raise ValueError("spec_max_draft and spec_max_batch must be non-negative")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError("dtype must be auto, float32, bfloat16 or float16")
-        if self.kv_cache_dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError("kv_cache_dtype must be auto, float32, float16 or bfloat16")
+        if self.kv_cache_dtype not in ("auto", "float32", "float16", "bfloat16", "int8"):
+            raise ValueError("kv_cache_dtype must be auto, float32, float16, bfloat16 or int8")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -116,7 +116,7 @@ def test_prefix_affinity_and_load(tm_app):
     # imbalance: many long requests on one prefix overflow to the other replica
     def long(i):
         return post(tm_app, "/v1/completions", {"model": "tiny", "prompt": shared + f"long {i}", "max_tokens": 400,
-                                                 "temperature": 0}).headers[REPLICA]
+                                                 "temperature": 0, "ignore_eos": True}).headers[REPLICA]
     with cf.ThreadPoolExecutor(10) as pool:
         placed = list(pool.map(long, range(10)))
     assert len(set(placed)) == 2, placed

@@ -8,8 +8,9 @@ from tokenmill.model.layers.quantized import _native
 
 # where the CPU lacks AVX-512 VNNI, int8 weights are not packed and the loop never runs
 @pytest.mark.skipif(_native() is None, reason="no AVX-512 VNNI kernel here")
-def test_cpp_decode_loop_matches_the_python_layers(tiny_llama_dir):
-    llm = LLM(tiny_llama_dir, quantization="int8", show_progress=False)
+@pytest.mark.parametrize("kv_cache_dtype", ["int8", "float16"])
+def test_cpp_decode_loop_matches_the_python_layers(tiny_llama_dir, kv_cache_dtype):
+    llm = LLM(tiny_llama_dir, quantization="int8", kv_cache_dtype=kv_cache_dtype, show_progress=False)
     model = llm.engine.runner.model
     prompts = ["hello", "abcabcabcabc", "the quick brown fox jumps"]
     params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=3),

@@ -16,7 +16,7 @@ DEFAULT_TEXT = os.path.join(os.path.dirname(__file__), "..", "data", "eval_text.
 
 
 def perplexity(model_path: str | None, text: str, quantization: str, context: int = 512,
-               num_threads: int | None = None) -> tuple[float, int]:
+               num_threads: int | None = None, kv_cache_dtype: str = "auto") -> tuple[float, int]:
     from ..config import EngineConfig
     from ..engine.model_runner import ModelRunner
     from ..model.layers.attention import AttentionMetadata
@@ -24,7 +24,7 @@ def perplexity(model_path: str | None, text: str, quantization: str, context: in
     ckpt = load_checkpoint(model_path)
     tok = ckpt.tokenizer()
     cfg = EngineConfig(model=model_path, quantization=quantization, num_threads=num_threads,
-                       kv_cache_memory_gib=0.25, show_progress=False)
+                       kv_cache_memory_gib=0.25, kv_cache_dtype=kv_cache_dtype, show_progress=False)
     runner = ModelRunner(cfg, ckpt)
     ids = tok.encode(text, add_special_tokens=False)
     context = min(context, runner.num_blocks * runner.block_size, ckpt.config.max_position)
@@ -33,7 +33,8 @@ def perplexity(model_path: str | None, text: str, quantization: str, context: in
         window = ids[start:start + context + 1]
         inp, target = window[:-1], window[1:]
         slots = torch.arange(len(inp))  # blocks 0.. in order
-        meta = AttentionMetadata.build([(0, len(inp), slots)], runner.device, runner.block_size)
+        meta = AttentionMetadata.build([(0, len(inp), slots)], runner.device, runner.block_size,
+                                       runner.use_native)
         hidden = runner.model(torch.tensor(inp, device=runner.device), torch.arange(len(inp), device=runner.device),
                               meta, runner.kv_caches)
         logits = runner.model.compute_logits(hidden)  # (L, vocab)
@@ -46,17 +47,17 @@ def main(args) -> int:
     path = args.file or DEFAULT_TEXT
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    formats = args.quantization
     rows = []
-    for q in formats:
-        t0 = time.perf_counter()
-        ppl, n = perplexity(args.model, text, q, args.context, args.num_threads)
-        rows.append((q, ppl, n, time.perf_counter() - t0))
+    for q in args.quantization:
+        for kv in args.kv_cache_dtype:
+            t0 = time.perf_counter()
+            ppl, n = perplexity(args.model, text, q, args.context, args.num_threads, kv)
+            rows.append((q if kv == "auto" else f"{q}, kv {kv}", ppl, n, time.perf_counter() - t0))
     base = rows[0][1]
     print(f"perplexity on {os.path.basename(path)} ({rows[0][2]} tokens scored, context {args.context})")
-    print(f"{'format':<8} {'perplexity':>11} {'vs ' + rows[0][0]:>10} {'seconds':>8}")
+    print(f"{'format':<16} {'perplexity':>11} {'vs ' + rows[0][0]:>10} {'seconds':>8}")
     for q, ppl, n, dt in rows:
-        print(f"{q:<8} {ppl:>11.4f} {100 * (ppl / base - 1):>+9.2f}% {dt:>8.1f}")
+        print(f"{q:<16} {ppl:>11.4f} {100 * (ppl / base - 1):>+9.2f}% {dt:>8.1f}")
     return 0
 
 
@@ -65,6 +66,8 @@ def add_parser(sub) -> None:
     p.add_argument("file", nargs="?", default=None, help="UTF-8 text (default: the bundled English sample)")
     p.add_argument("--model", "-m", default=None)
     p.add_argument("--quantization", nargs="+", default=["none", "int8", "q4_1"])
+    p.add_argument("--kv-cache-dtype", nargs="+", default=["auto"],
+                   help="KV cache formats to score each weight format with (auto, float16, int8, ...)")
     p.add_argument("--context", type=int, default=512)
     p.add_argument("--num-threads", type=int, default=None)
     p.set_defaults(func=main)

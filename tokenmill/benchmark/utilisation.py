@@ -46,9 +46,8 @@ def model_sizes(runner) -> dict[str, float]:
     body_params = sum(params(mod) for name, mod in model.named_modules()
                       if name.startswith("layers.") and isinstance(mod, (Linear, Int8Linear, Q4Linear)))
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    kv_elem = torch.empty((), dtype=runner.kv_dtype).element_size()
     return {"body_params": body_params, "head_params": head_params, "weight_bytes": weight_bytes,
-            "kv_bytes_per_token": 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * kv_elem,
+            "kv_bytes_per_token": runner.kv_bytes_per_token,
             "attn_flops_per_pair": 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim}
 
 

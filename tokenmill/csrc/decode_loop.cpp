@@ -1,11 +1,10 @@
-// The decoder layers of a decode step in one C++ call (CPU, float32, packed int8 weights).
+// The decoder layers of a step in one C++ call (CPU, float32, packed int8 weights).
 //
 // A decode step of a small model is ~30 short kernel calls per layer; from Python each costs a
 // few microseconds of dispatch, a few milliseconds a step in all. This loop makes the same
 // calls, to the same kernels, in the same order as LlamaForCausalLM.forward does (so the numbers
-// are identical, bit for bit), without the interpreter between them. Only for steps whose every
-// row is a generated token (the attention kernel takes them all); prompt chunks go through
-// Python.
+// are identical, bit for bit), without the interpreter between them. Every step whose attention
+// goes to the C++ kernel (all steps on CPU with it) runs here, prompt chunks included.
 #include <ATen/ATen.h>
 
 #include <vector>

@@ -7,7 +7,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include "quant_rows.h"
 
 namespace {
 
@@ -87,10 +91,28 @@ void store_row(const float* src, int64_t D, C* dst) {
   for (int64_t i = 0; i < D; ++i) dst[i] = static_cast<C>(src[i]);  // float16: round to nearest
 }
 
+// int8 cache row: D values, then their float32 scale (attention.py quantize_kv, same rounding)
+template <>
+void store_row<int8_t>(const float* src, int64_t D, int8_t* dst) {
+  float scale;
+  if (__builtin_cpu_supports("avx512bw")) {
+    tokenmill::quantize_row_avx512(src, D, dst, &scale);
+  } else {
+    float amax = 0.f;
+    for (int64_t i = 0; i < D; ++i) amax = std::max(amax, std::fabs(src[i]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    scale = amax / 127.f;
+    for (int64_t i = 0; i < D; ++i)
+      dst[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(src[i] * inv))));
+  }
+  std::memcpy(dst + D, &scale, sizeof scale);
+}
+
 // qkv: (T, (Hq + 2 Hkv) * D), rows [q heads | k heads | v heads]. Rotates q and k in place
 // ("rotate half" layout: x * cos + rotate_half(x) * sin, the same two products and one add
 // per element as the PyTorch path, so bitwise equal) and writes k, v into the caches
-// (Hkv, num_blocks * block_size, D), float32 or float16, at slot_mapping (T,).
+// (Hkv, num_blocks * block_size, D), float32 or float16 (or int8 rows of D + 4 bytes), at
+// slot_mapping (T,).
 // cos, sin: (max_position, D).
 template <typename C>
 void rope_and_cache_impl(at::Tensor qkv, at::Tensor positions, at::Tensor cos,
@@ -98,9 +120,10 @@ void rope_and_cache_impl(at::Tensor qkv, at::Tensor positions, at::Tensor cos,
                     at::Tensor slot_mapping, int64_t Hq, int64_t Hkv) {
   check_rows(qkv, "qkv");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
-  const int64_t T = qkv.size(0), D = k_cache.size(-1), half = D / 2;
+  const int64_t RS = k_cache.size(-1), D = std::is_same_v<C, int8_t> ? RS - 4 : RS, half = D / 2;
+  const int64_t T = qkv.size(0);
   TORCH_CHECK(qkv.size(1) == (Hq + 2 * Hkv) * D, "qkv width does not match the heads");
-  const int64_t slots = k_cache.numel() / (Hkv * D);
+  const int64_t slots = k_cache.numel() / (Hkv * RS);
   float* base = qkv.data_ptr<float>();
   const int64_t ld = qkv.stride(0);
   const int64_t* pos = positions.data_ptr<int64_t>();
@@ -126,8 +149,8 @@ void rope_and_cache_impl(at::Tensor qkv, at::Tensor positions, at::Tensor cos,
       }
       const int64_t slot = sm[t];
       for (int64_t h = 0; h < Hkv; ++h) {
-        store_row(row + (Hq + h) * D, D, kc + (h * slots + slot) * D);
-        store_row(row + (Hq + Hkv + h) * D, D, vc + (h * slots + slot) * D);
+        store_row(row + (Hq + h) * D, D, kc + (h * slots + slot) * RS);
+        store_row(row + (Hq + Hkv + h) * D, D, vc + (h * slots + slot) * RS);
       }
     }
   });
@@ -139,6 +162,8 @@ void rope_and_cache(at::Tensor qkv, at::Tensor positions, at::Tensor cos,
   TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "k and v caches differ in dtype");
   if (k_cache.scalar_type() == at::kHalf)
     return rope_and_cache_impl<at::Half>(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, Hq, Hkv);
-  TORCH_CHECK(k_cache.scalar_type() == at::kFloat, "the cache must be float32 or float16");
+  if (k_cache.scalar_type() == at::kChar)
+    return rope_and_cache_impl<int8_t>(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, Hq, Hkv);
+  TORCH_CHECK(k_cache.scalar_type() == at::kFloat, "the cache must be float32, float16 or int8");
   rope_and_cache_impl<float>(qkv, positions, cos, sin, k_cache, v_cache, slot_mapping, Hq, Hkv);
 }

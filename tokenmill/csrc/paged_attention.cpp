@@ -1,4 +1,5 @@
-// Paged attention over the KV cache in place, one query row at a time (CPU, float32).
+// Paged attention over the KV cache in place, one query row at a time (CPU, float32 queries; the
+// cache float32, float16, or int8 rows of D values and their float32 scale, see attention.py).
 //
 // Every (query token, kv head, context chunk) is computed on its own, reading its sequence's
 // keys and values through the block table; the G query heads that share a kv head share each
@@ -13,15 +14,28 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
 constexpr int kLanes = 16;  // fixed lane order: the same rounding whatever the build vectorizes
 
-// the cache holds float32 or float16 (at::Half); arithmetic is float32 either way
+// the cache holds float32, float16 (at::Half) or int8; arithmetic is float32 either way
 inline float val(const float* p, int64_t i) { return p[i]; }
 inline float val(const at::Half* p, int64_t i) { return static_cast<float>(p[i]); }
+inline float val(const int8_t* p, int64_t i) { return static_cast<float>(p[i]); }
+
+// int8 rows are scaled: a key's score is q . k_int * scale, a value's weight p * scale
+template <typename C>
+constexpr bool kScaled = std::is_same_v<C, int8_t>;
+
+// the float32 scale stored after an int8 row's D values
+inline float row_scale(const int8_t* row, int64_t D) {
+  float s;
+  std::memcpy(&s, row + D, sizeof s);
+  return s;
+}
 
 template <typename C>
 inline float dot(const float* a, const C* b, int64_t D) {
@@ -73,25 +87,141 @@ __attribute__((target("avx512f")))
 inline __m512 load16(const at::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+__attribute__((target("avx512f")))
+inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// v weights of int8 rows: p * the row's scale (the softmax sums were taken before)
+template <typename C>
+void scale_weights(const C* v, const int64_t* off, int64_t D, int64_t G, int64_t n, float* scores,
+                   int64_t ld_scores) {
+  if constexpr (kScaled<C>) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float s = row_scale(v + off[j], D);
+      for (int64_t g = 0; g < G; ++g) scores[g * ld_scores + j] *= s;
+    }
+  }
+}
+
+// 16 vectors -> one: lane i = the sum of v[i]'s lanes. A tree of shuffles and adds (45 ops
+// for 16 keys, where a horizontal sum each costs ~8 and one long dependency chain). Every key
+// gets the same summation order (lanes i + 8, then + 4, then pairs), whatever its place.
+__attribute__((target("avx512f")))
+inline __m512 sum16(__m512* v) {
+  __m512 w[8], x[4], y[2];
+  for (int p = 0; p < 8; ++p)  // 128-bit lanes: [a0+a2, a1+a3, b0+b2, b1+b3]
+    w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int p = 0; p < 4; ++p)  // 128-bit lane k: 4 partial sums of key 4p + k
+    x[p] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int p = 0; p < 2; ++p)  // lane k: [8p + k: 2 partials, 8p + 4 + k: 2 partials]
+    y[p] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // lane 4k + m holds key 4m + k
+  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, z);
+}
+
+// Scores of GN query heads (qs: (GN, D)) against 8 keys (rows), summed by sum16 (two heads a
+// call): each key row is loaded and converted once for the GN heads, 8 GN independent FMA chains.
+template <typename C, int GN>
+__attribute__((target("avx512f")))
+void qk_tile(const float* qs, int64_t D, const C* const* rows, __m512* out) {
+  __m512 acc[2 * ((GN + 1) / 2)][8];
+  for (int g = 0; g < 2 * ((GN + 1) / 2); ++g)
+    for (int i = 0; i < 8; ++i) acc[g][i] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 16) {
+    __m512 qv[GN];
+    for (int g = 0; g < GN; ++g) qv[g] = _mm512_loadu_ps(qs + g * D + d);
+    for (int i = 0; i < 8; ++i) {
+      const __m512 kv = load16(rows[i] + d);
+      for (int g = 0; g < GN; ++g) acc[g][i] = _mm512_fmadd_ps(qv[g], kv, acc[g][i]);
+    }
+  }
+  for (int g = 0; g < GN; g += 2) out[g / 2] = sum16(acc[g]);  // acc[g], acc[g + 1]: 16 vectors
+}
+
+// Scores of G query heads (qs: (G, D)) against n keys (rows at k + off[j]), 8 keys and up to 3
+// heads at a time.
+template <typename C>
+__attribute__((target("avx512f")))
+void qk_scores(const float* qs, int64_t G, int64_t D, const C* k, const int64_t* off, int64_t n,
+               float* scores, int64_t ld_scores) {
+  for (int64_t j = 0; j < n; j += 8) {
+    const int64_t m = std::min<int64_t>(8, n - j);
+    const __mmask16 valid = static_cast<__mmask16>((1u << m) - 1);
+    const C* rows[8];  // past the last key: the first key again (computed, not stored)
+    for (int i = 0; i < 8; ++i) rows[i] = k + off[j + (i < m ? i : 0)];
+    __m512 ks = _mm512_set1_ps(1.f);  // lanes i and 8 + i: key i's scale
+    if constexpr (kScaled<C>) {
+      float s[16];
+      for (int i = 0; i < 8; ++i) s[i] = s[8 + i] = row_scale(rows[i], D);
+      ks = _mm512_loadu_ps(s);
+    }
+    for (int64_t g0 = 0; g0 < G; g0 += 3) {
+      const int gn = static_cast<int>(std::min<int64_t>(3, G - g0));
+      __m512 out[2];
+      switch (gn) {
+        case 1: qk_tile<C, 1>(qs + g0 * D, D, rows, out); break;
+        case 2: qk_tile<C, 2>(qs + g0 * D, D, rows, out); break;
+        default: qk_tile<C, 3>(qs + g0 * D, D, rows, out);
+      }
+      for (int p = 0; p < (gn + 1) / 2; ++p) {  // lanes 0..7: head g0 + 2p, 8..15: the next
+        __m512 sc = out[p];
+        if constexpr (kScaled<C>) sc = _mm512_mul_ps(sc, ks);
+        float* dst = scores + (g0 + 2 * p) * ld_scores + j;
+        _mm512_mask_storeu_ps(dst, valid, sc);
+        if (2 * p + 1 < gn)
+          _mm512_mask_storeu_ps(dst + ld_scores - 8, static_cast<__mmask16>(valid << 8), sc);
+      }
+    }
+  }
+}
+
+// out[g][d0 .. d0 + 16 DN) = sum_j p[g][j] v[j][...] for GN heads: GN x DN independent
+// accumulators, so the FMA chains overlap (one chain per head stalled on FMA latency). Each lane
+// still sums over j in order, as one chunk at a time would.
+template <typename C, int GN, int DN>
+__attribute__((target("avx512f")))
+void pv_tile(const float* p, int64_t ld_p, const C* v, const int64_t* off, int64_t n, int64_t d0,
+             float* out, int64_t ld_out) {
+  __m512 acc[GN][DN];
+  for (int g = 0; g < GN; ++g)
+    for (int c = 0; c < DN; ++c) acc[g][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const C* vrow = v + off[j] + d0;
+    __m512 vv[DN];
+    for (int c = 0; c < DN; ++c) vv[c] = load16(vrow + 16 * c);
+    for (int g = 0; g < GN; ++g) {
+      const __m512 w = _mm512_set1_ps(p[g * ld_p + j]);
+      for (int c = 0; c < DN; ++c) acc[g][c] = _mm512_fmadd_ps(w, vv[c], acc[g][c]);
+    }
+  }
+  for (int g = 0; g < GN; ++g)
+    for (int c = 0; c < DN; ++c) _mm512_storeu_ps(out + g * ld_out + d0 + 16 * c, acc[g][c]);
+}
+
+template <typename C, int GN>
+__attribute__((target("avx512f")))
+void pv_heads(const float* p, int64_t ld_p, const C* v, const int64_t* off, int64_t n, int64_t D,
+              float* out, int64_t ld_out) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) pv_tile<C, GN, 4>(p, ld_p, v, off, n, d0, out, ld_out);
+  for (; d0 < D; d0 += 16) pv_tile<C, GN, 1>(p, ld_p, v, off, n, d0, out, ld_out);
+}
 
 // One (row, kv head, chunk) task with AVX-512, D a multiple of 16. qs: (G, D) scaled queries;
-// k, v: this head's cache rows (num_blocks * BS, D); keys j0..j1 through table.
-// Writes pr: G x [unnormalized output (D), max, sum].
+// k, v: this head's cache; key j's row at k + off[j] (j < n). Writes pr: G x [unnormalized
+// output (D), max, sum].
 template <typename C>
 __attribute__((target("avx512f")))
 void chunk_avx512(const float* qs, int64_t G, int64_t D, const C* k, const C* v,
-                  const int64_t* table, int64_t BS, int64_t j0, int64_t j1, float* scores,
-                  int64_t ld_scores, float* pr) {
-  const int64_t n = j1 - j0;
-  for (int64_t j = j0; j < j1; ++j) {
-    const C* krow = k + (table[j / BS] * BS + j % BS) * D;
-    for (int64_t g = 0; g < G; ++g) {
-      __m512 acc = _mm512_setzero_ps();
-      for (int64_t d = 0; d < D; d += 16)
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qs + g * D + d), load16(krow + d), acc);
-      scores[g * ld_scores + j - j0] = _mm512_reduce_add_ps(acc);
-    }
-  }
+                  const int64_t* off, int64_t n, float* scores, int64_t ld_scores, float* pr) {
+  qk_scores(qs, G, D, k, off, n, scores, ld_scores);
   for (int64_t g = 0; g < G; ++g) {
     float* s = scores + g * ld_scores;
     __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -115,18 +245,16 @@ void chunk_avx512(const float* qs, int64_t G, int64_t D, const C* k, const C* v,
     float* out = pr + g * (D + 2);
     out[D] = m;
     out[D + 1] = _mm512_reduce_add_ps(vsum);
-    for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
   }
-  for (int64_t d = 0; d < D; d += 16) {  // per 16 output lanes, all keys, G heads at a time
-    for (int64_t g0 = 0; g0 < G; g0 += 4) {
-      const int64_t gn = std::min<int64_t>(4, G - g0);
-      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-      for (int64_t j = j0; j < j1; ++j) {
-        const __m512 vv = load16(v + (table[j / BS] * BS + j % BS) * D + d);
-        for (int64_t g = 0; g < gn; ++g)
-          acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(g0 + g) * ld_scores + j - j0]), vv, acc[g]);
-      }
-      for (int64_t g = 0; g < gn; ++g) _mm512_storeu_ps(pr + (g0 + g) * (D + 2) + d, acc[g]);
+  scale_weights(v, off, D, G, n, scores, ld_scores);
+  for (int64_t g0 = 0; g0 < G; g0 += 4) {
+    const float* p = scores + g0 * ld_scores;
+    float* out = pr + g0 * (D + 2);
+    switch (std::min<int64_t>(4, G - g0)) {
+      case 1: pv_heads<C, 1>(p, ld_scores, v, off, n, D, out, D + 2); break;
+      case 2: pv_heads<C, 2>(p, ld_scores, v, off, n, D, out, D + 2); break;
+      case 3: pv_heads<C, 3>(p, ld_scores, v, off, n, D, out, D + 2); break;
+      default: pv_heads<C, 4>(p, ld_scores, v, off, n, D, out, D + 2);
     }
   }
 }
@@ -143,7 +271,7 @@ bool has_avx512() {
 // busy), then the chunks are merged in order. Chunk edges depend only on the row's own length.
 constexpr int64_t kChunk = 256;
 
-// q: (T, Hq, D); k_cache, v_cache: (Hkv, num_blocks, block_size, D); row_seq: (T,) row of
+// q: (T, Hq, D); k_cache, v_cache: (Hkv, num_blocks, block_size, RS); row_seq: (T,) row of
 // block_tables for each query; row_ctx: (T,) keys it may see (its position + 1);
 // block_tables: (S, max_blocks). Returns (T, Hq, D).
 template <typename C>
@@ -152,9 +280,12 @@ at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                              at::Tensor block_tables, double scale) {
   q = q.contiguous();
   const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
-  const int64_t Hkv = k_cache.size(0), NB = k_cache.size(1), BS = k_cache.size(2);
+  const int64_t Hkv = k_cache.size(0), NB = k_cache.size(1), BS = k_cache.size(2), RS = k_cache.size(3);
   const int64_t G = Hq / Hkv, MB = block_tables.size(1);
   TORCH_CHECK(D % kLanes == 0, "head_dim must be a multiple of 16");
+  TORCH_CHECK(RS == D + (kScaled<C> ? 4 : 0), "cache rows do not match head_dim");
+  TORCH_CHECK(kChunk % BS == 0, "block_size must divide 256");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   auto out = at::empty_like(q);
   const float* qp = q.data_ptr<float>();
   const C* kp = k_cache.data_ptr<C>();
@@ -178,21 +309,31 @@ at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
   const bool fast = has_avx512();
   at::parallel_for(0, chunks * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(G * kChunk), qs(G * D);
+    std::vector<int64_t> off(kChunk);  // each key's row in its head's cache, in elements
     for (int64_t i = begin; i < end; ++i) {
       const int64_t c = i / Hkv, h = i % Hkv, t = task_row[c];
       const int64_t j0 = (c - first_task[t]) * kChunk, j1 = std::min(rc[t], j0 + kChunk), n = j1 - j0;
       const int64_t* table = bt + rs[t] * MB;
+      for (int64_t j = j0; j < j1;) {  // j0 and kChunk are multiples of BS
+        const int64_t base = table[j / BS] * BS * RS;
+        for (int64_t o = 0; o < BS && j < j1; ++o, ++j) off[j - j0] = base + o * RS;
+      }
       const float* qrow = qp + (t * Hq + h * G) * D;
       for (int64_t x = 0; x < G * D; ++x) qs[x] = qrow[x] * sc;
       float* pr = part.data() + i * stride;
+      const C* kh = kp + h * NB * BS * RS;
+      const C* vh = vp + h * NB * BS * RS;
       if (fast) {
-        chunk_avx512(qs.data(), G, D, kp + h * NB * BS * D, vp + h * NB * BS * D, table, BS, j0, j1,
-                     scores.data(), kChunk, pr);
+        chunk_avx512(qs.data(), G, D, kh, vh, off.data(), n, scores.data(), kChunk, pr);
         continue;
       }
-      for (int64_t j = j0; j < j1; ++j) {
-        const C* krow = kp + ((h * NB + table[j / BS]) * BS + j % BS) * D;
-        for (int64_t g = 0; g < G; ++g) scores[g * kChunk + j - j0] = dot(qs.data() + g * D, krow, D);
+      for (int64_t j = 0; j < n; ++j) {
+        const C* krow = kh + off[j];
+        for (int64_t g = 0; g < G; ++g) {
+          float sc = dot(qs.data() + g * D, krow, D);
+          if constexpr (kScaled<C>) sc *= row_scale(krow, D);
+          scores[g * kChunk + j] = sc;
+        }
       }
       for (int64_t g = 0; g < G; ++g) {
         float* s = scores.data() + g * kChunk;
@@ -207,10 +348,11 @@ at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
         pr[g * (D + 2) + D + 1] = sum;
         std::fill(pr + g * (D + 2), pr + g * (D + 2) + D, 0.f);
       }
-      for (int64_t j = j0; j < j1; ++j) {
-        const C* vrow = vp + ((h * NB + table[j / BS]) * BS + j % BS) * D;
+      scale_weights(vh, off.data(), D, G, n, scores.data(), kChunk);
+      for (int64_t j = 0; j < n; ++j) {
+        const C* vrow = vh + off[j];
         for (int64_t g = 0; g < G; ++g) {
-          const float p = scores[g * kChunk + j - j0];
+          const float p = scores[g * kChunk + j];
           float* a = pr + g * (D + 2);
           for (int64_t d = 0; d < D; ++d) a[d] = __builtin_fmaf(p, val(vrow, d), a[d]);
         }
@@ -243,7 +385,8 @@ at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
   return out;
 }
 
-// q: (T, Hq, D) float32; k_cache, v_cache: (Hkv, num_blocks, block_size, D), float32 or float16.
+// q: (T, Hq, D) float32; k_cache, v_cache: (Hkv, num_blocks, block_size, D) float32 or float16,
+// or (Hkv, num_blocks, block_size, D + 4) int8 rows with their scales.
 at::Tensor paged_attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                                    at::Tensor row_seq, at::Tensor row_ctx,
                                    at::Tensor block_tables, double scale) {
@@ -251,6 +394,8 @@ at::Tensor paged_attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_c
   TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "k and v caches differ in dtype");
   if (k_cache.dtype() == at::kHalf)
     return attention_rows<at::Half>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
-  TORCH_CHECK(k_cache.dtype() == at::kFloat, "the cache must be float32 or float16");
+  if (k_cache.dtype() == at::kChar)
+    return attention_rows<int8_t>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
+  TORCH_CHECK(k_cache.dtype() == at::kFloat, "the cache must be float32, float16 or int8");
   return attention_rows<float>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
 }

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import EngineConfig
-from ..model.layers.attention import AttentionMetadata
+from ..model.layers.attention import AttentionMetadata, cache_row_bytes, cache_row_width
 from ..model.layers.native import kernels
 from ..model.layers.quantized import quantize_model
 from ..model.llama import LlamaForCausalLM
@@ -80,20 +80,25 @@ class ModelRunner:
         _return_freed_memory()
 
         self.block_size = config.block_size
-        # float16 K/V on CPU with int8 weights: half the bytes that decode reads per token (the
-        # attention kernel converts with vcvtph2ps); fp32 mode keeps fp32, the reference.
-        if config.kv_cache_dtype != "auto":
+        # With quantized weights on CPU the K/V rows are int8 with a scale each (attention.py):
+        # 0.53x the bytes of float16 that decode reads per token and that the cache holds, for
+        # +0.03% perplexity (SmolLM2-135M, fp32 weights, 2,048-token windows; `tokenmill eval
+        # perplexity --kv-cache-dtype auto int8`). Without the C++ kernels float16 (the PyTorch
+        # path would dequantize every read). fp32 mode keeps fp32, the reference.
+        if config.kv_cache_dtype == "int8":
+            self.kv_dtype = torch.int8
+        elif config.kv_cache_dtype != "auto":
             self.kv_dtype = _DTYPES[config.kv_cache_dtype]
         elif self.device.type == "cpu" and self.quantization in ("int8", "q4_1"):
-            self.kv_dtype = torch.float16
+            self.kv_dtype = torch.int8 if kernels() is not None else torch.float16
         else:
             self.kv_dtype = self.dtype
-        elem = torch.empty((), dtype=self.kv_dtype).element_size()
-        bytes_per_block = 2 * cfg.num_layers * config.block_size * cfg.num_kv_heads * cfg.head_dim * elem
-        self.num_blocks = int(config.kv_cache_memory_gib * 2**30 // bytes_per_block)
+        self.kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cache_row_bytes(self.kv_dtype, cfg.head_dim)
+        self.num_blocks = int(config.kv_cache_memory_gib * 2**30 // (self.kv_bytes_per_token * config.block_size))
         if self.num_blocks < 1:
             raise ValueError("kv_cache_memory_gib is too small for a single KV block")
-        shape = (cfg.num_kv_heads, self.num_blocks, config.block_size, cfg.head_dim)  # heads first
+        # heads first; the last dim is head_dim, or head_dim + 4 for int8 rows and their scale
+        shape = (cfg.num_kv_heads, self.num_blocks, config.block_size, cache_row_width(self.kv_dtype, cfg.head_dim))
         # One allocation for all layers, written once now: every page is faulted in at start,
         # so RSS shows the real footprint from the first request and a machine without the
         # memory fails here, not mid-traffic. Zeros matter too: padded reads of unwritten
@@ -106,7 +111,7 @@ class ModelRunner:
         # the C++ attention kernel: CPU, float32, head_dim a multiple of 16; built (or found in
         # torch's extension cache) now, so that no request waits for a compiler
         self.use_native = (self.device.type == "cpu" and self.dtype == torch.float32
-                           and self.kv_dtype in (torch.float32, torch.float16)
+                           and self.kv_dtype in (torch.float32, torch.float16, torch.int8)
                            and cfg.head_dim % 16 == 0 and kernels() is not None)
 
     def _slots(self, req: Request, num_ctx: int) -> torch.Tensor:
@@ -133,7 +138,7 @@ class ModelRunner:
             input_ids.extend((req.all_token_ids + req.draft)[start:start + n] if k else
                              req.all_token_ids[start:start + n])
             positions.extend(range(start, start + n))
-            seqs.append((row, n, self._slots(req, start + n), req.num_prompt_tokens))
+            seqs.append((row, n, self._slots(req, start + n)))
             self.work.tokens += n
             self.work.context_reads += start + n
             self.work.attn_pairs += n * start + n * (n + 1) // 2  # causal (query, key) pairs

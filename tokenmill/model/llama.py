@@ -29,7 +29,7 @@ class Attention(nn.Module):
         T = x.shape[0]
         qkv = self.qkv_proj(x)                           # (T, (Hq + 2 Hkv) * D)
         kern = fused_ops(qkv)
-        fused = kern is not None and k_cache.dtype in (torch.float32, torch.float16)
+        fused = kern is not None and k_cache.dtype in (torch.float32, torch.float16, torch.int8)
         if fused:
             # rotary in place and the new k, v into the cache: one call
             kern.rope_and_cache(qkv, positions, rope.cos, rope.sin, k_cache, v_cache,
@@ -108,9 +108,9 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         # input_ids, positions: (T,) -> hidden: (T, hidden)
         x, residual = self.embed_tokens(input_ids), None
-        if not meta.groups and meta.rows is not None and len(meta.rows) == len(input_ids):
+        if meta.row_seq is not None:
             plan = self._decode_plan(x)
-            if plan is not None:  # every row a generated token: the same calls, from C++
+            if plan is not None:  # every row to the attention kernel: the same calls, from C++
                 kern, weights = plan
                 a = self.layers[0].self_attn
                 return kern.decode_layers(

@@ -1,22 +1,21 @@
-"""Paged attention: a C++ kernel for generated tokens, PyTorch for prompt chunks.
+"""Paged attention: a C++ kernel on CPU, PyTorch elsewhere (and as the kernel's reference).
 
 Every layer first writes the step's new K/V into the paged cache (slot_mapping), then each
 sequence reads its whole context back through its block table. Because all writes of a layer
 happen before any read, a sequence may read blocks that another sequence of the same step is
 filling (this is how n>1 samples and same-step prefix hits share prompt blocks).
 
-Tokens past the prompt go to csrc/paged_attention.cpp (CPU, float32), which reads the cache in
-place one query row at a time. Prompt chunks (and every token where the kernel cannot run) take
-the PyTorch path: single-token rows are grouped by context bucket (context length rounded up to
-a multiple of BUCKET), each group one padded batched attention; each prompt chunk runs on its
-own (no query padding). A step costs a few kernel calls per layer, not one per request.
-
-Batch invariance: a sequence's result must not depend on what else is in the batch (same
-greedy tokens alone or batched; int8 activation rounding would amplify any drift). Every
-reduction in a group runs over the group's context length, and that length is the sequence's
-own bucket, whoever else is in the group; so the reductions have the same shape alone or
-batched. (PyTorch's fused SDPA picks kernels and block sizes from the padded shapes, which is
-why attention is written out here.)
+On CPU every token goes to csrc/paged_attention.cpp (float32 queries), which reads the cache in
+place one query row at a time: a row's result depends only on its query and its keys, so it is
+the same alone or batched, with its prompt in one chunk or several, or with a prefix-cache hit.
+(It is also faster here than batched matmuls for prompts: pp512 725 -> 1,024 tok/s, an
+8,191-token prompt 60 -> 29 s.) Where the kernel cannot run (CUDA, no compiler) the PyTorch path:
+single-token rows are grouped by context bucket (context length rounded up to a multiple of
+BUCKET), each group one padded batched attention; each prompt chunk runs on its own (no query
+padding). Every reduction in a group runs over the sequence's own bucket, whoever else is in the
+group, so decodes are batch invariant there too; a prompt token computed in a chunk and alone
+(after a prefix hit) may differ in the last bit. (PyTorch's fused SDPA picks kernels and block
+sizes from the padded shapes, which is why attention is written out here.)
 """
 from __future__ import annotations
 
@@ -45,10 +44,9 @@ class AttentionGroup:
 class AttentionMetadata:
     slot_mapping: torch.Tensor      # (T,) cache slot written by each new token
     groups: list[AttentionGroup]    # rows for the PyTorch path
-    # rows for the C++ kernel (one query row at a time); None: no kernel this step
-    rows: torch.Tensor | None = None          # (R,) their place in the batch
-    row_seq: torch.Tensor | None = None       # (R,) their row of block_tables
-    row_ctx: torch.Tensor | None = None       # (R,) how many keys each sees (position + 1)
+    # every row to the C++ kernel (one query row at a time); None: the PyTorch path
+    row_seq: torch.Tensor | None = None       # (T,) each row's row of block_tables
+    row_ctx: torch.Tensor | None = None       # (T,) how many keys each sees (position + 1)
     block_tables: torch.Tensor | None = None  # (S, max_blocks)
 
     @staticmethod
@@ -56,47 +54,40 @@ class AttentionMetadata:
               native: bool = False) -> "AttentionMetadata":
         """seqs: per sequence (first row in the flattened batch, number of new tokens, (ctx,)
         long tensor of cache slots of the whole context including the new tokens (slot =
-        block * block_size + offset), and optionally the prompt length).
+        block * block_size + offset)).
 
-        native: the kernel takes every token past the prompt (decodes, and generated tokens
-        recomputed after a preemption); prompt tokens take the PyTorch path. Each token thus
-        goes the same way however the batch is made up, chunked or preempted."""
+        native: every row goes to the C++ kernel, one query row at a time, so a token's result
+        is the same however the step was made up (batched, its prompt chunked, a prefix-cache
+        hit, a preemption); otherwise the PyTorch path."""
         if BUCKET % block_size:
             raise ValueError(f"block_size must divide {BUCKET}")
-        slot_mapping = torch.cat([s[2][len(s[2]) - s[1]:] for s in seqs])
+        slot_mapping = torch.cat([slots[len(slots) - n_new:] for _, n_new, slots in seqs])
+        if native:
+            return _build_rows(seqs, device, block_size, slot_mapping.to(device))
         buckets: dict[tuple[int, int], list] = {}
-        kernel_rows, kernel_seqs = [], []
-        for i, (start, n_new, slots, *rest) in enumerate(seqs):
-            first = len(slots) - n_new  # position of the first new token
-            n_torch = n_new
-            if native:
-                num_prompt = rest[0] if rest else len(slots)
-                n_torch = min(n_new, max(0, num_prompt - first))
-                if n_torch < n_new:
-                    kernel_rows += [(start + r, len(kernel_seqs), first + r + 1) for r in range(n_torch, n_new)]
-                    kernel_seqs.append(slots)
-            if n_torch == 0:
-                continue
-            ctx_slots = slots[:first + n_torch]
+        for i, (start, n_new, slots) in enumerate(seqs):
             # decodes share a group per context bucket; each prefill chunk gets its own group
             # (no query padding; a step rarely has more than a couple of them)
-            kind = -1 if n_torch == 1 else i
-            key = (kind, -(-len(ctx_slots) // BUCKET) * BUCKET)
-            buckets.setdefault(key, []).append((start, n_torch, ctx_slots))
+            kind = -1 if n_new == 1 else i
+            key = (kind, -(-len(slots) // BUCKET) * BUCKET)
+            buckets.setdefault(key, []).append((start, n_new, slots))
         groups = [_build_group(b, device, ctx_pad, block_size) for (_, ctx_pad), b in buckets.items()]
-        meta = AttentionMetadata(slot_mapping.to(device), groups)
-        if kernel_rows:
-            max_blocks = max(-(-len(sl) // block_size) for sl in kernel_seqs)
-            tables = torch.zeros(len(kernel_seqs), max_blocks, dtype=torch.long)
-            for i, sl in enumerate(kernel_seqs):
-                heads = sl[::block_size]  # the first slot of each block
-                tables[i, :len(heads)] = heads // block_size
-            rows, seq, ctx = zip(*kernel_rows)
-            meta.rows = torch.tensor(rows, device=device)
-            meta.row_seq = torch.tensor(seq, device=device)
-            meta.row_ctx = torch.tensor(ctx, device=device)
-            meta.block_tables = tables.to(device)
-        return meta
+        return AttentionMetadata(slot_mapping.to(device), groups)
+
+
+def _build_rows(seqs, device, block_size: int, slot_mapping: torch.Tensor) -> AttentionMetadata:
+    # every new token a kernel row, in batch order: its sequence, the keys it sees
+    seq, ctx = [], []
+    max_blocks = max(-(-len(slots) // block_size) for _, _, slots in seqs)
+    tables = torch.zeros(len(seqs), max_blocks, dtype=torch.long)
+    for i, (start, n_new, slots) in enumerate(seqs):
+        first = len(slots) - n_new  # position of the first new token
+        seq.append(torch.full((n_new,), i))
+        ctx.append(torch.arange(first + 1, first + n_new + 1))
+        heads = slots[::block_size]  # the first slot of each block
+        tables[i, :len(heads)] = heads // block_size
+    return AttentionMetadata(slot_mapping, [], row_seq=torch.cat(seq).to(device),
+                             row_ctx=torch.cat(ctx).to(device), block_tables=tables.to(device))
 
 
 def _build_group(seqs, device, C: int, block_size: int) -> AttentionGroup:
@@ -126,28 +117,69 @@ def _build_group(seqs, device, C: int, block_size: int) -> AttentionGroup:
         dst=torch.tensor(dst, dtype=torch.long, device=device))
 
 
+# An int8 cache row is D int8 values then their float32 scale (4 bytes): x ~= q * scale, scale =
+# max|x| / 127 per token and head (K after rotary). One tensor per cache, indexed by slot like the
+# float caches: 68 bytes a row for D = 64 where float16 takes 128.
+INT8_SCALE_BYTES = 4
+
+
+def cache_row_bytes(dtype: torch.dtype, head_dim: int) -> int:
+    """Bytes of one (token, kv head) row of a cache of this dtype."""
+    if dtype == torch.int8:
+        return head_dim + INT8_SCALE_BYTES
+    return head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def cache_row_width(dtype: torch.dtype, head_dim: int) -> int:
+    """The cache tensor's last dimension."""
+    return head_dim + INT8_SCALE_BYTES if dtype == torch.int8 else head_dim
+
+
+def quantize_kv(x: torch.Tensor) -> torch.Tensor:
+    """(..., D) float -> (..., D + 4) int8 cache rows; q = round(x * 127 / max|x|), ties to even,
+    as csrc/fused_ops.cpp writes them."""
+    x = x.float()
+    amax = x.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    q = (x * inv).round().clamp_(-127, 127).to(torch.int8)
+    return torch.cat([q, (amax / 127).view(torch.int8)], dim=-1)
+
+
+def dequantize_kv(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(..., D + 4) int8 cache rows -> (..., D) of dtype."""
+    scale = rows[..., -INT8_SCALE_BYTES:].contiguous().view(torch.float32)  # (..., 1)
+    return (rows[..., :-INT8_SCALE_BYTES].float() * scale).to(dtype)
+
+
 def write_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 meta: AttentionMetadata) -> None:
     # k, v: (T, Hkv, D) -> the cache slots of meta.slot_mapping
-    Hkv, num_blocks, block_size, D = k_cache.shape
-    k_cache.view(Hkv, -1, D).index_copy_(1, meta.slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
-    v_cache.view(Hkv, -1, D).index_copy_(1, meta.slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
+    Hkv, num_blocks, block_size, W = k_cache.shape
+    for x, cache in ((k, k_cache), (v, v_cache)):
+        rows = quantize_kv(x) if cache.dtype == torch.int8 else x.to(cache.dtype)
+        cache.view(Hkv, -1, W).index_copy_(1, meta.slot_mapping, rows.transpose(0, 1))
+
+
+def _gather(cache: torch.Tensor, rows: torch.Tensor, B: int, C: int, dtype: torch.dtype) -> torch.Tensor:
+    # whole blocks of each context, heads first: (Hkv, B, C, D) of dtype
+    Hkv, _, block_size, W = cache.shape
+    g = cache.view(-1, block_size * W).index_select(0, rows).view(Hkv, B, C, W)
+    return dequantize_kv(g, dtype) if cache.dtype == torch.int8 else g.to(dtype)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
     # q: (T, Hq, D); caches: (Hkv, num_blocks, block_size, D), this step's k, v already written.
-    # Rows that the metadata gives to the C++ kernel (csrc/paged_attention.cpp: generated tokens,
-    # CPU, float32) read the cache in place; prompt chunks (where batched matmuls win) and
-    # everything on other devices take the PyTorch path, also the kernel's test reference.
-    # Heads first and whole blocks gathered: a context comes out as one contiguous
-    # (Hkv, B, C, D) tensor, copied in 4 KB runs, that batched matmuls read in place.
+    # With kernel metadata (CPU, float32) csrc/paged_attention.cpp reads the cache in place.
+    # Otherwise the PyTorch path, also the kernel's test reference: heads first and whole blocks
+    # gathered, a context comes out as one contiguous (Hkv, B, C, D) tensor, copied in 4 KB runs,
+    # that batched matmuls read in place.
+    if meta.row_seq is not None:
+        return kernels().paged_attention_rows(q, k_cache, v_cache, meta.row_seq, meta.row_ctx,
+                                              meta.block_tables, scale)
     T, Hq, D = q.shape
-    Hkv, num_blocks, block_size, _ = k_cache.shape
+    Hkv, num_blocks, block_size, _ = k_cache.shape  # the last dim: D, or D + 4 (int8 rows)
     out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
-    if meta.rows is not None:  # generated tokens: the kernel reads the cache in place
-        out[meta.rows] = kernels().paged_attention_rows(q[meta.rows], k_cache, v_cache, meta.row_seq,
-                                                        meta.row_ctx, meta.block_tables, scale)
     G = Hq // Hkv  # query heads per kv head (GQA): they share one K/V read
     for g in meta.groups:
         B, Q = g.q_index.shape
@@ -157,8 +189,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         if g.head_blocks is None:  # rows of the (Hkv * num_blocks, block_size * D) view
             g.head_blocks = (torch.arange(Hkv, device=q.device)[:, None] * num_blocks
                              + g.kv_blocks.view(1, -1)).view(-1)
-        kg = k_cache.view(-1, block_size * D).index_select(0, g.head_blocks).view(Hkv, B, C, D).to(q.dtype)
-        vg = v_cache.view(-1, block_size * D).index_select(0, g.head_blocks).view(Hkv, B, C, D).to(q.dtype)
+        kg = _gather(k_cache, g.head_blocks, B, C, q.dtype)
+        vg = _gather(v_cache, g.head_blocks, B, C, q.dtype)
         scores = torch.matmul(qg, kg.transpose(2, 3))          # (Hkv, B, G*Q, C)
         if g.neg_mask is None:  # the same for every layer of the step
             g.neg_mask = (~g.mask).view(1, B, Q, C).repeat(1, 1, G, 1)  # (1, B, G*Q, C)
