@@ -10,7 +10,7 @@ class EngineConfig:
     model: str | None = None              # .gguf file or Hugging Face directory; None: bundled SmolLM2
     device: str = "auto"                  # auto | cpu | cuda
     dtype: str = "auto"                   # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
-    quantization: str = "auto"            # auto (int8 on CPU, none on CUDA) | none | int8 | q4_1
+    quantization: str = "auto"            # auto (a Q4_1 file's blocks or int8 on CPU, none on CUDA) | none | int8 | q4_1
     kv_cache_memory_gib: float = 1.0      # memory budget of the paged KV cache
     kv_cache_dtype: str = "auto"          # auto (int8 on CPU with quantized weights, else dtype) | float32 | float16 | bfloat16 | int8
     block_size: int = 16                  # tokens per KV block

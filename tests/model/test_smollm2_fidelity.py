@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from tokenmill import LLM, SamplingParams
-from tokenmill.model.layers.quantized import _native
 
 pytestmark = pytest.mark.slow
 
@@ -73,10 +72,8 @@ def test_answers_paris(llm):
     assert "Paris" in out[0].outputs[0].text
 
 
-# the default (int8 on CPU), fp32, and 4-bit where its kernel runs (elsewhere its PyTorch
-# reference would take minutes on this test)
-@pytest.mark.parametrize("quantization", ["auto", "none", pytest.param("q4_1", marks=pytest.mark.skipif(
-    _native() is None, reason="no AVX-512 VNNI"))])
+# the default (the file's Q4_1 blocks where the VNNI kernel runs, else int8), fp32, and int8
+@pytest.mark.parametrize("quantization", ["auto", "none", "int8"])
 def test_invariance_mixed_batch_prefix_cache_and_preemption(smollm2_path, prompts, quantization):
     # mixed lengths: the 8 chat prompts plus a long and a short raw prompt
     batch = prompts + [list(range(1000, 1180)), [504, 3575]]

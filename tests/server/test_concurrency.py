@@ -14,8 +14,10 @@ TOPICS = ["cats", "the sea", "bread", "chess", "rain", "trains", "music", "stars
 
 def test_answers_paris(smol_server):
     c = openai.OpenAI(base_url=smol_server.url + "/v1", api_key="x", max_retries=0)
+    # "What is the capital of France?" is a coin toss for this model ("The" -1.88 vs "L" -1.96 in
+    # fp32); the default Q4_1 format answers it "L'Étoile, ...", as llama.cpp does on the same file
     r = c.chat.completions.create(model=smol_server.model, temperature=0, max_tokens=30,
-                                  messages=[{"role": "user", "content": "What is the capital of France?"}])
+                                  messages=[{"role": "user", "content": "Name the capital city of France."}])
     assert "Paris" in r.choices[0].message.content
 
 

@@ -3,15 +3,23 @@ tokens and the same logprobs, bit for bit, alone, batched and with speculative d
 import pytest
 
 from tokenmill import LLM, SamplingParams
+from tokenmill.model.layers.q4 import Q4Linear
 from tokenmill.model.layers.quantized import _native
 
 
-# where the CPU lacks AVX-512 VNNI, int8 weights are not packed and the loop never runs
+# where the CPU lacks AVX-512 VNNI, weights are not packed and the loop never runs
 @pytest.mark.skipif(_native() is None, reason="no AVX-512 VNNI kernel here")
-@pytest.mark.parametrize("kv_cache_dtype", ["int8", "float16"])
-def test_cpp_decode_loop_matches_the_python_layers(tiny_llama_dir, kv_cache_dtype):
-    llm = LLM(tiny_llama_dir, quantization="int8", kv_cache_dtype=kv_cache_dtype, show_progress=False)
+@pytest.mark.parametrize("quantization,kv_cache_dtype", [("int8", "int8"), ("int8", "float16"),
+                                                          ("q4_1", "int8")])
+def test_cpp_decode_loop_matches_the_python_layers(tiny_llama_dir, tmp_path, quantization, kv_cache_dtype):
+    path = tiny_llama_dir
+    if quantization == "q4_1":  # 4-bit records from a Q4_1 file
+        from tests.tiny_models import make_hf_model, save_gguf
+        path = save_gguf(make_hf_model("llama", seed=3), str(tmp_path / "tiny-q4_1.gguf"), "Q4_1")
+    llm = LLM(path, quantization=quantization, kv_cache_dtype=kv_cache_dtype, show_progress=False)
     model = llm.engine.runner.model
+    if quantization == "q4_1":
+        assert sum(isinstance(m, Q4Linear) for m in model.modules()) == 4 * len(model.layers) + 1
     prompts = ["hello", "abcabcabcabc", "the quick brown fox jumps"]
     params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=3),
               SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True, logprobs=3)]

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from tokenmill import LLM, SamplingParams
 from tokenmill.model.layers.linear import Linear
 from tokenmill.model.layers.native import kernels
-from tokenmill.model.layers.q4 import Q4Linear, codes_from_blocks, pack_nibbles, unpack_nibbles
+from tokenmill.model.layers.q4 import (Q4Linear, codes_from_blocks, pack_nibbles, reference_q4_linear,
+                                      unpack_nibbles)
 from tokenmill.model.layers.quantized import Int8Linear, _native
 
 needs_kernel = pytest.mark.skipif(_native() is None, reason="no C++ kernels or no AVX-512 VNNI")
@@ -38,21 +39,27 @@ def test_codes_are_recovered_exactly_or_refused():
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape", [(77, 128), (1536, 576), (576, 1536)])  # N, K
-def test_kernel_matches_weight_only_reference_and_is_batch_invariant(shape):
+@pytest.mark.parametrize("shape", [(77, 128), (1536, 576), (576, 1536), (48, 96)])  # N, K
+def test_kernel_matches_its_reference_and_is_batch_invariant(shape):
     N, K = shape
     codes, d, m, b = random_layer(N, K)
     fast = Q4Linear(codes, d, m, b, kernels())
     ref = Q4Linear(codes, d, m, b, None)
+    back = fast.blocks()  # the packed records give the file's blocks back
+    assert torch.equal(back[0], codes) and torch.equal(back[1], d) and torch.equal(back[2], m)
     x = torch.randn(13, K)
     x[2] *= 30
+    x[4, :32] = 0  # an all-zero block
     y = fast(x)
-    expected = F.linear(x.double(), ref.dequantize().double(), b.double()).float()
-    assert ((y - expected).norm() / expected.norm()).item() < 1e-4  # ~15-bit activations
-    assert torch.allclose(ref(x), expected, rtol=1e-4, atol=1e-4)
+    same_math = reference_q4_linear(x, codes, d, m, b)  # int8 activations per block, float64
+    assert ((y - same_math).norm() / same_math.norm()).item() < 1e-6
+    exact = F.linear(x.double(), ref.dequantize().double(), b.double()).float()
+    assert 1e-6 < ((y - exact).norm() / exact.norm()).item() < 2e-2  # 8-bit activations
+    assert torch.allclose(ref(x), exact, rtol=1e-4, atol=1e-4)
     for i in range(len(x)):
         assert torch.equal(fast(x[i:i + 1]), y[i:i + 1])
     assert torch.equal(fast(x[3:9]), y[3:9])
+    assert torch.equal(fast(x[1:4]), y[1:4])
 
 
 def test_engine_keeps_a_q4_1_files_blocks(tmp_path):  # kernel or PyTorch reference

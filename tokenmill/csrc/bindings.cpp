@@ -10,8 +10,8 @@ bool int8_linear_has_vnni();
 torch::Tensor int8_pack(torch::Tensor w);
 torch::Tensor int8_linear_packed(torch::Tensor x, torch::Tensor wp, torch::Tensor wscale,
                                  torch::Tensor wsum, torch::Tensor bias, int64_t N);
-torch::Tensor q4_linear(torch::Tensor x, torch::Tensor qs, torch::Tensor d, torch::Tensor m,
-                        torch::Tensor bias);
+torch::Tensor q4_pack(torch::Tensor codes, torch::Tensor d, torch::Tensor m);
+torch::Tensor q4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor bias, int64_t N);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
 torch::Tensor decode_layers(torch::Tensor x, torch::Tensor positions, std::vector<torch::Tensor> layers,
                             std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches,
@@ -32,7 +32,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear", &int8_linear, "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");
   m.def("int8_pack", &int8_pack, "int8 (N, K) weights -> 16-row blocks of 4-byte groups");
   m.def("int8_linear_packed", &int8_linear_packed, "int8_linear on packed weights, any number of rows");
-  m.def("q4_linear", &q4_linear, "linear on GGUF Q4_1 blocks, activations in two int8 parts");
+  m.def("q4_pack", &q4_pack, "Q4_1 codes and block scales -> 16-row records of the 4-bit kernel");
+  m.def("q4_linear", &q4_linear, "linear on packed Q4_1 blocks, activations int8 per block of 32");
   m.def("decode_layers", &decode_layers, "every decoder layer of a decode step in one call");
   m.def("rms_norm", &rms_norm, "RMSNorm of each row");
   m.def("add_rms_norm", &add_rms_norm, "residual += x in place, then RMSNorm of residual");

@@ -1,4 +1,4 @@
-// The decoder layers of a step in one C++ call (CPU, float32, packed int8 weights).
+// The decoder layers of a step in one C++ call (CPU, float32, packed int8 or 4-bit weights).
 //
 // A decode step of a small model is ~30 short kernel calls per layer; from Python each costs a
 // few microseconds of dispatch, a few milliseconds a step in all. This loop makes the same
@@ -11,6 +11,7 @@
 
 at::Tensor int8_linear_packed(at::Tensor x, at::Tensor wp, at::Tensor wscale, at::Tensor wsum,
                               at::Tensor bias, int64_t N);
+at::Tensor q4_linear(at::Tensor x, at::Tensor packed, at::Tensor bias, int64_t N);
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
 at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double eps);
 at::Tensor silu_mul(at::Tensor gate_up);
@@ -23,8 +24,10 @@ at::Tensor paged_attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_c
 
 namespace {
 
-// w: packed weight, scale (N,), wsum (N,), bias (N,) or empty
+// w: int8 packed weight, scale (N,), wsum (N,), bias (N,) or empty; or 4-bit records (uint8,
+// N / 16 groups), two unused slots, bias
 at::Tensor linear(const at::Tensor& x, const at::Tensor* w) {
+  if (w[0].scalar_type() == at::kByte) return q4_linear(x, w[0], w[3], 16 * w[0].size(0));
   return int8_linear_packed(x, w[0], w[1], w[2], w[3], w[1].size(0));
 }
 
@@ -33,7 +36,7 @@ constexpr int64_t kPerLayer = 18;  // see decode_layers
 }  // namespace
 
 // x (T, H): the embeddings; layers: per layer [input norm w, qkv (4), o (4), post norm w,
-// gate_up (4), down (4)], each linear as (packed, scale, wsum, bias). Returns the final norm's
+// gate_up (4), down (4)], each linear as (packed, scale, wsum, bias) or (records, -, -, bias). Returns the final norm's
 // output (T, H), as LlamaForCausalLM.forward.
 at::Tensor decode_layers(at::Tensor x, at::Tensor positions, std::vector<at::Tensor> layers,
                          std::vector<at::Tensor> k_caches, std::vector<at::Tensor> v_caches,

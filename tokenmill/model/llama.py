@@ -11,6 +11,7 @@ from .layers.attention import AttentionMetadata, paged_attention, write_cache
 from .layers.linear import Linear, MergedLinear
 from .layers.native import fused_ops
 from .layers.norm import RMSNorm
+from .layers.q4 import Q4Linear
 from .layers.rope import RotaryEmbedding
 
 
@@ -123,7 +124,7 @@ class LlamaForCausalLM(nn.Module):
 
     def _decode_plan(self, x: torch.Tensor):
         """(kernel module, flat weight list) for csrc/decode_loop.cpp, or None where the Python
-        path must run: not CPU float32, or a layer that is not packed int8 (fp32, q4_1, ...)."""
+        path must run: not CPU float32, or a layer in neither packed format (fp32, ...)."""
         if not hasattr(self, "_plan"):
             self._plan = None
             kern = fused_ops(x)
@@ -137,7 +138,11 @@ class LlamaForCausalLM(nn.Module):
                     norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
                     if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in norms):
                         break
-                    packs = [[m._packed, m._scale32, m._wsum, m._bias32] for m in linears]
+                    if any(isinstance(m, Q4Linear) and m.out_features % 16 for m in linears):
+                        break
+                    none = torch.empty(0)
+                    packs = [[m._packed, none, none, m._bias] if isinstance(m, Q4Linear) else
+                             [m._packed, m._scale32, m._wsum, m._bias32] for m in linears]
                     weights += [norms[0], *packs[0], *packs[1], norms[1], *packs[2], *packs[3]]
                 else:
                     self._plan = (kern, weights)

@@ -185,10 +185,10 @@ class Int8Embedding(nn.Module):
 
 
 def _q4_linear(child: Linear):
-    """A Q4Linear keeping the file's Q4_1 blocks, or None (not from Q4_1, or K % 64 != 0):
+    """A Q4Linear keeping the file's Q4_1 blocks, or None (not from Q4_1, or K % 32 != 0):
     those layers take int8."""
     blocks = child.q4_1_blocks()
-    if blocks is None or child.weight.shape[1] % 64 or child.weight.device.type != "cpu":
+    if blocks is None or child.weight.shape[1] % 32 or child.weight.device.type != "cpu":
         return None
     codes = codes_from_blocks(child.weight, *blocks)
     if codes is None:
