@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fast_exp.h"
 #include "quant_rows.h"
 
 namespace {
@@ -67,6 +68,27 @@ at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double 
   return out;
 }
 
+namespace {
+
+inline void silu_mul_row(const float* g, const float* u, int64_t I, float* o) {
+  for (int64_t i = 0; i < I; ++i) o[i] = (g[i] / (1.0f + std::exp(-g[i]))) * u[i];
+}
+
+// 16 at a time with fast_exp512 (libm's expf one by one was ~8% of a prompt's time)
+__attribute__((target("avx512f")))
+void silu_mul_row_avx512(const float* g, const float* u, int64_t I, float* o) {
+  int64_t i = 0;
+  for (; i + 16 <= I; i += 16) {
+    const __m512 x = _mm512_loadu_ps(g + i);
+    const __m512 e = tokenmill::fast_exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    const __m512 s = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    _mm512_storeu_ps(o + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+  }
+  silu_mul_row(g + i, u + i, I - i, o + i);
+}
+
+}  // namespace
+
 // gate_up: (T, 2I) = [gate | up] -> silu(gate) * up, (T, I).
 at::Tensor silu_mul(at::Tensor gate_up) {
   check_rows(gate_up, "gate_up");
@@ -75,12 +97,14 @@ at::Tensor silu_mul(at::Tensor gate_up) {
   const float* gp = gate_up.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t ld = gate_up.stride(0);
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
   at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const float* g = gp + t * ld;
-      const float* u = g + I;
-      float* o = op + t * I;
-      for (int64_t i = 0; i < I; ++i) o[i] = (g[i] / (1.0f + std::exp(-g[i]))) * u[i];
+      if (avx512)
+        silu_mul_row_avx512(g, g + I, I, op + t * I);
+      else
+        silu_mul_row(g, g + I, I, op + t * I);
     }
   });
   return out;

@@ -17,7 +17,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "fast_exp.h"
+
 namespace {
+
+using tokenmill::fast_exp512;
 
 constexpr int kLanes = 16;  // fixed lane order: the same rounding whatever the build vectorizes
 
@@ -62,24 +66,6 @@ inline float fast_exp(float x) {
   return p;
 }
 
-
-// The same exp with AVX-512: 2^n by vscalefps, n = floor(t).
-__attribute__((target("avx512f")))
-inline __m512 fast_exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));
-  __m512 p = _mm512_set1_ps(0.0001984127f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.0013888889f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.008333334f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.041666668f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16666667f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 
 __attribute__((target("avx512f")))
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
@@ -307,10 +293,15 @@ at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
     for (int64_t c = first_task[t]; c < first_task[t + 1]; ++c) task_row[c] = t;
 
   const bool fast = has_avx512();
-  at::parallel_for(0, chunks * Hkv, 1, [&](int64_t begin, int64_t end) {
+  // Tasks in zigzag order (0, n-1, 1, n-2, ...): parallel_for hands each thread one contiguous
+  // range, and a prompt's later rows see more keys, so in order the last thread got most of the
+  // work (3x the first's for a 512-token prompt on 2 threads).
+  const int64_t tasks = chunks * Hkv;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(G * kChunk), qs(G * D);
     std::vector<int64_t> off(kChunk);  // each key's row in its head's cache, in elements
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t z = begin; z < end; ++z) {
+      const int64_t i = z % 2 == 0 ? z / 2 : tasks - 1 - z / 2;
       const int64_t c = i / Hkv, h = i % Hkv, t = task_row[c];
       const int64_t j0 = (c - first_task[t]) * kChunk, j1 = std::min(rc[t], j0 + kChunk), n = j1 - j0;
       const int64_t* table = bt + rs[t] * MB;

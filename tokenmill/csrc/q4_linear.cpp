@@ -43,8 +43,9 @@ void quantize_blocks(const float* x, int64_t K, int8_t* a, float* dx, float* xs)
   for (int64_t b = 0; b < K / 32; ++b) {
     const float* v = x + b * 32;
     tokenmill::quantize_row_avx512(v, 32, a + b * 32, dx + b);
-    int32_t sum = 0;  // of the quantized values: see the header
-    for (int j = 0; j < 32; ++j) sum += a[b * 32 + j];
+    const __m128i* ab = reinterpret_cast<const __m128i*>(a + b * 32);  // sum of the int8 values
+    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(ab)), _mm512_cvtepi8_epi32(_mm_loadu_si128(ab + 1))));
     xs[b] = dx[b] * static_cast<float>(sum);
   }
 }
