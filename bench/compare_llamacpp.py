@@ -9,7 +9,8 @@ Rows (llama.cpp's best configuration for each, both listed):
             Q4_1 file and on a Q8_0 copy (llama-quantize --allow-requantize), default settings and
             -fa on -ctk q8_0 -ctv q8_0; tokenmill's LLM on the engine directly (greedy, no
             speculation, no prefix cache; its default int8 KV cache, and the 4,096 row again with
-            float16 KV), and the TTFT of an 8,191-token prompt
+            float16 KV), and the TTFT of an 8,191-token prompt; each row the mean tok/s of 3 runs
+            on both sides (llama-bench -r 3)
   server    mixed prompts (37-706 tokens), 128 forced tokens, streaming, c = 1/4/16/64: llama-server
             started for each c with -np c and 2,048 tokens of context per slot (-c 2048 c; with
             --kv-unified every sequence's attention spans the whole shared cache, and c=64 starved), and
@@ -101,8 +102,11 @@ def q8_copy(model):
     return out
 
 
+REPS = 3  # repetitions of each offline row, both sides
+
+
 def llama_bench(model, threads, args):
-    cmd = [llama_bin("llama-bench"), "-m", model, "-t", str(threads), "-o", "json", "-r", "3"] + args
+    cmd = [llama_bin("llama-bench"), "-m", model, "-t", str(threads), "-o", "json", "-r", str(REPS)] + args
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return {(r["n_prompt"], r["n_gen"], r.get("n_depth", 0)): r["avg_ts"] for r in json.loads(out)}
 
@@ -134,13 +138,13 @@ def tokenmill_offline(model, threads):
               show_progress=False)
     res = {"kv_dtype": str(llm.engine.runner.kv_dtype)}
     _timed(llm, list(range(base, base + 64)), 8)  # warm-up
-    _, dt, n = _timed(llm, [1] + list(range(base, base + 4)), 129)
-    res["tg128"] = n / dt
-    ttft, _, _ = _timed(llm, list(range(base + 7, base + 7 + 512)), 1)
-    ttft2, _, _ = _timed(llm, list(range(base + 9, base + 9 + 512)), 1)
-    res["pp512"] = 512 / min(ttft, ttft2)
-    _, dt, n = _timed(llm, [(base + i * 7) % 40000 + 100 for i in range(4096)], 65)
-    res["tg_at_4096"] = n / dt
+    # each row the mean tok/s of REPS runs, as llama-bench -r REPS reports its avg_ts
+    tg = [_timed(llm, [1] + list(range(base + r, base + r + 4)), 129) for r in range(REPS)]
+    res["tg128"] = sum(n / dt for _, dt, n in tg) / REPS
+    pp = [_timed(llm, list(range(base + 7 + r, base + 7 + r + 512)), 1)[0] for r in range(REPS)]
+    res["pp512"] = sum(512 / t for t in pp) / REPS
+    long = [_timed(llm, [(base + r + i * 7) % 40000 + 100 for i in range(4096)], 65) for r in range(REPS)]
+    res["tg_at_4096"] = sum(n / dt for _, dt, n in long) / REPS
     ttft, _, _ = _timed(llm, [(base + i * 13) % 40000 + 100 for i in range(8191)], 1)
     res["ttft_8191_s"] = ttft
     del llm
@@ -149,8 +153,8 @@ def tokenmill_offline(model, threads):
     llm = LLM(model, num_threads=threads, enable_prefix_caching=False, max_model_len=8192,
               show_progress=False, kv_cache_dtype="float16")
     _timed(llm, list(range(base, base + 64)), 8)
-    _, dt, n = _timed(llm, [(base + i * 7) % 40000 + 100 for i in range(4096)], 65)
-    res["tg_at_4096_fp16_kv"] = n / dt
+    long = [_timed(llm, [(base + r + i * 7) % 40000 + 100 for i in range(4096)], 65) for r in range(REPS)]
+    res["tg_at_4096_fp16_kv"] = sum(n / dt for _, dt, n in long) / REPS
     del llm
     gc.collect()
     return res
