@@ -161,7 +161,8 @@ at::Tensor q4_pack(at::Tensor codes, at::Tensor d, at::Tensor m) {
   return out;
 }
 
-// x (M, K) float32; packed from q4_pack; bias (N,) float32 or empty; N the layer's outputs.
+// x (M, K) float32; packed from q4_pack; bias float32, padded with zeros to 16 * groups (Q4Linear
+// does it once), or empty; N the layer's outputs.
 at::Tensor q4_linear(at::Tensor x, at::Tensor packed, at::Tensor bias, int64_t N) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
   TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
@@ -171,7 +172,8 @@ at::Tensor q4_linear(at::Tensor x, at::Tensor packed, at::Tensor bias, int64_t N
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = packed.size(0), B = packed.size(1), Np = 16 * G;
   TORCH_CHECK(K == 32 * B && N <= Np && N > Np - 16, "x and the packed weight disagree");
-  TORCH_CHECK(bias.numel() == 0 || bias.numel() == N, "bias must have N values");
+  TORCH_CHECK(bias.numel() == 0 || (bias.numel() == Np && bias.scalar_type() == at::kFloat &&
+                                     bias.is_contiguous()), "bias must be float32, padded to 16 * groups");
   auto a = at::empty({M, K}, x.options().dtype(at::kChar));
   auto dx = at::empty({M, B}, x.options()), xs = at::empty({M, B}, x.options());
   at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
@@ -179,14 +181,12 @@ at::Tensor q4_linear(at::Tensor x, at::Tensor packed, at::Tensor bias, int64_t N
       quantize_blocks(x.data_ptr<float>() + m * K, K, a.data_ptr<int8_t>() + m * K,
                       dx.data_ptr<float>() + m * B, xs.data_ptr<float>() + m * B);
   });
-  at::Tensor bpad;
-  if (bias.numel()) bpad = at::constant_pad_nd(bias.to(at::kFloat).contiguous(), {0, Np - N});
   auto y = at::empty({M, Np}, x.options());
   const uint8_t* w = packed.data_ptr<uint8_t>();
   const int8_t* ap = a.data_ptr<int8_t>();
   const float* dxp = dx.data_ptr<float>();
   const float* xsp = xs.data_ptr<float>();
-  const float* bp = bias.numel() ? bpad.data_ptr<float>() : nullptr;
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   // a few rows (decode): 4 groups a tile, one pass over the weights; more rows: 2 groups x 4 rows
   const int GN = M < 4 ? 4 : 2;

@@ -61,9 +61,11 @@ class Q4Linear(nn.Module):
         d, m = d.to(torch.float16).contiguous(), m.to(torch.float16).contiguous()  # (N, K/32)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.native = native
-        self._bias = torch.empty(0) if bias is None else self.bias.data
+        self._bias = torch.empty(0)
         if native is not None:  # the kernel's records only: (ceil(N/16), K/32, 320) uint8
             self.register_buffer("_packed", native.q4_pack(codes, d, m), persistent=False)
+            if bias is not None:  # padded to the records' 16-row groups once, not per call
+                self._bias = F.pad(self.bias.data, (0, 16 * self._packed.shape[0] - self.out_features))
         else:
             self.register_buffer("_packed", None, persistent=False)
             self.register_buffer("qs", pack_nibbles(codes), persistent=False)   # (N, K/2) uint8
