@@ -75,8 +75,6 @@ void tile(const uint8_t* w, int64_t B, const int8_t* a, const float* dx, const f
       for (int g = 0; g < GN; ++g) {
         const uint8_t* rec = w + (g * B + b) * kRecord;
         const __m512i v = _mm512_loadu_si512(rec + 64 * c);
-        if (c == 0) _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kRecord), _MM_HINT_T0);
-        if (c == 2) _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kRecord + 128), _MM_HINT_T0);
         lo[g] = _mm512_and_si512(v, low4);
         hi[g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
       }
