@@ -45,7 +45,10 @@ def _token_counts(rows: list[list[int]], vocab: int, device) -> torch.Tensor:
 
 
 def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-    """Returns the processed logits (S, V); the input is not modified."""
+    """Returns the processed logits (S, V); the input is not modified (it is returned as is when no
+    request asks for any of this: the copy and pass cost ~0.1 ms a decode step)."""
+    if not any(_processes(r) for r in reqs):
+        return logits
     logits = logits.clone()
     S, V = logits.shape
     dev = logits.device
@@ -73,6 +76,20 @@ def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
             logits[i] = processor(r.output_token_ids, logits[i])
     # extreme parameters (a penalty of 1e-300) must not turn a row into inf/nan
     return logits.nan_to_num_(nan=float("-inf"), posinf=torch.finfo(logits.dtype).max, neginf=float("-inf"))
+
+
+def _processes(r: Request) -> bool:
+    p = r.params
+    return bool(p.has_penalties or p.logit_bias or r.logits_processors
+                or (r.num_output_tokens < p.min_tokens and (r.eos_ids or p.stop_token_ids)))
+
+
+def _argmax(x: torch.Tensor) -> torch.Tensor:
+    """(S, V) -> (S,) long; the first index of the maximum, as torch.argmax. On CPU numpy's is ~9x
+    faster (7 vs 62 us for one 49,152-entry row here, a percent of a decode step)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return x.argmax(-1)
+    return torch.from_numpy(x.contiguous().numpy().argmax(-1))
 
 
 def _window(ids: list[int], last_n: int) -> list[int]:
@@ -126,7 +143,7 @@ class Sampler:
         S, V = logits.shape
         dev = logits.device
         processed = apply_penalties(logits, reqs)
-        tokens = processed.argmax(-1)
+        tokens = _argmax(processed)
         sampled_rows = [i for i, r in enumerate(reqs) if not r.params.is_greedy]
         if sampled_rows:
             rows = torch.tensor(sampled_rows, device=dev)
