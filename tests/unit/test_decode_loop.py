@@ -10,7 +10,8 @@ from tokenmill.model.layers.quantized import _native
 # where the CPU lacks AVX-512 VNNI, weights are not packed and the loop never runs
 @pytest.mark.skipif(_native() is None, reason="no AVX-512 VNNI kernel here")
 @pytest.mark.parametrize("quantization,kv_cache_dtype", [("int8", "int8"), ("int8", "float16"),
-                                                          ("q4_1", "int8")])
+                                                          ("q4_1", "int8"), ("q4_1", "float16"),
+                                                          ("q4_1", "float32")])
 def test_cpp_decode_loop_matches_the_python_layers(tiny_llama_dir, tmp_path, quantization, kv_cache_dtype):
     path = tiny_llama_dir
     if quantization == "q4_1":  # 4-bit records from a Q4_1 file

@@ -5,9 +5,23 @@
 // calls, to the same kernels, in the same order as LlamaForCausalLM.forward does (so the numbers
 // are identical, bit for bit), without the interpreter between them. Every step whose attention
 // goes to the C++ kernel (all steps on CPU with it) runs here, prompt chunks included.
+//
+// Where every linear is 4-bit (the default on a VNNI CPU) the step runs in one OpenMP team instead
+// (team_layers): the threads start once per step and meet at a barrier between phases, where the
+// loop of kernel calls starts and joins the threads ~6 times a layer and allocates ~15 tensors;
+// those costs were ~1 ms of a 3.5 ms decode step. The same row functions and tiles compute every
+// number, so the two loops agree bit for bit (and each row's result is still its own).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <vector>
+
+#include "attention_work.h"
+#include "q4_linear.h"
+#include "quant_rows.h"
+#include "row_ops.h"
 
 at::Tensor int8_linear_packed(at::Tensor x, at::Tensor wp, at::Tensor wscale, at::Tensor wsum,
                               at::Tensor bias, int64_t N);
@@ -33,6 +47,151 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor* w) {
 
 constexpr int64_t kPerLayer = 18;  // see decode_layers
 
+// One 4-bit linear: records (G groups of 16 outputs, B blocks of 32 inputs), padded bias or null.
+struct Q4 {
+  const uint8_t* w;
+  int64_t G, B;
+  const float* bias;
+};
+
+Q4 q4_of(const at::Tensor* w) {
+  return {w[0].data_ptr<uint8_t>(), w[0].size(0), w[0].size(1),
+          w[3].numel() ? w[3].data_ptr<float>() : nullptr};
+}
+
+constexpr int kLinear[4] = {1, 5, 10, 14};  // qkv, o, gate_up, down in a layer's entries
+
+bool all_q4(const std::vector<at::Tensor>& layers) {
+  for (size_t l = 0; l < layers.size(); l += kPerLayer)
+    for (int i : kLinear)
+      if (layers[l + i].scalar_type() != at::kByte) return false;
+  return tokenmill::has_vnni();
+}
+
+// Inside the team: y (T, 16 G) = the quantized rows (a, dx, xs) through q; units of 4 groups
+// handed out one at a time (a thread that got slower memory takes fewer).
+inline void team_linear(const Q4& q, const int8_t* a, const float* dx, const float* xs, int64_t T,
+                        float* y) {
+  const int64_t units = (q.G + 3) / 4;
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t u = 0; u < units; ++u)
+    tokenmill::q4_groups(q.w, q.B, a, dx, xs, T, q.bias, y, 16 * q.G, 4 * u,
+                         std::min<int64_t>(4, q.G - 4 * u));
+}
+
+template <typename C>
+at::Tensor team_layers(at::Tensor x, at::Tensor positions, const std::vector<at::Tensor>& layers,
+                       const std::vector<at::Tensor>& k_caches, const std::vector<at::Tensor>& v_caches,
+                       at::Tensor slot_mapping, at::Tensor row_seq, at::Tensor row_ctx,
+                       at::Tensor block_tables, at::Tensor cos, at::Tensor sin,
+                       at::Tensor final_norm, double eps_d, double scale, int64_t Hq, int64_t Hkv) {
+  const int64_t T = x.size(0), H = x.size(1), L = k_caches.size();
+  const Q4 first_qkv = q4_of(layers.data() + 1);
+  const int64_t QW = 16 * first_qkv.G, D = QW / (Hq + 2 * Hkv), HD = Hq * D;
+  const int64_t I2 = 16 * q4_of(layers.data() + 10).G, I = I2 / 2;
+  std::vector<Q4> lin;
+  std::vector<const float*> norm1, norm2;
+  std::vector<C*> kp, vp;
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor* w = layers.data() + l * kPerLayer;
+    for (int i : kLinear) lin.push_back(q4_of(w + i));
+    const Q4* q = lin.data() + 4 * l;
+    TORCH_CHECK(16 * q[0].G == QW && 32 * q[0].B == H && 16 * q[1].G == H && 32 * q[1].B == HD &&
+                16 * q[2].G == I2 && 32 * q[2].B == H && 16 * q[3].G == H && 32 * q[3].B == I,
+                "decode_layers: layer ", l, " has other shapes");
+    TORCH_CHECK(w[0].is_contiguous() && w[9].is_contiguous(), "norm weights must be contiguous");
+    norm1.push_back(w[0].data_ptr<float>());
+    norm2.push_back(w[9].data_ptr<float>());
+    TORCH_CHECK(k_caches[l].sizes() == k_caches[0].sizes() && v_caches[l].sizes() == k_caches[0].sizes() &&
+                k_caches[l].is_contiguous() && v_caches[l].is_contiguous(), "caches differ");
+    kp.push_back(k_caches[l].data_ptr<C>());
+    vp.push_back(v_caches[l].data_ptr<C>());
+  }
+  const int64_t RS = k_caches[0].size(-1), slots = k_caches[0].numel() / (Hkv * RS);
+  TORCH_CHECK(RS == D + (std::is_same_v<C, int8_t> ? 4 : 0), "cache rows do not match head_dim");
+  positions = positions.contiguous();
+  slot_mapping = slot_mapping.contiguous();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* sm = slot_mapping.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t) TORCH_CHECK(sm[t] >= 0 && sm[t] < slots, "slot out of range");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.size(1) == D, "cos, sin: (positions, D)");
+
+  tokenmill::AttentionWork<C> work;
+  work.describe(k_caches[0], v_caches[0], row_seq, row_ctx, block_tables, T, Hq, D, scale);
+  auto opt = x.options();
+  auto h = at::empty({T, H}, opt), qkv = at::empty({T, QW}, opt), o = at::empty({T, HD}, opt);
+  auto gu = at::empty({T, I2}, opt), act = at::empty({T, I}, opt), y = at::empty({T, H}, opt);
+  auto out = at::empty({T, H}, opt);
+  const int64_t Kmax = std::max({H, HD, I});
+  auto a = at::empty({T, Kmax}, opt.dtype(at::kChar));
+  auto dx = at::empty({T, Kmax / 32}, opt), xs = at::empty({T, Kmax / 32}, opt);
+  float* res = x.data_ptr<float>();  // the residual stream, in place (as the other loop)
+  float *hp = h.data_ptr<float>(), *qkvp = qkv.data_ptr<float>(), *op = o.data_ptr<float>();
+  float *gup = gu.data_ptr<float>(), *actp = act.data_ptr<float>(), *yp = y.data_ptr<float>();
+  float* outp = out.data_ptr<float>();
+  int8_t* ap = a.data_ptr<int8_t>();
+  float *dxp = dx.data_ptr<float>(), *xsp = xs.data_ptr<float>();
+  const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  const float* fnorm = final_norm.data_ptr<float>();
+  const float eps = static_cast<float>(eps_d);
+  work.q = qkvp, work.ldq = QW, work.out = op, work.ldo = HD;
+  work.plan();
+  // row t of a (K,) through dx, xs: the activations of the next linear, K its inputs
+  auto quantize = [&](const float* src, int64_t K, int64_t t) {
+    tokenmill::q4_quantize_row(src + t * K, K, ap + t * K, dxp + t * (K / 32), xsp + t * (K / 32));
+  };
+
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    tokenmill::AttentionScratch scratch = work.new_scratch();
+    std::vector<float> tmp(D);
+    for (int64_t l = 0; l < L; ++l) {
+      const Q4* q = lin.data() + 4 * l;
+#pragma omp single nowait
+      {  // the last readers of these (the previous layer's tasks) passed two barriers ago
+        work.k = kp[l];
+        work.v = vp[l];
+      }
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t) {
+        if (l == 0)
+          tokenmill::rms_norm_row(res + t * H, norm1[l], H, eps, hp + t * H);
+        else
+          tokenmill::add_rms_norm_row(yp + t * H, res + t * H, norm1[l], H, eps, hp + t * H);
+        quantize(hp, H, t);
+      }
+      team_linear(q[0], ap, dxp, xsp, T, qkvp);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t)
+        tokenmill::rope_and_cache_row(qkvp + t * QW, pos[t], cp, sp, Hq, Hkv, D, kp[l], vp[l], slots,
+                                      sm[t], tmp.data());
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t z = 0; z < work.tasks(); ++z) work.run_task(z, scratch);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < work.merges(); ++i) work.merge(i, scratch);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t) quantize(op, HD, t);
+      team_linear(q[1], ap, dxp, xsp, T, yp);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t) {
+        tokenmill::add_rms_norm_row(yp + t * H, res + t * H, norm2[l], H, eps, hp + t * H);
+        quantize(hp, H, t);
+      }
+      team_linear(q[2], ap, dxp, xsp, T, gup);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t) {
+        tokenmill::silu_mul_row(gup + t * I2, I, actp + t * I);
+        quantize(actp, I, t);
+      }
+      team_linear(q[3], ap, dxp, xsp, T, yp);
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t)
+      tokenmill::add_rms_norm_row(yp + t * H, res + t * H, fnorm, H, eps, outp + t * H);
+  }
+  return out;
+}
+
 }  // namespace
 
 // x (T, H): the embeddings; layers: per layer [input norm w, qkv (4), o (4), post norm w,
@@ -47,6 +206,20 @@ at::Tensor decode_layers(at::Tensor x, at::Tensor positions, std::vector<at::Ten
   TORCH_CHECK(static_cast<int64_t>(layers.size()) == kPerLayer * static_cast<int64_t>(k_caches.size()),
               "decode_layers: weights and caches disagree");
   const int64_t T = x.size(0), L = k_caches.size();
+  if (L > 0 && all_q4(layers) && x.is_contiguous() && x.scalar_type() == at::kFloat &&
+      final_norm.is_contiguous()) {
+    const auto kind = k_caches[0].scalar_type();
+    TORCH_CHECK(v_caches[0].scalar_type() == kind, "k and v caches differ in dtype");
+    if (kind == at::kChar)
+      return team_layers<int8_t>(x, positions, layers, k_caches, v_caches, slot_mapping, row_seq,
+                                 row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv);
+    if (kind == at::kHalf)
+      return team_layers<at::Half>(x, positions, layers, k_caches, v_caches, slot_mapping, row_seq,
+                                   row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv);
+    if (kind == at::kFloat)
+      return team_layers<float>(x, positions, layers, k_caches, v_caches, slot_mapping, row_seq,
+                                row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv);
+  }
   at::Tensor residual = x, h;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = layers.data() + l * kPerLayer;

@@ -13,6 +13,7 @@
 
 #include "fast_exp.h"
 #include "quant_rows.h"
+#include "row_ops.h"
 
 namespace {
 
@@ -21,15 +22,24 @@ void check_rows(const at::Tensor& t, const char* name) {
               name, " must be (T, H) float32 with contiguous rows");
 }
 
+}  // namespace
+
+namespace tokenmill {
+
 // out = x * rsqrt(mean(x^2) + eps) * w, summed in float64 (so the mean is exact to float).
-inline void norm_row(const float* x, const float* w, int64_t H, float eps, float* out) {
+void rms_norm_row(const float* x, const float* w, int64_t H, float eps, float* out) {
   double ss = 0.0;
   for (int64_t i = 0; i < H; ++i) ss += double(x[i]) * double(x[i]);
   const float inv = 1.0f / std::sqrt(static_cast<float>(ss / H) + eps);
   for (int64_t i = 0; i < H; ++i) out[i] = w[i] * (x[i] * inv);
 }
 
-}  // namespace
+void add_rms_norm_row(const float* x, float* r, const float* w, int64_t H, float eps, float* out) {
+  for (int64_t i = 0; i < H; ++i) r[i] = r[i] + x[i];
+  rms_norm_row(r, w, H, eps, out);
+}
+
+}  // namespace tokenmill
 
 // x: (T, H) -> RMSNorm(x) * w, a new (T, H) tensor.
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
@@ -41,7 +51,7 @@ at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
   float* op = out.data_ptr<float>();
   const int64_t ld = x.stride(0);
   at::parallel_for(0, T, 8, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) norm_row(xp + t * ld, wp, H, float(eps), op + t * H);
+    for (int64_t t = t0; t < t1; ++t) tokenmill::rms_norm_row(xp + t * ld, wp, H, float(eps), op + t * H);
   });
   return out;
 }
@@ -58,19 +68,15 @@ at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double 
   float* op = out.data_ptr<float>();
   const int64_t ldx = x.stride(0), ldr = residual.stride(0);
   at::parallel_for(0, T, 8, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      float* r = rp + t * ldr;
-      const float* d = xp + t * ldx;
-      for (int64_t i = 0; i < H; ++i) r[i] = r[i] + d[i];
-      norm_row(r, wp, H, float(eps), op + t * H);
-    }
+    for (int64_t t = t0; t < t1; ++t)
+      tokenmill::add_rms_norm_row(xp + t * ldx, rp + t * ldr, wp, H, float(eps), op + t * H);
   });
   return out;
 }
 
 namespace {
 
-inline void silu_mul_row(const float* g, const float* u, int64_t I, float* o) {
+inline void silu_mul_scalar(const float* g, const float* u, int64_t I, float* o) {
   for (int64_t i = 0; i < I; ++i) o[i] = (g[i] / (1.0f + std::exp(-g[i]))) * u[i];
 }
 
@@ -84,10 +90,18 @@ void silu_mul_row_avx512(const float* g, const float* u, int64_t I, float* o) {
     const __m512 s = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
     _mm512_storeu_ps(o + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
   }
-  silu_mul_row(g + i, u + i, I - i, o + i);
+  silu_mul_scalar(g + i, u + i, I - i, o + i);
 }
 
 }  // namespace
+
+void tokenmill::silu_mul_row(const float* gate_up, int64_t I, float* out) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512)
+    silu_mul_row_avx512(gate_up, gate_up + I, I, out);
+  else
+    silu_mul_scalar(gate_up, gate_up + I, I, out);
+}
 
 // gate_up: (T, 2I) = [gate | up] -> silu(gate) * up, (T, I).
 at::Tensor silu_mul(at::Tensor gate_up) {
@@ -97,15 +111,8 @@ at::Tensor silu_mul(at::Tensor gate_up) {
   const float* gp = gate_up.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t ld = gate_up.stride(0);
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
   at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const float* g = gp + t * ld;
-      if (avx512)
-        silu_mul_row_avx512(g, g + I, I, op + t * I);
-      else
-        silu_mul_row(g, g + I, I, op + t * I);
-    }
+    for (int64_t t = t0; t < t1; ++t) tokenmill::silu_mul_row(gp + t * ld, I, op + t * I);
   });
   return out;
 }
@@ -132,6 +139,35 @@ void store_row<int8_t>(const float* src, int64_t D, int8_t* dst) {
   std::memcpy(dst + D, &scale, sizeof scale);
 }
 
+template <typename C>
+void tokenmill::rope_and_cache_row(float* row, int64_t pos, const float* cos, const float* sin,
+                                   int64_t Hq, int64_t Hkv, int64_t D, C* kc, C* vc, int64_t slots,
+                                   int64_t slot, float* tmp) {
+  const int64_t half = D / 2, RS = std::is_same_v<C, int8_t> ? D + 4 : D;
+  const float* c = cos + pos * D;
+  const float* s = sin + pos * D;
+  for (int64_t h = 0; h < Hq + Hkv; ++h) {  // q heads, then k heads
+    float* x = row + h * D;
+    for (int64_t i = 0; i < half; ++i) {
+      tmp[i] = x[i] * c[i] + (-x[i + half]) * s[i];
+      tmp[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+    }
+    std::copy(tmp, tmp + D, x);
+  }
+  for (int64_t h = 0; h < Hkv; ++h) {
+    store_row(row + (Hq + h) * D, D, kc + (h * slots + slot) * RS);
+    store_row(row + (Hq + Hkv + h) * D, D, vc + (h * slots + slot) * RS);
+  }
+}
+
+template void tokenmill::rope_and_cache_row<float>(float*, int64_t, const float*, const float*, int64_t,
+                                                   int64_t, int64_t, float*, float*, int64_t, int64_t, float*);
+template void tokenmill::rope_and_cache_row<at::Half>(float*, int64_t, const float*, const float*, int64_t,
+                                                      int64_t, int64_t, at::Half*, at::Half*, int64_t, int64_t,
+                                                      float*);
+template void tokenmill::rope_and_cache_row<int8_t>(float*, int64_t, const float*, const float*, int64_t,
+                                                    int64_t, int64_t, int8_t*, int8_t*, int64_t, int64_t, float*);
+
 // qkv: (T, (Hq + 2 Hkv) * D), rows [q heads | k heads | v heads]. Rotates q and k in place
 // ("rotate half" layout: x * cos + rotate_half(x) * sin, the same two products and one add
 // per element as the PyTorch path, so bitwise equal) and writes k, v into the caches
@@ -144,7 +180,7 @@ void rope_and_cache_impl(at::Tensor qkv, at::Tensor positions, at::Tensor cos,
                     at::Tensor slot_mapping, int64_t Hq, int64_t Hkv) {
   check_rows(qkv, "qkv");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
-  const int64_t RS = k_cache.size(-1), D = std::is_same_v<C, int8_t> ? RS - 4 : RS, half = D / 2;
+  const int64_t RS = k_cache.size(-1), D = std::is_same_v<C, int8_t> ? RS - 4 : RS;
   const int64_t T = qkv.size(0);
   TORCH_CHECK(qkv.size(1) == (Hq + 2 * Hkv) * D, "qkv width does not match the heads");
   const int64_t slots = k_cache.numel() / (Hkv * RS);
@@ -159,24 +195,9 @@ void rope_and_cache_impl(at::Tensor qkv, at::Tensor positions, at::Tensor cos,
   for (int64_t t = 0; t < T; ++t) TORCH_CHECK(sm[t] >= 0 && sm[t] < slots, "slot out of range");
   at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
     std::vector<float> tmp(D);
-    for (int64_t t = t0; t < t1; ++t) {
-      const float* c = cp + pos[t] * D;
-      const float* s = sp + pos[t] * D;
-      float* row = base + t * ld;
-      for (int64_t h = 0; h < Hq + Hkv; ++h) {  // q heads, then k heads
-        float* x = row + h * D;
-        for (int64_t i = 0; i < half; ++i) {
-          tmp[i] = x[i] * c[i] + (-x[i + half]) * s[i];
-          tmp[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
-        }
-        std::copy(tmp.begin(), tmp.end(), x);
-      }
-      const int64_t slot = sm[t];
-      for (int64_t h = 0; h < Hkv; ++h) {
-        store_row(row + (Hq + h) * D, D, kc + (h * slots + slot) * RS);
-        store_row(row + (Hq + Hkv + h) * D, D, vc + (h * slots + slot) * RS);
-      }
-    }
+    for (int64_t t = t0; t < t1; ++t)
+      tokenmill::rope_and_cache_row(base + t * ld, pos[t], cp, sp, Hq, Hkv, D, kc, vc, slots, sm[t],
+                                    tmp.data());
   });
 }
 

@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention_work.h"
 #include "fast_exp.h"
 
 namespace {
@@ -252,10 +253,133 @@ bool has_avx512() {
 
 }  // namespace
 
-// Split-K ("flash decoding"): a row's context is cut into chunks of kChunk keys at fixed
-// positions (0, kChunk, 2 kChunk, ...), each chunk one task (so one long row keeps every thread
-// busy), then the chunks are merged in order. Chunk edges depend only on the row's own length.
-constexpr int64_t kChunk = 256;
+namespace tokenmill {
+
+template <typename C>
+void AttentionWork<C>::plan() {
+  first_task.assign(T + 1, 0);
+  for (int64_t t = 0; t < T; ++t) first_task[t + 1] = first_task[t] + (row_ctx[t] + kChunk - 1) / kChunk;
+  const int64_t chunks = first_task[T];
+  task_row.resize(chunks);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = first_task[t]; c < first_task[t + 1]; ++c) task_row[c] = t;
+  part.resize(chunks * Hkv * (Hq / Hkv) * (D + 2));
+}
+
+template <typename C>
+AttentionScratch AttentionWork<C>::new_scratch() const {
+  const int64_t G = Hq / Hkv;
+  return {std::vector<float>(G * kChunk), std::vector<float>(G * D), std::vector<int64_t>(kChunk),
+          std::vector<float>(D)};
+}
+
+// Tasks in zigzag order (0, n-1, 1, n-2, ...): a static split hands each thread one contiguous
+// range, and a prompt's later rows see more keys, so in order the last thread got most of the
+// work (3x the first's for a 512-token prompt on 2 threads).
+template <typename C>
+void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
+  const int64_t G = Hq / Hkv, stride = G * (D + 2), n_tasks = tasks();
+  float* scores = scratch.scores.data();
+  float* qs = scratch.qs.data();
+  int64_t* off = scratch.off.data();
+  const int64_t i = z % 2 == 0 ? z / 2 : n_tasks - 1 - z / 2;
+  const int64_t c = i / Hkv, h = i % Hkv, t = task_row[c];
+  const int64_t j0 = (c - first_task[t]) * kChunk, j1 = std::min(row_ctx[t], j0 + kChunk), n = j1 - j0;
+  const int64_t* table = block_tables + row_seq[t] * MB;
+  for (int64_t j = j0; j < j1;) {  // j0 and kChunk are multiples of BS
+    const int64_t base = table[j / BS] * BS * RS;
+    for (int64_t o = 0; o < BS && j < j1; ++o, ++j) off[j - j0] = base + o * RS;
+  }
+  const float* qrow = q + t * ldq + h * G * D;
+  for (int64_t x = 0; x < G * D; ++x) qs[x] = qrow[x] * scale;
+  float* pr = part.data() + i * stride;
+  const C* kh = k + h * NB * BS * RS;
+  const C* vh = v + h * NB * BS * RS;
+  if (has_avx512()) {
+    chunk_avx512(qs, G, D, kh, vh, off, n, scores, kChunk, pr);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const C* krow = kh + off[j];
+    for (int64_t g = 0; g < G; ++g) {
+      float sc = dot(qs + g * D, krow, D);
+      if constexpr (kScaled<C>) sc *= row_scale(krow, D);
+      scores[g * kChunk + j] = sc;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    float* s = scores + g * kChunk;
+    float m = s[0];
+    for (int64_t j = 1; j < n; ++j) m = std::max(m, s[j]);
+    float sum = 0.f;
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = fast_exp(s[j] - m);
+      sum += s[j];
+    }
+    pr[g * (D + 2) + D] = m;
+    pr[g * (D + 2) + D + 1] = sum;
+    std::fill(pr + g * (D + 2), pr + g * (D + 2) + D, 0.f);
+  }
+  scale_weights(vh, off, D, G, n, scores, kChunk);
+  for (int64_t j = 0; j < n; ++j) {
+    const C* vrow = vh + off[j];
+    for (int64_t g = 0; g < G; ++g) {
+      const float p = scores[g * kChunk + j];
+      float* a = pr + g * (D + 2);
+      for (int64_t d = 0; d < D; ++d) a[d] = __builtin_fmaf(p, val(vrow, d), a[d]);
+    }
+  }
+}
+
+// merge a row's chunks in order: weights exp(m_c - max m), the same whatever the batch
+template <typename C>
+void AttentionWork<C>::merge(int64_t i, AttentionScratch& scratch) const {
+  const int64_t G = Hq / Hkv, stride = G * (D + 2);
+  const int64_t t = i / Hkv, h = i % Hkv;
+  float* acc = scratch.acc.data();
+  for (int64_t g = 0; g < G; ++g) {
+    auto at_chunk = [&](int64_t c) { return part.data() + (c * Hkv + h) * stride + g * (D + 2); };
+    float m = at_chunk(first_task[t])[D];
+    for (int64_t c = first_task[t] + 1; c < first_task[t + 1]; ++c) m = std::max(m, at_chunk(c)[D]);
+    std::fill(acc, acc + D, 0.f);
+    float total = 0.f;
+    for (int64_t c = first_task[t]; c < first_task[t + 1]; ++c) {
+      const float* pc = at_chunk(c);
+      const float w = fast_exp(pc[D] - m);
+      total += w * pc[D + 1];
+      for (int64_t d = 0; d < D; ++d) acc[d] = __builtin_fmaf(w, pc[d], acc[d]);
+    }
+    float* orow = out + t * ldo + (h * G + g) * D;
+    for (int64_t d = 0; d < D; ++d) orow[d] = acc[d] / total;
+  }
+}
+
+template <typename C>
+void AttentionWork<C>::describe(const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& rseq, const at::Tensor& rctx,
+                                const at::Tensor& tables, int64_t rows, int64_t q_heads,
+                                int64_t head_dim, double softmax_scale) {
+  Hkv = k_cache.size(0), RS = k_cache.size(3), T = rows, Hq = q_heads, D = head_dim;
+  TORCH_CHECK(D % kLanes == 0, "head_dim must be a multiple of 16");
+  TORCH_CHECK(RS == D + (kScaled<C> ? 4 : 0), "cache rows do not match head_dim");
+  TORCH_CHECK(kChunk % k_cache.size(2) == 0, "block_size must divide 256");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
+  TORCH_CHECK(Hq % Hkv == 0, "query heads must be a multiple of kv heads");
+  TORCH_CHECK(rseq.numel() == T && rctx.numel() == T, "one row_seq and row_ctx entry per row");
+  k = k_cache.data_ptr<C>();
+  v = v_cache.data_ptr<C>();
+  NB = k_cache.size(1), BS = k_cache.size(2), MB = tables.size(1);
+  row_seq = rseq.data_ptr<int64_t>();
+  row_ctx = rctx.data_ptr<int64_t>();
+  block_tables = tables.data_ptr<int64_t>();
+  scale = static_cast<float>(softmax_scale);
+}
+
+template struct AttentionWork<float>;
+template struct AttentionWork<at::Half>;
+template struct AttentionWork<int8_t>;
+
+}  // namespace tokenmill
 
 // q: (T, Hq, D); k_cache, v_cache: (Hkv, num_blocks, block_size, RS); row_seq: (T,) row of
 // block_tables for each query; row_ctx: (T,) keys it may see (its position + 1);
@@ -266,112 +390,19 @@ at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                              at::Tensor block_tables, double scale) {
   q = q.contiguous();
   const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
-  const int64_t Hkv = k_cache.size(0), NB = k_cache.size(1), BS = k_cache.size(2), RS = k_cache.size(3);
-  const int64_t G = Hq / Hkv, MB = block_tables.size(1);
-  TORCH_CHECK(D % kLanes == 0, "head_dim must be a multiple of 16");
-  TORCH_CHECK(RS == D + (kScaled<C> ? 4 : 0), "cache rows do not match head_dim");
-  TORCH_CHECK(kChunk % BS == 0, "block_size must divide 256");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "caches must be contiguous");
   auto out = at::empty_like(q);
-  const float* qp = q.data_ptr<float>();
-  const C* kp = k_cache.data_ptr<C>();
-  const C* vp = v_cache.data_ptr<C>();
-  const int64_t* rs = row_seq.data_ptr<int64_t>();
-  const int64_t* rc = row_ctx.data_ptr<int64_t>();
-  const int64_t* bt = block_tables.data_ptr<int64_t>();
-  float* op = out.data_ptr<float>();
-  const float sc = static_cast<float>(scale);
-
-  // task list: (row, chunk) for every chunk of every row, times Hkv heads
-  std::vector<int64_t> first_task(T + 1, 0);
-  for (int64_t t = 0; t < T; ++t) first_task[t + 1] = first_task[t] + (rc[t] + kChunk - 1) / kChunk;
-  const int64_t chunks = first_task[T];
-  const int64_t stride = G * (D + 2);  // per (chunk, head): G x [acc (D), max, sum]
-  std::vector<float> part(chunks * Hkv * stride);
-  std::vector<int64_t> task_row(chunks);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t c = first_task[t]; c < first_task[t + 1]; ++c) task_row[c] = t;
-
-  const bool fast = has_avx512();
-  // Tasks in zigzag order (0, n-1, 1, n-2, ...): parallel_for hands each thread one contiguous
-  // range, and a prompt's later rows see more keys, so in order the last thread got most of the
-  // work (3x the first's for a 512-token prompt on 2 threads).
-  const int64_t tasks = chunks * Hkv;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(G * kChunk), qs(G * D);
-    std::vector<int64_t> off(kChunk);  // each key's row in its head's cache, in elements
-    for (int64_t z = begin; z < end; ++z) {
-      const int64_t i = z % 2 == 0 ? z / 2 : tasks - 1 - z / 2;
-      const int64_t c = i / Hkv, h = i % Hkv, t = task_row[c];
-      const int64_t j0 = (c - first_task[t]) * kChunk, j1 = std::min(rc[t], j0 + kChunk), n = j1 - j0;
-      const int64_t* table = bt + rs[t] * MB;
-      for (int64_t j = j0; j < j1;) {  // j0 and kChunk are multiples of BS
-        const int64_t base = table[j / BS] * BS * RS;
-        for (int64_t o = 0; o < BS && j < j1; ++o, ++j) off[j - j0] = base + o * RS;
-      }
-      const float* qrow = qp + (t * Hq + h * G) * D;
-      for (int64_t x = 0; x < G * D; ++x) qs[x] = qrow[x] * sc;
-      float* pr = part.data() + i * stride;
-      const C* kh = kp + h * NB * BS * RS;
-      const C* vh = vp + h * NB * BS * RS;
-      if (fast) {
-        chunk_avx512(qs.data(), G, D, kh, vh, off.data(), n, scores.data(), kChunk, pr);
-        continue;
-      }
-      for (int64_t j = 0; j < n; ++j) {
-        const C* krow = kh + off[j];
-        for (int64_t g = 0; g < G; ++g) {
-          float sc = dot(qs.data() + g * D, krow, D);
-          if constexpr (kScaled<C>) sc *= row_scale(krow, D);
-          scores[g * kChunk + j] = sc;
-        }
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        float* s = scores.data() + g * kChunk;
-        float m = s[0];
-        for (int64_t j = 1; j < n; ++j) m = std::max(m, s[j]);
-        float sum = 0.f;
-        for (int64_t j = 0; j < n; ++j) {
-          s[j] = fast_exp(s[j] - m);
-          sum += s[j];
-        }
-        pr[g * (D + 2) + D] = m;
-        pr[g * (D + 2) + D + 1] = sum;
-        std::fill(pr + g * (D + 2), pr + g * (D + 2) + D, 0.f);
-      }
-      scale_weights(vh, off.data(), D, G, n, scores.data(), kChunk);
-      for (int64_t j = 0; j < n; ++j) {
-        const C* vrow = vh + off[j];
-        for (int64_t g = 0; g < G; ++g) {
-          const float p = scores[g * kChunk + j];
-          float* a = pr + g * (D + 2);
-          for (int64_t d = 0; d < D; ++d) a[d] = __builtin_fmaf(p, val(vrow, d), a[d]);
-        }
-      }
-    }
+  tokenmill::AttentionWork<C> work;
+  work.describe(k_cache, v_cache, row_seq, row_ctx, block_tables, T, Hq, D, scale);
+  work.q = q.data_ptr<float>(), work.ldq = Hq * D;
+  work.out = out.data_ptr<float>(), work.ldo = Hq * D;
+  work.plan();
+  at::parallel_for(0, work.tasks(), 1, [&](int64_t begin, int64_t end) {
+    tokenmill::AttentionScratch scratch = work.new_scratch();
+    for (int64_t z = begin; z < end; ++z) work.run_task(z, scratch);
   });
-
-  // merge each row's chunks in order: weights exp(m_c - max m), the same whatever the batch
-  at::parallel_for(0, T * Hkv, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(D);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t t = i / Hkv, h = i % Hkv;
-      for (int64_t g = 0; g < G; ++g) {
-        auto at_chunk = [&](int64_t c) { return part.data() + (c * Hkv + h) * stride + g * (D + 2); };
-        float m = at_chunk(first_task[t])[D];
-        for (int64_t c = first_task[t] + 1; c < first_task[t + 1]; ++c) m = std::max(m, at_chunk(c)[D]);
-        std::fill(acc.begin(), acc.end(), 0.f);
-        float total = 0.f;
-        for (int64_t c = first_task[t]; c < first_task[t + 1]; ++c) {
-          const float* pc = at_chunk(c);
-          const float w = fast_exp(pc[D] - m);
-          total += w * pc[D + 1];
-          for (int64_t d = 0; d < D; ++d) acc[d] = __builtin_fmaf(w, pc[d], acc[d]);
-        }
-        float* orow = op + (t * Hq + h * G + g) * D;
-        for (int64_t d = 0; d < D; ++d) orow[d] = acc[d] / total;
-      }
-    }
+  at::parallel_for(0, work.merges(), 4, [&](int64_t begin, int64_t end) {
+    tokenmill::AttentionScratch scratch = work.new_scratch();
+    for (int64_t i = begin; i < end; ++i) work.merge(i, scratch);
   });
   return out;
 }

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "q4_linear.h"
 #include "quant_rows.h"
 
 namespace {
@@ -128,6 +129,28 @@ TileFn pick(int64_t rows) {
 
 }  // namespace
 
+void tokenmill::q4_quantize_row(const float* x, int64_t K, int8_t* a, float* dx, float* xs) {
+  quantize_blocks(x, K, a, dx, xs);
+}
+
+// A few rows (decode): 4 groups a tile, one pass over the weights; more rows: 2 groups x 4 rows.
+void tokenmill::q4_groups(const uint8_t* w, int64_t B, const int8_t* a, const float* dx,
+                          const float* xs, int64_t M, const float* bias, float* y, int64_t Np,
+                          int64_t g, int64_t gn) {
+  const int64_t K = 32 * B, GN = M < 4 ? 4 : 2;
+  for (const int64_t end = g + gn; g < end;) {
+    int64_t n = std::min<int64_t>(GN, end - g);
+    if (n == 3) n = 2;
+    for (int64_t m = 0; m < M; m += 4) {
+      const int64_t rows = std::min<int64_t>(4, M - m);
+      const TileFn fn = n == 4 ? pick<4>(rows) : n == 2 ? pick<2>(rows) : pick<1>(rows);
+      fn(w + g * B * kRecord, B, a + m * K, dx + m * B, xs + m * B, K, bias ? bias + 16 * g : nullptr,
+         y + m * Np + 16 * g, Np);
+    }
+    g += n;
+  }
+}
+
 // codes (N, K) uint8 in 0..15, d and m (N, K/32) float16 -> packed records (ceil(N/16), K/32, 320)
 // uint8. Rows past N (to a multiple of 16) are zero.
 at::Tensor q4_pack(at::Tensor codes, at::Tensor d, at::Tensor m) {
@@ -176,8 +199,8 @@ at::Tensor q4_linear(at::Tensor x, at::Tensor packed, at::Tensor bias, int64_t N
   auto dx = at::empty({M, B}, x.options()), xs = at::empty({M, B}, x.options());
   at::parallel_for(0, M, 8, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
-      quantize_blocks(x.data_ptr<float>() + m * K, K, a.data_ptr<int8_t>() + m * K,
-                      dx.data_ptr<float>() + m * B, xs.data_ptr<float>() + m * B);
+      tokenmill::q4_quantize_row(x.data_ptr<float>() + m * K, K, a.data_ptr<int8_t>() + m * K,
+                                 dx.data_ptr<float>() + m * B, xs.data_ptr<float>() + m * B);
   });
   auto y = at::empty({M, Np}, x.options());
   const uint8_t* w = packed.data_ptr<uint8_t>();
@@ -186,19 +209,9 @@ at::Tensor q4_linear(at::Tensor x, at::Tensor packed, at::Tensor bias, int64_t N
   const float* xsp = xs.data_ptr<float>();
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  // a few rows (decode): 4 groups a tile, one pass over the weights; more rows: 2 groups x 4 rows
-  const int GN = M < 4 ? 4 : 2;
   at::parallel_for(0, G, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1;) {
-      const int gn = static_cast<int>(std::min<int64_t>(GN, g1 - g));
-      for (int64_t m = 0; m < M; m += 4) {
-        const int64_t rows = std::min<int64_t>(4, M - m);
-        const TileFn fn = gn == 4 ? pick<4>(rows) : gn >= 2 ? pick<2>(rows) : pick<1>(rows);
-        fn(w + g * B * kRecord, B, ap + m * K, dxp + m * B, xsp + m * B, K, bp ? bp + 16 * g : nullptr,
-           yp + m * Np + 16 * g, Np);
-      }
-      g += gn == 3 ? 2 : gn;
-    }
+    for (int64_t g = g0; g < g1; g += 4)
+      tokenmill::q4_groups(w, B, ap, dxp, xsp, M, bp, yp, Np, g, std::min<int64_t>(4, g1 - g));
   });
   return Np == N ? y : y.narrow(1, 0, N).contiguous();
 }

@@ -1,0 +1,60 @@
+// The paged attention of a step split into independent pieces, so that two callers can share
+// them: paged_attention_rows (its own parallel_for) and decode_loop.cpp's thread team.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace tokenmill {
+
+// Split-K ("flash decoding"): a row's context is cut into chunks of kChunk keys at fixed
+// positions (0, kChunk, 2 kChunk, ...), each chunk one task (so one long row keeps every thread
+// busy), then the chunks are merged in order. Chunk edges depend only on the row's own length.
+constexpr int64_t kChunk = 256;
+
+// One thread's working memory for tasks and merges.
+struct AttentionScratch {
+  std::vector<float> scores;  // (G, kChunk)
+  std::vector<float> qs;      // (G, D): the scaled queries
+  std::vector<int64_t> off;   // (kChunk,): each key's row in its head's cache, in elements
+  std::vector<float> acc;     // (D,): a merge's sum
+};
+
+// C: the cache element (float, at::Half or int8_t; defined in paged_attention.cpp for these).
+template <typename C>
+struct AttentionWork {
+  // query row t, head h at q + t * ldq + h * D (float32); output likewise at out + t * ldo
+  const float* q = nullptr;
+  int64_t ldq = 0;
+  float* out = nullptr;
+  int64_t ldo = 0;
+  const C* k = nullptr;  // this layer's caches, (Hkv, NB, BS, RS)
+  const C* v = nullptr;
+  int64_t T = 0, Hq = 0, Hkv = 0, D = 0, NB = 0, BS = 0, RS = 0, MB = 0;
+  const int64_t* row_seq = nullptr;  // (T,) row of block_tables
+  const int64_t* row_ctx = nullptr;  // (T,) keys each row sees
+  const int64_t* block_tables = nullptr;  // (S, MB)
+  float scale = 1.f;
+
+  // Everything but q and out from the tensors (checked): caches (Hkv, NB, BS, RS), row_seq and
+  // row_ctx (T,), block_tables (S, MB).
+  void describe(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& row_seq,
+                const at::Tensor& row_ctx, const at::Tensor& block_tables, int64_t T, int64_t Hq,
+                int64_t D, double scale);
+  // Sizes the task list and the partial results from the rows; the layers of a step share it.
+  void plan();
+  int64_t tasks() const { return static_cast<int64_t>(task_row.size()) * Hkv; }
+  int64_t merges() const { return T * Hkv; }
+  // z in [0, tasks()); scratch from new_scratch(), one per thread
+  void run_task(int64_t z, AttentionScratch& scratch) const;
+  // i in [0, merges()): row i / Hkv, kv head i % Hkv; after every task of the row
+  void merge(int64_t i, AttentionScratch& scratch) const;
+  AttentionScratch new_scratch() const;
+
+ private:
+  std::vector<int64_t> first_task, task_row;
+  mutable std::vector<float> part;  // per (chunk, kv head): G x [unnormalized out (D), max, sum]
+};
+
+}  // namespace tokenmill
