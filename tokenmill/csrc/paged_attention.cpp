@@ -134,12 +134,29 @@ void qk_tile(const float* qs, int64_t D, const C* const* rows, __m512* out) {
 
 // Scores of G query heads (qs: (G, D)) against n keys (rows at k + off[j]), 8 keys and up to 3
 // heads at a time.
+// Cache rows sit in 16-key blocks scattered over the cache, where the hardware prefetcher starts
+// over: the rows of keys [j, j + 8) are asked for ahead (each row's first and last byte).
+template <typename C>
+inline void prefetch_rows(const C* base, const int64_t* off, int64_t j, int64_t n, int64_t bytes) {
+  for (int64_t i = j; i < std::min(j + 8, n); ++i) {
+    const char* row = reinterpret_cast<const char*>(base + off[i]);
+    _mm_prefetch(row, _MM_HINT_T0);
+    _mm_prefetch(row + bytes - 1, _MM_HINT_T0);
+  }
+}
+
+constexpr int64_t kAhead = 16;  // keys
+
 template <typename C>
 __attribute__((target("avx512f")))
-void qk_scores(const float* qs, int64_t G, int64_t D, const C* k, const int64_t* off, int64_t n,
-               float* scores, int64_t ld_scores) {
+void qk_scores(const float* qs, int64_t G, int64_t D, const C* k, const C* v, const int64_t* off,
+               int64_t n, float* scores, int64_t ld_scores) {
+  const int64_t row_bytes = (D + (kScaled<C> ? 4 : 0)) * static_cast<int64_t>(sizeof(C));
+  for (int64_t j = 0; j < kAhead; j += 8) prefetch_rows(k, off, j, n, row_bytes);
   for (int64_t j = 0; j < n; j += 8) {
     const int64_t m = std::min<int64_t>(8, n - j);
+    prefetch_rows(k, off, j + kAhead, n, row_bytes);  // keys a few tiles on
+    prefetch_rows(v, off, j, n, row_bytes);           // these keys' values, for P.V after
     const __mmask16 valid = static_cast<__mmask16>((1u << m) - 1);
     const C* rows[8];  // past the last key: the first key again (computed, not stored)
     for (int i = 0; i < 8; ++i) rows[i] = k + off[j + (i < m ? i : 0)];
@@ -175,16 +192,18 @@ void qk_scores(const float* qs, int64_t G, int64_t D, const C* k, const int64_t*
 template <typename C, int GN, int DN>
 __attribute__((target("avx512f")))
 void pv_tile(const float* p, int64_t ld_p, const C* v, const int64_t* off, int64_t n, int64_t d0,
-             float* out, int64_t ld_out) {
+             float* out, int64_t ld_out, int64_t D) {
   __m512 acc[GN][DN];
   for (int g = 0; g < GN; ++g)
     for (int c = 0; c < DN; ++c) acc[g][c] = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
     const C* vrow = v + off[j] + d0;
+    float vs = 1.f;  // an int8 row's weight is p * its scale (the softmax sums were taken before)
+    if constexpr (kScaled<C>) vs = row_scale(v + off[j], D);
     __m512 vv[DN];
     for (int c = 0; c < DN; ++c) vv[c] = load16(vrow + 16 * c);
     for (int g = 0; g < GN; ++g) {
-      const __m512 w = _mm512_set1_ps(p[g * ld_p + j]);
+      const __m512 w = _mm512_set1_ps(kScaled<C> ? p[g * ld_p + j] * vs : p[g * ld_p + j]);
       for (int c = 0; c < DN; ++c) acc[g][c] = _mm512_fmadd_ps(w, vv[c], acc[g][c]);
     }
   }
@@ -197,8 +216,8 @@ __attribute__((target("avx512f")))
 void pv_heads(const float* p, int64_t ld_p, const C* v, const int64_t* off, int64_t n, int64_t D,
               float* out, int64_t ld_out) {
   int64_t d0 = 0;
-  for (; d0 + 64 <= D; d0 += 64) pv_tile<C, GN, 4>(p, ld_p, v, off, n, d0, out, ld_out);
-  for (; d0 < D; d0 += 16) pv_tile<C, GN, 1>(p, ld_p, v, off, n, d0, out, ld_out);
+  for (; d0 + 64 <= D; d0 += 64) pv_tile<C, GN, 4>(p, ld_p, v, off, n, d0, out, ld_out, D);
+  for (; d0 < D; d0 += 16) pv_tile<C, GN, 1>(p, ld_p, v, off, n, d0, out, ld_out, D);
 }
 
 // One (row, kv head, chunk) task with AVX-512, D a multiple of 16. qs: (G, D) scaled queries;
@@ -208,7 +227,7 @@ template <typename C>
 __attribute__((target("avx512f")))
 void chunk_avx512(const float* qs, int64_t G, int64_t D, const C* k, const C* v,
                   const int64_t* off, int64_t n, float* scores, int64_t ld_scores, float* pr) {
-  qk_scores(qs, G, D, k, off, n, scores, ld_scores);
+  qk_scores(qs, G, D, k, v, off, n, scores, ld_scores);
   for (int64_t g = 0; g < G; ++g) {
     float* s = scores + g * ld_scores;
     __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -233,7 +252,6 @@ void chunk_avx512(const float* qs, int64_t G, int64_t D, const C* k, const C* v,
     out[D] = m;
     out[D + 1] = _mm512_reduce_add_ps(vsum);
   }
-  scale_weights(v, off, D, G, n, scores, ld_scores);
   for (int64_t g0 = 0; g0 < G; g0 += 4) {
     const float* p = scores + g0 * ld_scores;
     float* out = pr + g0 * (D + 2);
