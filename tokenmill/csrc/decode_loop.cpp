@@ -70,13 +70,18 @@ bool all_q4(const std::vector<at::Tensor>& layers) {
 
 // Inside the team: y (T, 16 G) = the quantized rows (a, dx, xs) through q; units of 4 groups
 // handed out one at a time (a thread that got slower memory takes fewer).
+// Prompt chunks are cut in blocks of rows too (a unit reads its 4 groups' weights again, from
+// cache), so that a matrix of 9 units does not leave one thread 5 and the other 4.
 inline void team_linear(const Q4& q, const int8_t* a, const float* dx, const float* xs, int64_t T,
                         float* y) {
-  const int64_t units = (q.G + 3) / 4;
+  constexpr int64_t kRows = 64;  // a multiple of the tiles' 4 rows
+  const int64_t quads = (q.G + 3) / 4, blocks = (T + kRows - 1) / kRows, K = 32 * q.B;
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t u = 0; u < units; ++u)
-    tokenmill::q4_groups(q.w, q.B, a, dx, xs, T, q.bias, y, 16 * q.G, 4 * u,
-                         std::min<int64_t>(4, q.G - 4 * u));
+  for (int64_t u = 0; u < quads * blocks; ++u) {
+    const int64_t g = 4 * (u % quads), m = kRows * (u / quads);
+    tokenmill::q4_groups(q.w, q.B, a + m * K, dx + m * q.B, xs + m * q.B, std::min(kRows, T - m),
+                         q.bias, y + m * 16 * q.G, 16 * q.G, g, std::min<int64_t>(4, q.G - g));
+  }
 }
 
 template <typename C>

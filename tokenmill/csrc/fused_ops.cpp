@@ -3,6 +3,7 @@
 // result never depends on the batch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -26,10 +27,37 @@ void check_rows(const at::Tensor& t, const char* name) {
 
 namespace tokenmill {
 
+namespace {
+
+// sum of x^2 in float64: 16 values a step in two accumulators (one long chain of scalar adds was
+// ~2.5% of a 512-token prompt), then the tail
+__attribute__((target("avx512f")))
+double sum_squares_avx512(const float* x, int64_t H) {
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i + 16 <= H; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    a0 = _mm512_fmadd_pd(lo, lo, a0);
+    a1 = _mm512_fmadd_pd(hi, hi, a1);
+  }
+  double ss = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+  for (; i < H; ++i) ss += double(x[i]) * double(x[i]);
+  return ss;
+}
+
+}  // namespace
+
 // out = x * rsqrt(mean(x^2) + eps) * w, summed in float64 (so the mean is exact to float).
 void rms_norm_row(const float* x, const float* w, int64_t H, float eps, float* out) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
   double ss = 0.0;
-  for (int64_t i = 0; i < H; ++i) ss += double(x[i]) * double(x[i]);
+  if (avx512) {
+    ss = sum_squares_avx512(x, H);
+  } else {
+    for (int64_t i = 0; i < H; ++i) ss += double(x[i]) * double(x[i]);
+  }
   const float inv = 1.0f / std::sqrt(static_cast<float>(ss / H) + eps);
   for (int64_t i = 0; i < H; ++i) out[i] = w[i] * (x[i] * inv);
 }
