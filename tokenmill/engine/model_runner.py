@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..config import EngineConfig
 from ..model.layers.attention import AttentionMetadata, cache_row_bytes, cache_row_width
+from ..model.layers.hugepages import huge_zeros, move_packed_weights
 from ..model.layers.linear import Linear
 from ..model.layers.native import kernels
 from ..model.layers.quantized import _native as native_int8
@@ -89,6 +90,8 @@ class ModelRunner:
         if self.quantization == "auto":
             self.quantization = auto_quantization(self.model, self.device)
         quantize_model(self.model, self.quantization)
+        if self.device.type == "cpu":
+            move_packed_weights(self.model)  # huge pages: fewer TLB misses a step (hugepages.py)
         _return_freed_memory()
 
         self.block_size = config.block_size
@@ -115,8 +118,11 @@ class ModelRunner:
         # so RSS shows the real footprint from the first request and a machine without the
         # memory fails here, not mid-traffic. Zeros matter too: padded reads of unwritten
         # slots are multiplied by 0.
-        self._kv = torch.empty((cfg.num_layers, 2, *shape), dtype=self.kv_dtype, device=self.device)
-        self._kv.zero_()
+        kv_shape = (cfg.num_layers, 2, *shape)
+        if self.device.type == "cpu":  # in huge pages: attention reads blocks all over it
+            self._kv = huge_zeros(kv_shape, self.kv_dtype)
+        else:
+            self._kv = torch.zeros(kv_shape, dtype=self.kv_dtype, device=self.device)
         self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
         self._block_offsets = torch.arange(config.block_size)
         self.work = WorkCounter()
