@@ -9,6 +9,7 @@ where the kernel or Python cannot advise, the same code runs on ordinary pages.
 """
 from __future__ import annotations
 
+import math
 import mmap
 
 import torch
@@ -43,10 +44,7 @@ class Arena:
 
 
 def _nbytes(shape, dtype: torch.dtype) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n * torch.empty((), dtype=dtype).element_size()
+    return math.prod(shape) * dtype.itemsize
 
 
 def huge_zeros(shape, dtype: torch.dtype) -> torch.Tensor:
