@@ -6,7 +6,7 @@ from tokenmill.model.layers.attention import (AttentionMetadata, dequantize_kv, 
                                               quantize_kv, write_cache)
 from tokenmill.model.layers.native import kernels
 
-H, HKV, D, BS, NB = 9, 3, 64, 16, 64
+H, HKV, D, BS, NB = 9, 3, 64, 16, 96
 
 
 def setup(seqs_spec, seed=0, native=True):
@@ -55,11 +55,18 @@ def test_kernel_matches_pytorch_path(spec, cache_dtype):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_rows_do_not_depend_on_the_batch():
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16, torch.int8])
+def test_kernel_rows_do_not_depend_on_the_batch(cache_dtype):
     # each token alone (its own context, the same cache) equals its row in a batch that mixes
-    # decodes and a chunk of several tokens: how a prefix-cache hit or a chunked prompt differs
-    spec = [(40, 1), (300, 1), (100, 30), (77, 1)]
+    # decodes and chunks of several tokens: how a prefix-cache hit or a chunked prompt differs.
+    # A chunk's rows share each key and value read in groups of 8 (one crosses the 256-key chunk
+    # edge, one group sees three chunks); alone, a row reads them for itself.
+    spec = [(40, 1), (300, 1), (100, 30), (77, 1), (270, 20), (530, 3)]
     q, k, v, kc, vc, meta = setup(spec, seed=1)
+    if cache_dtype == torch.int8:
+        kc, vc = quantize_kv(kc), quantize_kv(vc)
+    else:
+        kc, vc = kc.to(cache_dtype), vc.to(cache_dtype)
     batched = attend(q, k, v, kc, vc, meta, 0.125)
     for row in range(q.shape[0]):
         table = meta.block_tables[int(meta.row_seq[row])]
