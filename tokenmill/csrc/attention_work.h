@@ -19,6 +19,8 @@ struct AttentionScratch {
   std::vector<float> qs;      // (G, D): the scaled queries
   std::vector<int64_t> off;   // (kChunk,): each key's row in its head's cache, in elements
   std::vector<float> acc;     // (D,): a merge's sum
+  std::vector<int8_t> qi;     // (G, D): an int8 cache's queries as int8
+  std::vector<float> qscale;  // (G,): their scales
 };
 
 // C: the cache element (float, at::Half or int8_t; defined in paged_attention.cpp for these).

@@ -19,6 +19,7 @@
 
 #include "attention_work.h"
 #include "fast_exp.h"
+#include "quant_rows.h"  // has_vnni
 
 namespace {
 
@@ -94,20 +95,30 @@ void scale_weights(const C* v, const int64_t* off, int64_t D, int64_t G, int64_t
 // 16 vectors -> one: lane i = the sum of v[i]'s lanes. A tree of shuffles and adds (45 ops
 // for 16 keys, where a horizontal sum each costs ~8 and one long dependency chain). Every key
 // gets the same summation order (lanes i + 8, then + 4, then pairs), whatever its place.
+// Int: the lanes hold int32 (the int8 queries' dot products), added as integers.
+template <bool Int>
+__attribute__((target("avx512f")))
+inline __m512 add16(__m512 a, __m512 b) {
+  if constexpr (Int)
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+  return _mm512_add_ps(a, b);
+}
+
+template <bool Int = false>
 __attribute__((target("avx512f")))
 inline __m512 sum16(__m512* v) {
   __m512 w[8], x[4], y[2];
   for (int p = 0; p < 8; ++p)  // 128-bit lanes: [a0+a2, a1+a3, b0+b2, b1+b3]
-    w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+    w[p] = add16<Int>(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                          _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
   for (int p = 0; p < 4; ++p)  // 128-bit lane k: 4 partial sums of key 4p + k
-    x[p] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+    x[p] = add16<Int>(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
   for (int p = 0; p < 2; ++p)  // lane k: [8p + k: 2 partials, 8p + 4 + k: 2 partials]
-    y[p] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+    y[p] = add16<Int>(_mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
   // lane 4k + m holds key 4m + k
-  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
+  const __m512 z = add16<Int>(_mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
                                  _mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(3, 1, 3, 1)));
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   return _mm512_permutexvar_ps(order, z);
@@ -146,6 +157,7 @@ inline void prefetch_rows(const C* base, const int64_t* off, int64_t j, int64_t 
 }
 
 constexpr int64_t kAhead = 16;  // keys
+constexpr int64_t kMaxHeads = 16;  // query heads a kv head for qk_scores_i8
 
 template <typename C>
 __attribute__((target("avx512f")))
@@ -186,6 +198,102 @@ void qk_scores(const float* qs, int64_t G, int64_t D, const C* k, const C* v, co
   }
 }
 
+// 16 rows of 16 int32 -> t[c] lane i = r[i] lane c (4 rounds of 16 shuffles)
+__attribute__((target("avx512f")))
+inline void transpose16(__m512i* r) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      a[8 * i + j] = _mm512_shuffle_i32x4(b[8 * i + j], b[8 * i + 4 + j], 0x88);
+      a[8 * i + 4 + j] = _mm512_shuffle_i32x4(b[8 * i + j], b[8 * i + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_i32x4(a[j], a[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(a[j], a[8 + j], 0xDD);
+  }
+}
+
+// int8 keys against int8 queries (vpdpbusd), D a multiple of 64: each head's scaled query row is
+// quantized like a cache row (qi = round(q * 127 / max|q|), scale max|q| / 127), so a score is
+// float(qi . ki) * q scale * k scale with the integer dot product exact. (The query's rounding
+// moves perplexity by ~0.1%; llama.cpp rounds its queries to 8 bits for a q8_0 cache too.)
+// 16 keys' 64-byte pieces are transposed in registers so that t[c] holds dims 4c..4c+3 of the 16
+// keys: one vpdpbusd per 4 dims then adds 4 products into each key's own lane, no horizontal sums,
+// and the transpose serves every head. vpdpbusd multiplies unsigned by signed bytes: the keys go
+// in as k + 128 and 128 * sum(qi), once per head, comes off.
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void qk_scores_i8(const int8_t* qi, const float* qscale, int64_t G, int64_t D, const int8_t* k,
+                  const int8_t* v, const int64_t* off, int64_t n, float* scores, int64_t ld_scores) {
+  const int64_t row_bytes = D + 4;
+  const __m512i k128 = _mm512_set1_epi8(static_cast<char>(0x80));
+  int32_t corr[kMaxHeads];
+  for (int64_t g = 0; g < G; ++g) {
+    int32_t sum = 0;
+    for (int64_t d = 0; d < D; ++d) sum += qi[g * D + d];
+    corr[g] = 128 * sum;
+  }
+  for (int64_t j = 0; j < kAhead; j += 8) prefetch_rows(k, off, j, n, row_bytes);
+  for (int64_t j = 0; j < n; j += 16) {
+    const int64_t m = std::min<int64_t>(16, n - j);
+    for (int64_t i = 0; i < 16; i += 8) {
+      prefetch_rows(k, off, j + i + kAhead, n, row_bytes);  // keys a tile on
+      prefetch_rows(v, off, j + i, n, row_bytes);           // these keys' values, for P.V after
+    }
+    const int8_t* rows[16];  // past the last key: the first key again (computed, not stored)
+    float s[16];
+    for (int i = 0; i < 16; ++i) {
+      rows[i] = k + off[j + (i < m ? i : 0)];
+      s[i] = row_scale(rows[i], D);
+    }
+    __m512i acc[kMaxHeads];
+    for (int64_t g = 0; g < G; ++g) acc[g] = _mm512_setzero_si512();
+    for (int64_t d = 0; d < D; d += 64) {
+      __m512i t[16];
+      for (int i = 0; i < 16; ++i) t[i] = _mm512_xor_si512(_mm512_loadu_si512(rows[i] + d), k128);
+      transpose16(t);
+      for (int64_t g = 0; g < G; ++g) {
+        const int8_t* qg = qi + g * D + d;
+        for (int c = 0; c < 16; ++c) {
+          int32_t four;
+          std::memcpy(&four, qg + 4 * c, 4);
+          acc[g] = _mm512_dpbusd_epi32(acc[g], t[c], _mm512_set1_epi32(four));
+        }
+      }
+    }
+    const __m512 ks = _mm512_loadu_ps(s);
+    const __mmask16 valid = static_cast<__mmask16>((1u << m) - 1);
+    for (int64_t g = 0; g < G; ++g) {
+      const __m512i dots = _mm512_sub_epi32(acc[g], _mm512_set1_epi32(corr[g]));
+      const __m512 sc = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dots), _mm512_set1_ps(qscale[g])), ks);
+      _mm512_mask_storeu_ps(scores + g * ld_scores + j, valid, sc);
+    }
+  }
+}
+
+// G query rows (G, D) -> qi (G, D) int8 and qscale (G,): see qk_scores_i8. The rounding of
+// quantize_kv (attention.py) and of the cache rows: q * (127 / max|q|) to nearest even.
+void quantize_queries(const float* qs, int64_t G, int64_t D, int8_t* qi, float* qscale) {
+  for (int64_t g = 0; g < G; ++g) {
+    const float* q = qs + g * D;
+    float amax = 0.f;
+    for (int64_t d = 0; d < D; ++d) amax = std::max(amax, std::fabs(q[d]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    qscale[g] = amax / 127.f;
+    for (int64_t d = 0; d < D; ++d)
+      qi[g * D + d] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(q[d] * inv))));
+  }
+}
+
 // out[g][d0 .. d0 + 16 DN) = sum_j p[g][j] v[j][...] for GN heads: GN x DN independent
 // accumulators, so the FMA chains overlap (one chain per head stalled on FMA latency). Each lane
 // still sums over j in order, as one chunk at a time would.
@@ -220,14 +328,19 @@ void pv_heads(const float* p, int64_t ld_p, const C* v, const int64_t* off, int6
   for (; d0 < D; d0 += 16) pv_tile<C, GN, 1>(p, ld_p, v, off, n, d0, out, ld_out, D);
 }
 
-// One (row, kv head, chunk) task with AVX-512, D a multiple of 16. qs: (G, D) scaled queries;
+// One (row, kv head, chunk) task with AVX-512, D a multiple of 16. qs: (G, D) scaled queries
+// (for an int8 cache, with VNNI and D a multiple of 64: qi and qscale, their int8 form, instead);
 // k, v: this head's cache; key j's row at k + off[j] (j < n). Writes pr: G x [unnormalized
 // output (D), max, sum].
 template <typename C>
 __attribute__((target("avx512f")))
-void chunk_avx512(const float* qs, int64_t G, int64_t D, const C* k, const C* v,
-                  const int64_t* off, int64_t n, float* scores, int64_t ld_scores, float* pr) {
-  qk_scores(qs, G, D, k, v, off, n, scores, ld_scores);
+void chunk_avx512(const float* qs, const int8_t* qi, const float* qscale, int64_t G, int64_t D,
+                  const C* k, const C* v, const int64_t* off, int64_t n, float* scores,
+                  int64_t ld_scores, float* pr) {
+  if constexpr (kScaled<C>)
+    qk_scores_i8(qi, qscale, G, D, k, v, off, n, scores, ld_scores);
+  else
+    qk_scores(qs, G, D, k, v, off, n, scores, ld_scores);
   for (int64_t g = 0; g < G; ++g) {
     float* s = scores + g * ld_scores;
     __m512 vmax = _mm512_set1_ps(-INFINITY);
@@ -288,7 +401,7 @@ template <typename C>
 AttentionScratch AttentionWork<C>::new_scratch() const {
   const int64_t G = Hq / Hkv;
   return {std::vector<float>(G * kChunk), std::vector<float>(G * D), std::vector<int64_t>(kChunk),
-          std::vector<float>(D)};
+          std::vector<float>(D), std::vector<int8_t>(G * D), std::vector<float>(G)};
 }
 
 // Tasks in zigzag order (0, n-1, 1, n-2, ...): a static split hands each thread one contiguous
@@ -313,15 +426,24 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
   float* pr = part.data() + i * stride;
   const C* kh = k + h * NB * BS * RS;
   const C* vh = v + h * NB * BS * RS;
-  if (has_avx512()) {
-    chunk_avx512(qs, G, D, kh, vh, off, n, scores, kChunk, pr);
+  int8_t* qi = scratch.qi.data();
+  float* qscale = scratch.qscale.data();
+  if constexpr (kScaled<C>) quantize_queries(qs, G, D, qi, qscale);  // see qk_scores_i8
+  if (has_avx512() && (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && G <= kMaxHeads))) {
+    chunk_avx512(qs, qi, qscale, G, D, kh, vh, off, n, scores, kChunk, pr);
     return;
   }
   for (int64_t j = 0; j < n; ++j) {
     const C* krow = kh + off[j];
     for (int64_t g = 0; g < G; ++g) {
-      float sc = dot(qs + g * D, krow, D);
-      if constexpr (kScaled<C>) sc *= row_scale(krow, D);
+      float sc;
+      if constexpr (kScaled<C>) {  // the integer dot product, as qk_scores_i8
+        int32_t dot_i = 0;
+        for (int64_t d = 0; d < D; ++d) dot_i += static_cast<int32_t>(qi[g * D + d]) * krow[d];
+        sc = static_cast<float>(dot_i) * qscale[g] * row_scale(krow, D);
+      } else {
+        sc = dot(qs + g * D, krow, D);
+      }
       scores[g * kChunk + j] = sc;
     }
   }

@@ -140,7 +140,10 @@ def quantize_kv(x: torch.Tensor) -> torch.Tensor:
     as csrc/fused_ops.cpp writes them."""
     x = x.float()
     amax = x.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
+    # a tensor / tensor division: a Python number / tensor is computed as number * (1 / tensor),
+    # which rounds differently from C++'s 127.f / amax in a quarter of rows (and then a few
+    # products land on the other side of a .5)
+    inv = torch.where(amax > 0, amax.new_tensor(127.0) / amax, torch.zeros_like(amax))
     q = (x * inv).round().clamp_(-127, 127).to(torch.int8)
     return torch.cat([q, (amax / 127).view(torch.int8)], dim=-1)
 
@@ -186,6 +189,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         C = g.kv_blocks.shape[1] * block_size
         # query head h uses kv head h // G, so heads are grouped kv-major
         qg = q[g.q_index].view(B, Q, Hkv, G, D).permute(2, 0, 3, 1, 4).reshape(Hkv, B, G * Q, D) * scale
+        if k_cache.dtype == torch.int8:  # int8 keys meet int8 queries, as in the C++ kernel
+            qg = dequantize_kv(quantize_kv(qg), q.dtype)
         if g.head_blocks is None:  # rows of the (Hkv * num_blocks, block_size * D) view
             g.head_blocks = (torch.arange(Hkv, device=q.device)[:, None] * num_blocks
                              + g.kv_blocks.view(1, -1)).view(-1)
