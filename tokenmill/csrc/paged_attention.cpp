@@ -198,6 +198,11 @@ void qk_scores(const float* qs, int64_t G, int64_t D, const C* k, const C* v, co
   }
 }
 
+bool has_avx512_bw() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return yes;
+}
+
 // 16 rows of 16 int32 -> t[c] lane i = r[i] lane c (4 rounds of 16 shuffles)
 __attribute__((target("avx512f")))
 inline void transpose16(__m512i* r) {
@@ -284,6 +289,10 @@ void qk_scores_i8(const int8_t* qi, const float* qscale, int64_t G, int64_t D, c
 // quantize_kv (attention.py) and of the cache rows: q * (127 / max|q|) to nearest even.
 void quantize_queries(const float* qs, int64_t G, int64_t D, int8_t* qi, float* qscale) {
   for (int64_t g = 0; g < G; ++g) {
+    if (has_avx512_bw()) {
+      tokenmill::quantize_row_avx512(qs + g * D, D, qi + g * D, qscale + g);
+      continue;
+    }
     const float* q = qs + g * D;
     float amax = 0.f;
     for (int64_t d = 0; d < D; ++d) amax = std::max(amax, std::fabs(q[d]));
