@@ -22,13 +22,16 @@ def test_cpp_decode_loop_matches_the_python_layers(tiny_llama_dir, tmp_path, qua
     if quantization == "q4_1":
         assert sum(isinstance(m, Q4Linear) for m in model.modules()) == 4 * len(model.layers) + 1
     prompts = ["hello", "abcabcabcabc", "the quick brown fox jumps"]
+    # prompt steps run the loop's last layer for the sampled rows only, or for every row with
+    # prompt logprobs; the Python layers run every row
     params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=3),
-              SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True, logprobs=3)]
+              SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True, logprobs=3),
+              SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, prompt_logprobs=2)]
     runs = []
     for use_loop in (True, False):
         if not use_loop:
             model._plan = None  # from here on the Python layers
-        runs.append([(c.token_ids, c.logprobs) for p in params
+        runs.append([(c.token_ids, c.logprobs, o.prompt_logprobs) for p in params
                      for o in llm.generate(prompts, p) + llm.generate(prompts[:1], p) for c in o.outputs])
         if use_loop:
             assert model._plan is not None  # decode steps went through the C++ loop

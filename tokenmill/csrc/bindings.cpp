@@ -17,7 +17,8 @@ torch::Tensor decode_layers(torch::Tensor x, torch::Tensor positions, std::vecto
                             std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches,
                             torch::Tensor slot_mapping, torch::Tensor row_seq, torch::Tensor row_ctx,
                             torch::Tensor block_tables, torch::Tensor cos, torch::Tensor sin,
-                            torch::Tensor final_norm, double eps, double scale, int64_t Hq, int64_t Hkv);
+                            torch::Tensor final_norm, double eps, double scale, int64_t Hq, int64_t Hkv,
+                            torch::Tensor out_rows);
 torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tensor w, double eps);
 torch::Tensor silu_mul(torch::Tensor gate_up);
 void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,

@@ -89,7 +89,8 @@ at::Tensor team_layers(at::Tensor x, at::Tensor positions, const std::vector<at:
                        const std::vector<at::Tensor>& k_caches, const std::vector<at::Tensor>& v_caches,
                        at::Tensor slot_mapping, at::Tensor row_seq, at::Tensor row_ctx,
                        at::Tensor block_tables, at::Tensor cos, at::Tensor sin,
-                       at::Tensor final_norm, double eps_d, double scale, int64_t Hq, int64_t Hkv) {
+                       at::Tensor final_norm, double eps_d, double scale, int64_t Hq, int64_t Hkv,
+                       at::Tensor out_rows) {
   const int64_t T = x.size(0), H = x.size(1), L = k_caches.size();
   const Q4 first_qkv = q4_of(layers.data() + 1);
   const int64_t QW = 16 * first_qkv.G, D = QW / (Hq + 2 * Hkv), HD = Hq * D;
@@ -123,6 +124,22 @@ at::Tensor team_layers(at::Tensor x, at::Tensor positions, const std::vector<at:
 
   tokenmill::AttentionWork<C> work;
   work.describe(k_caches[0], v_caches[0], row_seq, row_ctx, block_tables, T, Hq, D, scale);
+  // The last layer past its keys and values, only for the rows the caller reads (out_rows,
+  // ascending): the others' outputs are not used (a prompt's rows but its last, without prompt
+  // logprobs), as llama.cpp prunes them. Those rows of qkv and the residual move up to rows
+  // 0 .. R - 1 and the rest of the layer runs on R rows.
+  TORCH_CHECK(out_rows.dim() == 1 && out_rows.scalar_type() == at::kLong && out_rows.is_contiguous(),
+              "out_rows: (R,) int64");
+  const int64_t R = out_rows.numel();
+  const bool prune = R < T;
+  const int64_t* keep = out_rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < R; ++i)
+    TORCH_CHECK(keep[i] >= i && keep[i] < T && (i == 0 || keep[i] > keep[i - 1]),
+                "out_rows must ascend, within the rows");
+  tokenmill::AttentionWork<C> last;
+  const at::Tensor last_seq = row_seq.index_select(0, out_rows), last_ctx = row_ctx.index_select(0, out_rows);
+  if (prune)
+    last.describe(k_caches[L - 1], v_caches[L - 1], last_seq, last_ctx, block_tables, R, Hq, D, scale);
   auto opt = x.options();
   auto h = at::empty({T, H}, opt), qkv = at::empty({T, QW}, opt), o = at::empty({T, HD}, opt);
   auto gu = at::empty({T, I2}, opt), act = at::empty({T, I}, opt), y = at::empty({T, H}, opt);
@@ -141,6 +158,10 @@ at::Tensor team_layers(at::Tensor x, at::Tensor positions, const std::vector<at:
   const float eps = static_cast<float>(eps_d);
   work.q = qkvp, work.ldq = QW, work.out = op, work.ldo = HD;
   work.plan();
+  if (prune) {
+    last.q = qkvp, last.ldq = QW, last.out = op, last.ldo = HD;
+    last.plan();
+  }
   // row t of a (K,) through dx, xs: the activations of the next linear, K its inputs
   auto quantize = [&](const float* src, int64_t K, int64_t t) {
     tokenmill::q4_quantize_row(src + t * K, K, ap + t * K, dxp + t * (K / 32), xsp + t * (K / 32));
@@ -170,44 +191,59 @@ at::Tensor team_layers(at::Tensor x, at::Tensor positions, const std::vector<at:
       for (int64_t t = 0; t < T; ++t)
         tokenmill::rope_and_cache_row(qkvp + t * QW, pos[t], cp, sp, Hq, Hkv, D, kp[l], vp[l], slots,
                                       sm[t], tmp.data());
+      const bool pruned = prune && l == L - 1;
+      const int64_t rows = pruned ? R : T;
+      const tokenmill::AttentionWork<C>& att = pruned ? last : work;
+      if (pruned) {
+#pragma omp single
+        {  // keep[i] >= i, ascending: each row moves up over rows already moved or dropped
+          for (int64_t i = 0; i < R; ++i) {
+            if (keep[i] == i) continue;
+            std::copy(qkvp + keep[i] * QW, qkvp + (keep[i] + 1) * QW, qkvp + i * QW);
+            std::copy(res + keep[i] * H, res + (keep[i] + 1) * H, res + i * H);
+          }
+        }
+      }
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t z = 0; z < work.tasks(); ++z) work.run_task(z, scratch);
+      for (int64_t z = 0; z < att.tasks(); ++z) att.run_task(z, scratch);
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < work.merges(); ++i) work.merge(i, scratch);
+      for (int64_t i = 0; i < att.merges(); ++i) att.merge(i, scratch);
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < T; ++t) quantize(op, HD, t);
-      team_linear(q[1], ap, dxp, xsp, T, yp);
+      for (int64_t t = 0; t < rows; ++t) quantize(op, HD, t);
+      team_linear(q[1], ap, dxp, xsp, rows, yp);
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < T; ++t) {
+      for (int64_t t = 0; t < rows; ++t) {
         tokenmill::add_rms_norm_row(yp + t * H, res + t * H, norm2[l], H, eps, hp + t * H);
         quantize(hp, H, t);
       }
-      team_linear(q[2], ap, dxp, xsp, T, gup);
+      team_linear(q[2], ap, dxp, xsp, rows, gup);
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < T; ++t) {
+      for (int64_t t = 0; t < rows; ++t) {
         tokenmill::silu_mul_row(gup + t * I2, I, actp + t * I);
         quantize(actp, I, t);
       }
-      team_linear(q[3], ap, dxp, xsp, T, yp);
+      team_linear(q[3], ap, dxp, xsp, rows, yp);
     }
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < T; ++t)
+    for (int64_t t = 0; t < R; ++t)
       tokenmill::add_rms_norm_row(yp + t * H, res + t * H, fnorm, H, eps, outp + t * H);
   }
-  return out;
+  return prune ? out.narrow(0, 0, R) : out;
 }
 
 }  // namespace
 
-// x (T, H): the embeddings; layers: per layer [input norm w, qkv (4), o (4), post norm w,
-// gate_up (4), down (4)], each linear as (packed, scale, wsum, bias) or (records, -, -, bias). Returns the final norm's
-// output (T, H), as LlamaForCausalLM.forward.
+// x (T, H): the embeddings (the team loop uses it as its residual stream, in place); layers: per
+// layer [input norm w, qkv (4), o (4), post norm w, gate_up (4), down (4)], each linear as
+// (packed, scale, wsum, bias) or (records, -, -, bias); out_rows: the rows wanted (int64,
+// ascending; all T of them, or fewer). Returns the final norm's output of those rows (R, H), as
+// LlamaForCausalLM.forward.
 at::Tensor decode_layers(at::Tensor x, at::Tensor positions, std::vector<at::Tensor> layers,
                          std::vector<at::Tensor> k_caches, std::vector<at::Tensor> v_caches,
                          at::Tensor slot_mapping, at::Tensor row_seq, at::Tensor row_ctx,
                          at::Tensor block_tables, at::Tensor cos, at::Tensor sin,
                          at::Tensor final_norm, double eps, double scale, int64_t Hq,
-                         int64_t Hkv) {
+                         int64_t Hkv, at::Tensor out_rows) {
   TORCH_CHECK(static_cast<int64_t>(layers.size()) == kPerLayer * static_cast<int64_t>(k_caches.size()),
               "decode_layers: weights and caches disagree");
   const int64_t T = x.size(0), L = k_caches.size();
@@ -217,13 +253,16 @@ at::Tensor decode_layers(at::Tensor x, at::Tensor positions, std::vector<at::Ten
     TORCH_CHECK(v_caches[0].scalar_type() == kind, "k and v caches differ in dtype");
     if (kind == at::kChar)
       return team_layers<int8_t>(x, positions, layers, k_caches, v_caches, slot_mapping, row_seq,
-                                 row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv);
+                                 row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv,
+                                 out_rows);
     if (kind == at::kHalf)
       return team_layers<at::Half>(x, positions, layers, k_caches, v_caches, slot_mapping, row_seq,
-                                   row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv);
+                                   row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv,
+                                 out_rows);
     if (kind == at::kFloat)
       return team_layers<float>(x, positions, layers, k_caches, v_caches, slot_mapping, row_seq,
-                                row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv);
+                                row_ctx, block_tables, cos, sin, final_norm, eps, scale, Hq, Hkv,
+                                 out_rows);
   }
   at::Tensor residual = x, h;
   for (int64_t l = 0; l < L; ++l) {
@@ -238,5 +277,6 @@ at::Tensor decode_layers(at::Tensor x, at::Tensor positions, std::vector<at::Ten
     h = add_rms_norm(linear(o.reshape({T, Hq * D}), w + 5), residual, w[9], eps);
     x = linear(silu_mul(linear(h, w + 10)), w + 14);
   }
-  return add_rms_norm(x, residual, final_norm, eps);
+  at::Tensor out = add_rms_norm(x, residual, final_norm, eps);
+  return out_rows.numel() == T ? out : out.index_select(0, out_rows);
 }

@@ -170,11 +170,17 @@ class ModelRunner:
         meta = AttentionMetadata.build(seqs, self.device, self.block_size, self.use_native)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        hidden = self.model(ids, pos, meta, self.kv_caches)  # (T, hidden)
+        # only the rows whose logits are read leave the model (the rest of a prompt chunk skips
+        # the last layer past its keys and values): index[r] is row r's place in hidden
+        wanted = sorted(set(sample_rows).union(*(range(row, row + k) for _, _, row, k in prompt_rows)))
+        index = {r: i for i, r in enumerate(wanted)}
+        out_rows = None if len(wanted) == len(input_ids) else torch.tensor(wanted, dtype=torch.long)
+        hidden = self.model(ids, pos, meta, self.kv_caches, out_rows)  # (len(wanted), hidden)
         for req, start, row, k in prompt_rows:
-            self.prompt_logits.append((req, start, self.model.compute_logits(hidden[row:row + k])))
+            first = index[row]
+            self.prompt_logits.append((req, start, self.model.compute_logits(hidden[first:first + k])))
         if not sample_rows:
             return None, []
         self.work.logit_rows += len(sample_rows)
-        rows = torch.tensor(sample_rows, dtype=torch.long, device=self.device)
+        rows = torch.tensor([index[r] for r in sample_rows], dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden[rows]), sample_reqs

@@ -106,21 +106,28 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        # input_ids, positions: (T,) -> hidden: (T, hidden)
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                out_rows: torch.Tensor | None = None) -> torch.Tensor:
+        # input_ids, positions: (T,) -> hidden: (T, hidden), or (R, hidden) for the rows out_rows
+        # (int64, ascending) when given: the C++ loop then runs the last layer past its keys and
+        # values for those rows only.
         x, residual = self.embed_tokens(input_ids), None
         if meta.row_seq is not None:
             plan = self._decode_plan(x)
             if plan is not None:  # every row to the attention kernel: the same calls, from C++
                 kern, weights = plan
                 a = self.layers[0].self_attn
+                if out_rows is None:
+                    out_rows = torch.arange(len(input_ids))
                 return kern.decode_layers(
                     x, positions, weights, [k for k, _ in kv_caches], [v for _, v in kv_caches],
                     meta.slot_mapping, meta.row_seq, meta.row_ctx, meta.block_tables, self.rope.cos,
-                    self.rope.sin, self.norm.weight, self.norm.eps, a.scale, a.num_heads, a.num_kv_heads)
+                    self.rope.sin, self.norm.weight, self.norm.eps, a.scale, a.num_heads, a.num_kv_heads,
+                    out_rows)
         for layer, kv in zip(self.layers, kv_caches):
             x, residual = layer(x, residual, positions, self.rope, meta, kv)
-        return self.norm(x, residual)[0]
+        hidden = self.norm(x, residual)[0]
+        return hidden if out_rows is None else hidden[out_rows.to(hidden.device)]
 
     def _decode_plan(self, x: torch.Tensor):
         """(kernel module, flat weight list) for csrc/decode_loop.cpp, or None where the Python
