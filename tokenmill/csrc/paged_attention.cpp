@@ -156,7 +156,7 @@ inline void prefetch_rows(const C* base, const int64_t* off, int64_t j, int64_t 
   }
 }
 
-constexpr int64_t kAhead = 16;  // keys
+constexpr int64_t kAhead = 32;  // keys
 constexpr int64_t kMaxHeads = 16;  // query heads a kv head for qk_scores_i8
 
 template <typename C>
