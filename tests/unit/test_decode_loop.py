@@ -17,11 +17,14 @@ def test_cpp_decode_loop_matches_the_python_layers(tiny_llama_dir, tmp_path, qua
     if quantization == "q4_1":  # 4-bit records from a Q4_1 file
         from tests.tiny_models import make_hf_model, save_gguf
         path = save_gguf(make_hf_model("llama", seed=3), str(tmp_path / "tiny-q4_1.gguf"), "Q4_1")
-    llm = LLM(path, quantization=quantization, kv_cache_dtype=kv_cache_dtype, show_progress=False)
+    # 16-token steps: the long prompt's middle chunks have no row to read (their last layer stops
+    # after its keys and values in the C++ loop)
+    llm = LLM(path, quantization=quantization, kv_cache_dtype=kv_cache_dtype, max_num_batched_tokens=16,
+              show_progress=False)
     model = llm.engine.runner.model
     if quantization == "q4_1":
         assert sum(isinstance(m, Q4Linear) for m in model.modules()) == 4 * len(model.layers) + 1
-    prompts = ["hello", "abcabcabcabc", "the quick brown fox jumps"]
+    prompts = ["hello", "abcabcabcabc", "the quick brown fox jumps", "over the lazy dog, " * 6]
     # prompt steps run the loop's last layer for the sampled rows only, or for every row with
     # prompt logprobs; the Python layers run every row
     params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=3),

@@ -95,30 +95,20 @@ void scale_weights(const C* v, const int64_t* off, int64_t D, int64_t G, int64_t
 // 16 vectors -> one: lane i = the sum of v[i]'s lanes. A tree of shuffles and adds (45 ops
 // for 16 keys, where a horizontal sum each costs ~8 and one long dependency chain). Every key
 // gets the same summation order (lanes i + 8, then + 4, then pairs), whatever its place.
-// Int: the lanes hold int32 (the int8 queries' dot products), added as integers.
-template <bool Int>
-__attribute__((target("avx512f")))
-inline __m512 add16(__m512 a, __m512 b) {
-  if constexpr (Int)
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
-  return _mm512_add_ps(a, b);
-}
-
-template <bool Int = false>
 __attribute__((target("avx512f")))
 inline __m512 sum16(__m512* v) {
   __m512 w[8], x[4], y[2];
   for (int p = 0; p < 8; ++p)  // 128-bit lanes: [a0+a2, a1+a3, b0+b2, b1+b3]
-    w[p] = add16<Int>(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+    w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
                          _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
   for (int p = 0; p < 4; ++p)  // 128-bit lane k: 4 partial sums of key 4p + k
-    x[p] = add16<Int>(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+    x[p] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
   for (int p = 0; p < 2; ++p)  // lane k: [8p + k: 2 partials, 8p + 4 + k: 2 partials]
-    y[p] = add16<Int>(_mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+    y[p] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
                          _mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
   // lane 4k + m holds key 4m + k
-  const __m512 z = add16<Int>(_mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
+  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
                                  _mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(3, 1, 3, 1)));
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   return _mm512_permutexvar_ps(order, z);
@@ -231,7 +221,8 @@ inline void transpose16(__m512i* r) {
 // int8 keys against int8 queries (vpdpbusd), D a multiple of 64: each head's scaled query row is
 // quantized like a cache row (qi = round(q * 127 / max|q|), scale max|q| / 127), so a score is
 // float(qi . ki) * q scale * k scale with the integer dot product exact. (The query's rounding
-// moves perplexity by ~0.1%; llama.cpp rounds its queries to 8 bits for a q8_0 cache too.)
+// moved perplexity by +0.05% on the bundled text; llama.cpp rounds its queries to 8 bits for a
+// q8_0 cache too.)
 // 16 keys' 64-byte pieces are transposed in registers so that t[c] holds dims 4c..4c+3 of the 16
 // keys: one vpdpbusd per 4 dims then adds 4 products into each key's own lane, no horizontal sums,
 // and the transpose serves every head. vpdpbusd multiplies unsigned by signed bytes: the keys go
