@@ -5,6 +5,7 @@ KubeRay manifest's Serve config, and prefix affinity that yields to load."""
 import concurrent.futures as cf
 import json
 import os
+import time
 
 import httpx
 import pytest
@@ -113,13 +114,17 @@ def test_prefix_affinity_and_load(tm_app):
                                                 "max_tokens": 2}).headers[REPLICA] for i in range(16)}
     assert len(spread) == 2  # different prefixes: both replicas work
 
-    # imbalance: many long requests on one prefix overflow to the other replica
+    # imbalance: many long requests on one prefix overflow to the other replica. How many overlap
+    # at the router depends on the machine's speed, so bursts of 10 go on until one does (a
+    # router that never overflows fails at the deadline)
     def long(i):
         return post(tm_app, "/v1/completions", {"model": "tiny", "prompt": shared + f"long {i}", "max_tokens": 400,
                                                  "temperature": 0, "ignore_eos": True}).headers[REPLICA]
-    with cf.ThreadPoolExecutor(10) as pool:
-        placed = list(pool.map(long, range(10)))
-    assert len(set(placed)) == 2, placed
+    placed, deadline = set(), time.time() + 300
+    while len(placed) < 2 and time.time() < deadline:
+        with cf.ThreadPoolExecutor(10) as pool:
+            placed |= set(pool.map(long, range(10)))
+    assert len(placed) == 2, placed
 
 
 def test_autoscaling_up_under_load_and_back_down(ray_cluster, tiny_server_model):
