@@ -20,6 +20,7 @@
 #include "attention_work.h"
 #include "fast_exp.h"
 #include "quant_rows.h"  // has_vnni
+#include "reduce16.h"
 
 namespace {
 
@@ -92,29 +93,7 @@ void scale_weights(const C* v, const int64_t* off, int64_t D, int64_t G, int64_t
   }
 }
 
-// 16 vectors -> one: lane i = the sum of v[i]'s lanes. A tree of shuffles and adds (45 ops
-// for 16 keys, where a horizontal sum each costs ~8 and one long dependency chain). Every key
-// gets the same summation order (lanes i + 8, then + 4, then pairs), whatever its place.
-__attribute__((target("avx512f")))
-inline __m512 sum16(__m512* v) {
-  __m512 w[8], x[4], y[2];
-  for (int p = 0; p < 8; ++p)  // 128-bit lanes: [a0+a2, a1+a3, b0+b2, b1+b3]
-    w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-                         _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
-  for (int p = 0; p < 4; ++p)  // 128-bit lane k: 4 partial sums of key 4p + k
-    x[p] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(w[2 * p], w[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  for (int p = 0; p < 2; ++p)  // lane k: [8p + k: 2 partials, 8p + 4 + k: 2 partials]
-    y[p] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_ps(x[2 * p], x[2 * p + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  // lane 4k + m holds key 4m + k
-  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                 _mm512_shuffle_ps(y[0], y[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  return _mm512_permutexvar_ps(order, z);
-}
-
-// Scores of GN query heads (qs: (GN, D)) against 8 keys (rows), summed by sum16 (two heads a
+// Scores of GN query heads (qs: (GN, D)) against 8 keys (rows), summed by reduce16 (two heads a
 // call): each key row is loaded and converted once for the GN heads, 8 GN independent FMA chains.
 template <typename C, int GN>
 __attribute__((target("avx512f")))
@@ -130,7 +109,7 @@ void qk_tile(const float* qs, int64_t D, const C* const* rows, __m512* out) {
       for (int g = 0; g < GN; ++g) acc[g][i] = _mm512_fmadd_ps(qv[g], kv, acc[g][i]);
     }
   }
-  for (int g = 0; g < GN; g += 2) out[g / 2] = sum16(acc[g]);  // acc[g], acc[g + 1]: 16 vectors
+  for (int g = 0; g < GN; g += 2) out[g / 2] = tokenmill::reduce16(acc[g], tokenmill::AddPs());  // acc[g], acc[g + 1]: 16 vectors
 }
 
 // Scores of G query heads (qs: (G, D)) against n keys (rows at k + off[j]), 8 keys and up to 3

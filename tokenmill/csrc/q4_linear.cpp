@@ -31,6 +31,7 @@
 
 #include "q4_linear.h"
 #include "quant_rows.h"
+#include "reduce16.h"
 
 namespace {
 
@@ -38,16 +39,45 @@ using tokenmill::has_vnni;
 
 constexpr int64_t kRecord = 320;  // bytes per 16 rows x 32 inputs
 
-// One activation row: x (K,) -> a (K,) int8, dx and xs (K/32,) float32.
+// One activation row: x (K,) -> a (K,) int8, dx and xs (K/32,) float32. Up to 16 blocks at a
+// time, so that their maxima and integer sums come out of one reduce16 tree each instead of two
+// horizontal reductions a block; per block the numbers of quantize_row_avx512 (max|x| / 127,
+// x * (127 / max|x|) rounded to nearest even), bit for bit.
 __attribute__((target("avx512f,avx512bw")))
 void quantize_blocks(const float* x, int64_t K, int8_t* a, float* dx, float* xs) {
-  for (int64_t b = 0; b < K / 32; ++b) {
-    const float* v = x + b * 32;
-    tokenmill::quantize_row_avx512(v, 32, a + b * 32, dx + b);
-    const __m128i* ab = reinterpret_cast<const __m128i*>(a + b * 32);  // sum of the int8 values
-    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(
-        _mm512_cvtepi8_epi32(_mm_loadu_si128(ab)), _mm512_cvtepi8_epi32(_mm_loadu_si128(ab + 1))));
-    xs[b] = dx[b] * static_cast<float>(sum);
+  const int64_t B = K / 32;
+  for (int64_t b0 = 0; b0 < B; b0 += 16) {
+    const int n = static_cast<int>(std::min<int64_t>(16, B - b0));
+    __m512 v[16];
+    for (int i = 0; i < 16; ++i) {  // blocks past the row: 0, max 0, sum 0 (not stored)
+      const float* xb = x + (b0 + std::min(i, n - 1)) * 32;
+      v[i] = i < n ? _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb)), _mm512_abs_ps(_mm512_loadu_ps(xb + 16)))
+                   : _mm512_setzero_ps();
+    }
+    const __m512 amax = tokenmill::reduce16(v, tokenmill::MaxPs());
+    const __mmask16 nz = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ);
+    alignas(64) float inv[16];
+    _mm512_store_ps(inv, _mm512_maskz_div_ps(nz, _mm512_set1_ps(127.f), amax));
+    const __m512 scale = _mm512_div_ps(amax, _mm512_set1_ps(127.f));
+    __m512 sums[16];
+    for (int i = 0; i < 16; ++i) {
+      if (i >= n) {
+        sums[i] = _mm512_setzero_ps();
+        continue;
+      }
+      const float* xb = x + (b0 + i) * 32;
+      const __m512 vi = _mm512_set1_ps(inv[i]);
+      const __m512i r0 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb), vi));
+      const __m512i r1 = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16), vi));
+      int8_t* ab = a + (b0 + i) * 32;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(ab), _mm512_cvtsepi32_epi8(r0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(ab + 16), _mm512_cvtsepi32_epi8(r1));
+      sums[i] = _mm512_castsi512_ps(_mm512_add_epi32(r0, r1));  // |r| <= 127: the int8 values
+    }
+    const __m512 sum = _mm512_cvtepi32_ps(_mm512_castps_si512(tokenmill::reduce16(sums, tokenmill::AddEpi32())));
+    const __mmask16 valid = static_cast<__mmask16>((1u << n) - 1);
+    _mm512_mask_storeu_ps(dx + b0, valid, scale);
+    _mm512_mask_storeu_ps(xs + b0, valid, _mm512_mul_ps(scale, sum));
   }
 }
 
