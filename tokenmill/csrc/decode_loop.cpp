@@ -204,7 +204,7 @@ at::Tensor team_layers(at::Tensor x, at::Tensor positions, const std::vector<at:
           }
         }
       }
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, std::max<int64_t>(1, att.tasks() / 64))
       for (int64_t z = 0; z < att.tasks(); ++z) att.run_task(z, scratch);
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < att.merges(); ++i) att.merge(i, scratch);
