@@ -12,15 +12,20 @@ namespace tokenmill {
 // positions (0, kChunk, 2 kChunk, ...), each chunk one task (so one long row keeps every thread
 // busy), then the chunks are merged in order. Chunk edges depend only on the row's own length.
 constexpr int64_t kChunk = 256;
+// A prompt's consecutive rows go in groups of up to kGroupRows (and kMaxHeads query heads) per
+// task: they share every key's load and conversion.
+constexpr int64_t kGroupRows = 4;
+constexpr int64_t kMaxHeads = 16;
 
 // One thread's working memory for tasks and merges.
 struct AttentionScratch {
-  std::vector<float> scores;  // (G, kChunk)
-  std::vector<float> qs;      // (G, D): the scaled queries
+  // GR: the query heads of a group of rows, G x its rows
+  std::vector<float> scores;  // (GR, kChunk)
+  std::vector<float> qs;      // (GR, D): the scaled queries
   std::vector<int64_t> off;   // (kChunk,): each key's row in its head's cache, in elements
-  std::vector<float> acc;     // (D,): a merge's sum
-  std::vector<int8_t> qi;     // (G, D): an int8 cache's queries as int8
-  std::vector<float> qscale;  // (G,): their scales
+  std::vector<float> acc;     // (GR, D + 2): a task's results; (D,): a merge's sum
+  std::vector<int8_t> qi;     // (GR, D): an int8 cache's queries as int8
+  std::vector<float> qscale;  // (GR,): their scales
 };
 
 // C: the cache element (float, at::Half or int8_t; defined in paged_attention.cpp for these).
@@ -46,7 +51,7 @@ struct AttentionWork {
                 int64_t D, double scale);
   // Sizes the task list and the partial results from the rows; the layers of a step share it.
   void plan();
-  int64_t tasks() const { return static_cast<int64_t>(task_row.size()) * Hkv; }
+  int64_t tasks() const { return static_cast<int64_t>(unit_row.size()) * Hkv; }
   int64_t merges() const { return T * Hkv; }
   // z in [0, tasks()); scratch from new_scratch(), one per thread
   void run_task(int64_t z, AttentionScratch& scratch) const;
@@ -55,7 +60,8 @@ struct AttentionWork {
   AttentionScratch new_scratch() const;
 
  private:
-  std::vector<int64_t> first_task, task_row;
+  std::vector<int64_t> first_task;  // (T + 1,): row t's chunks are first_task[t] ..
+  std::vector<int64_t> unit_row, unit_rows, unit_chunk;  // per (group, chunk): first row, rows, chunk
   mutable std::vector<float> part;  // per (chunk, kv head): G x [unnormalized out (D), max, sum]
 };
 

@@ -3,9 +3,10 @@
 //
 // Every (query token, kv head, context chunk) is computed on its own, reading its sequence's
 // keys and values through the block table; the G query heads that share a kv head share each
-// K/V read.
+// K/V read, and so do up to 4 consecutive rows of a prompt (one task, 4 G heads), each head with
+// the same instructions it gets alone.
 // A row's result depends only on its own query and its own context, never on the batch, the
-// chunking of a prompt or padding: batch invariance by construction.
+// chunking of a prompt, its neighbours in a task or padding: batch invariance by construction.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -25,6 +26,7 @@
 namespace {
 
 using tokenmill::fast_exp512;
+using tokenmill::kMaxHeads;  // query heads a task for qk_scores_i8
 
 constexpr int kLanes = 16;  // fixed lane order: the same rounding whatever the build vectorizes
 
@@ -126,7 +128,6 @@ inline void prefetch_rows(const C* base, const int64_t* off, int64_t j, int64_t 
 }
 
 constexpr int64_t kAhead = 32;  // keys
-constexpr int64_t kMaxHeads = 16;  // query heads a kv head for qk_scores_i8
 
 template <typename C>
 __attribute__((target("avx512f")))
@@ -307,21 +308,25 @@ void pv_heads(const float* p, int64_t ld_p, const C* v, const int64_t* off, int6
   for (; d0 < D; d0 += 16) pv_tile<C, GN, 1>(p, ld_p, v, off, n, d0, out, ld_out, D);
 }
 
-// One (row, kv head, chunk) task with AVX-512, D a multiple of 16. qs: (G, D) scaled queries
+// One (rows, kv head, chunk) task with AVX-512, D a multiple of 16: GR = R x G query heads, head
+// g of row g / G, which sees keys j < n_row[g / G] (n_row ascending). qs: (GR, D) scaled queries
 // (for an int8 cache, with VNNI and D a multiple of 64: qi and qscale, their int8 form, instead);
-// k, v: this head's cache; key j's row at k + off[j] (j < n). Writes pr: G x [unnormalized
-// output (D), max, sum].
+// k, v: this head's cache; key j's row at k + off[j]. The rows share each key's load, transpose
+// and conversion; each head's numbers are those it gets alone (a key past its row's n weighs
+// exactly 0 in P.V). Writes pr: GR x [unnormalized output (D), max, sum].
 template <typename C>
 __attribute__((target("avx512f")))
-void chunk_avx512(const float* qs, const int8_t* qi, const float* qscale, int64_t G, int64_t D,
-                  const C* k, const C* v, const int64_t* off, int64_t n, float* scores,
-                  int64_t ld_scores, float* pr) {
+void chunk_avx512(const float* qs, const int8_t* qi, const float* qscale, int64_t GR, int64_t G,
+                  int64_t D, const C* k, const C* v, const int64_t* off, const int64_t* n_row,
+                  int64_t R, float* scores, int64_t ld_scores, float* pr) {
+  const int64_t n_all = n_row[R - 1];
   if constexpr (kScaled<C>)
-    qk_scores_i8(qi, qscale, G, D, k, v, off, n, scores, ld_scores);
+    qk_scores_i8(qi, qscale, GR, D, k, v, off, n_all, scores, ld_scores);
   else
-    qk_scores(qs, G, D, k, v, off, n, scores, ld_scores);
-  for (int64_t g = 0; g < G; ++g) {
+    qk_scores(qs, GR, D, k, v, off, n_all, scores, ld_scores);
+  for (int64_t g = 0; g < GR; ++g) {
     float* s = scores + g * ld_scores;
+    const int64_t n = n_row[g / G];
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + j));
@@ -340,18 +345,19 @@ void chunk_avx512(const float* qs, const int8_t* qi, const float* qscale, int64_
       _mm512_mask_storeu_ps(s + j, mask, e);
       vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(mask, e));
     }
+    std::fill(s + n, s + n_all, 0.f);  // keys past this row's context: weight 0 in P.V
     float* out = pr + g * (D + 2);
     out[D] = m;
     out[D + 1] = _mm512_reduce_add_ps(vsum);
   }
-  for (int64_t g0 = 0; g0 < G; g0 += 4) {
+  for (int64_t g0 = 0; g0 < GR; g0 += 4) {
     const float* p = scores + g0 * ld_scores;
     float* out = pr + g0 * (D + 2);
-    switch (std::min<int64_t>(4, G - g0)) {
-      case 1: pv_heads<C, 1>(p, ld_scores, v, off, n, D, out, D + 2); break;
-      case 2: pv_heads<C, 2>(p, ld_scores, v, off, n, D, out, D + 2); break;
-      case 3: pv_heads<C, 3>(p, ld_scores, v, off, n, D, out, D + 2); break;
-      default: pv_heads<C, 4>(p, ld_scores, v, off, n, D, out, D + 2);
+    switch (std::min<int64_t>(4, GR - g0)) {
+      case 1: pv_heads<C, 1>(p, ld_scores, v, off, n_all, D, out, D + 2); break;
+      case 2: pv_heads<C, 2>(p, ld_scores, v, off, n_all, D, out, D + 2); break;
+      case 3: pv_heads<C, 3>(p, ld_scores, v, off, n_all, D, out, D + 2); break;
+      default: pv_heads<C, 4>(p, ld_scores, v, off, n_all, D, out, D + 2);
     }
   }
 }
@@ -369,18 +375,34 @@ template <typename C>
 void AttentionWork<C>::plan() {
   first_task.assign(T + 1, 0);
   for (int64_t t = 0; t < T; ++t) first_task[t + 1] = first_task[t] + (row_ctx[t] + kChunk - 1) / kChunk;
-  const int64_t chunks = first_task[T];
-  task_row.resize(chunks);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t c = first_task[t]; c < first_task[t + 1]; ++c) task_row[c] = t;
-  part.resize(chunks * Hkv * (Hq / Hkv) * (D + 2));
+  const int64_t chunks = first_task[T], G = Hq / Hkv;
+  // Rows in groups: consecutive rows of one sequence (a prompt's, or a draft's), one key more each,
+  // as many chunks each, up to kMaxHeads query heads in all.
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kGroupRows, kMaxHeads / G));
+  unit_row.clear();
+  unit_rows.clear();
+  unit_chunk.clear();
+  for (int64_t t = 0; t < T;) {
+    int64_t r = 1;
+    const int64_t nc = first_task[t + 1] - first_task[t];
+    while (r < most && t + r < T && row_seq[t + r] == row_seq[t] && row_ctx[t + r] == row_ctx[t + r - 1] + 1 &&
+           first_task[t + r + 1] - first_task[t + r] == nc)
+      ++r;
+    for (int64_t c = 0; c < nc; ++c) {
+      unit_row.push_back(t);
+      unit_rows.push_back(r);
+      unit_chunk.push_back(c);
+    }
+    t += r;
+  }
+  part.resize(chunks * Hkv * G * (D + 2));
 }
 
 template <typename C>
 AttentionScratch AttentionWork<C>::new_scratch() const {
-  const int64_t G = Hq / Hkv;
-  return {std::vector<float>(G * kChunk), std::vector<float>(G * D), std::vector<int64_t>(kChunk),
-          std::vector<float>(D), std::vector<int8_t>(G * D), std::vector<float>(G)};
+  const int64_t GR = Hq / Hkv * std::max<int64_t>(1, std::min<int64_t>(kGroupRows, kMaxHeads / (Hq / Hkv)));
+  return {std::vector<float>(GR * kChunk), std::vector<float>(GR * D), std::vector<int64_t>(kChunk),
+          std::vector<float>(GR * (D + 2)), std::vector<int8_t>(GR * D), std::vector<float>(GR)};
 }
 
 // Tasks in zigzag order (0, n-1, 1, n-2, ...): a static split hands each thread one contiguous
@@ -393,59 +415,72 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
   float* qs = scratch.qs.data();
   int64_t* off = scratch.off.data();
   const int64_t i = z % 2 == 0 ? z / 2 : n_tasks - 1 - z / 2;
-  const int64_t c = i / Hkv, h = i % Hkv, t = task_row[c];
-  const int64_t j0 = (c - first_task[t]) * kChunk, j1 = std::min(row_ctx[t], j0 + kChunk), n = j1 - j0;
-  const int64_t* table = block_tables + row_seq[t] * MB;
-  for (int64_t j = j0; j < j1;) {  // j0 and kChunk are multiples of BS
+  const int64_t u = i / Hkv, h = i % Hkv, t0 = unit_row[u], R = unit_rows[u], c = unit_chunk[u];
+  const int64_t j0 = c * kChunk;
+  int64_t n_row[kGroupRows];
+  for (int64_t r = 0; r < R; ++r) n_row[r] = std::min(row_ctx[t0 + r], j0 + kChunk) - j0;
+  const int64_t j1 = j0 + n_row[R - 1];
+  const int64_t* table = block_tables + row_seq[t0] * MB;
+  for (int64_t j = j0; j < j1; j += BS) {  // j0 and kChunk are multiples of BS
     const int64_t base = table[j / BS] * BS * RS;
-    for (int64_t o = 0; o < BS && j < j1; ++o, ++j) off[j - j0] = base + o * RS;
+    for (int64_t o = 0; o < std::min(BS, j1 - j); ++o) off[j - j0 + o] = base + o * RS;
   }
-  const float* qrow = q + t * ldq + h * G * D;
-  for (int64_t x = 0; x < G * D; ++x) qs[x] = qrow[x] * scale;
-  float* pr = part.data() + i * stride;
+  for (int64_t r = 0; r < R; ++r) {
+    const float* qrow = q + (t0 + r) * ldq + h * G * D;
+    for (int64_t x = 0; x < G * D; ++x) qs[r * G * D + x] = qrow[x] * scale;
+  }
   const C* kh = k + h * NB * BS * RS;
   const C* vh = v + h * NB * BS * RS;
   int8_t* qi = scratch.qi.data();
   float* qscale = scratch.qscale.data();
-  if constexpr (kScaled<C>) quantize_queries(qs, G, D, qi, qscale);  // see qk_scores_i8
-  if (has_avx512() && (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && G <= kMaxHeads))) {
-    chunk_avx512(qs, qi, qscale, G, D, kh, vh, off, n, scores, kChunk, pr);
+  if constexpr (kScaled<C>) quantize_queries(qs, R * G, D, qi, qscale);  // see qk_scores_i8
+  auto part_of = [&](int64_t r) { return part.data() + ((first_task[t0 + r] + c) * Hkv + h) * stride; };
+  if (has_avx512() && (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && R * G <= kMaxHeads))) {
+    float* pr = scratch.acc.data();  // (R G) x [D, max, sum], then each row's to its place
+    chunk_avx512(qs, qi, qscale, R * G, G, D, kh, vh, off, n_row, R, scores, kChunk, pr);
+    for (int64_t r = 0; r < R; ++r) std::copy(pr + r * stride, pr + (r + 1) * stride, part_of(r));
     return;
   }
-  for (int64_t j = 0; j < n; ++j) {
-    const C* krow = kh + off[j];
-    for (int64_t g = 0; g < G; ++g) {
-      float sc;
-      if constexpr (kScaled<C>) {  // the integer dot product, as qk_scores_i8
-        int32_t dot_i = 0;
-        for (int64_t d = 0; d < D; ++d) dot_i += static_cast<int32_t>(qi[g * D + d]) * krow[d];
-        sc = static_cast<float>(dot_i) * qscale[g] * row_scale(krow, D);
-      } else {
-        sc = dot(qs + g * D, krow, D);
-      }
-      scores[g * kChunk + j] = sc;
-    }
-  }
-  for (int64_t g = 0; g < G; ++g) {
-    float* s = scores + g * kChunk;
-    float m = s[0];
-    for (int64_t j = 1; j < n; ++j) m = std::max(m, s[j]);
-    float sum = 0.f;
+  for (int64_t r = 0; r < R; ++r) {  // the portable loop, a row at a time
+    const int64_t n = n_row[r];
+    float* pr = part_of(r);
+    const float* qr = qs + r * G * D;
+    const int8_t* qir = qi + r * G * D;
     for (int64_t j = 0; j < n; ++j) {
-      s[j] = fast_exp(s[j] - m);
-      sum += s[j];
+      const C* krow = kh + off[j];
+      for (int64_t g = 0; g < G; ++g) {
+        float sc;
+        if constexpr (kScaled<C>) {  // the integer dot product, as qk_scores_i8
+          int32_t dot_i = 0;
+          for (int64_t d = 0; d < D; ++d) dot_i += static_cast<int32_t>(qir[g * D + d]) * krow[d];
+          sc = static_cast<float>(dot_i) * qscale[r * G + g] * row_scale(krow, D);
+        } else {
+          sc = dot(qr + g * D, krow, D);
+        }
+        scores[g * kChunk + j] = sc;
+      }
     }
-    pr[g * (D + 2) + D] = m;
-    pr[g * (D + 2) + D + 1] = sum;
-    std::fill(pr + g * (D + 2), pr + g * (D + 2) + D, 0.f);
-  }
-  scale_weights(vh, off, D, G, n, scores, kChunk);
-  for (int64_t j = 0; j < n; ++j) {
-    const C* vrow = vh + off[j];
     for (int64_t g = 0; g < G; ++g) {
-      const float p = scores[g * kChunk + j];
-      float* a = pr + g * (D + 2);
-      for (int64_t d = 0; d < D; ++d) a[d] = __builtin_fmaf(p, val(vrow, d), a[d]);
+      float* s = scores + g * kChunk;
+      float m = s[0];
+      for (int64_t j = 1; j < n; ++j) m = std::max(m, s[j]);
+      float sum = 0.f;
+      for (int64_t j = 0; j < n; ++j) {
+        s[j] = fast_exp(s[j] - m);
+        sum += s[j];
+      }
+      pr[g * (D + 2) + D] = m;
+      pr[g * (D + 2) + D + 1] = sum;
+      std::fill(pr + g * (D + 2), pr + g * (D + 2) + D, 0.f);
+    }
+    scale_weights(vh, off, D, G, n, scores, kChunk);
+    for (int64_t j = 0; j < n; ++j) {
+      const C* vrow = vh + off[j];
+      for (int64_t g = 0; g < G; ++g) {
+        const float p = scores[g * kChunk + j];
+        float* a = pr + g * (D + 2);
+        for (int64_t d = 0; d < D; ++d) a[d] = __builtin_fmaf(p, val(vrow, d), a[d]);
+      }
     }
   }
 }
