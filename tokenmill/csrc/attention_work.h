@@ -14,8 +14,8 @@ namespace tokenmill {
 constexpr int64_t kChunk = 256;
 // A prompt's consecutive rows go in groups of up to kGroupRows (and kMaxHeads query heads) per
 // task: they share every key's load and conversion.
-constexpr int64_t kGroupRows = 4;
-constexpr int64_t kMaxHeads = 16;
+constexpr int64_t kGroupRows = 8;
+constexpr int64_t kMaxHeads = 24;
 
 // One thread's working memory for tasks and merges.
 struct AttentionScratch {

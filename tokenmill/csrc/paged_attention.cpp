@@ -3,7 +3,7 @@
 //
 // Every (query token, kv head, context chunk) is computed on its own, reading its sequence's
 // keys and values through the block table; the G query heads that share a kv head share each
-// K/V read, and so do up to 4 consecutive rows of a prompt (one task, 4 G heads), each head with
+// K/V read, and so do up to 8 consecutive rows of a prompt (one task, 8 G heads), each head with
 // the same instructions it gets alone.
 // A row's result depends only on its own query and its own context, never on the batch, the
 // chunking of a prompt, its neighbours in a task or padding: batch invariance by construction.
