@@ -286,12 +286,10 @@ void pv_tile(const float* p, int64_t ld_p, const C* v, const int64_t* off, int64
     for (int c = 0; c < DN; ++c) acc[g][c] = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
     const C* vrow = v + off[j] + d0;
-    float vs = 1.f;  // an int8 row's weight is p * its scale (the softmax sums were taken before)
-    if constexpr (kScaled<C>) vs = row_scale(v + off[j], D);
     __m512 vv[DN];
     for (int c = 0; c < DN; ++c) vv[c] = load16(vrow + 16 * c);
     for (int g = 0; g < GN; ++g) {
-      const __m512 w = _mm512_set1_ps(kScaled<C> ? p[g * ld_p + j] * vs : p[g * ld_p + j]);
+      const __m512 w = _mm512_set1_ps(p[g * ld_p + j]);  // int8 rows: p * the row's scale already
       for (int c = 0; c < DN; ++c) acc[g][c] = _mm512_fmadd_ps(w, vv[c], acc[g][c]);
     }
   }
@@ -349,6 +347,17 @@ void chunk_avx512(const float* qs, const int8_t* qi, const float* qscale, int64_
     float* out = pr + g * (D + 2);
     out[D] = m;
     out[D + 1] = _mm512_reduce_add_ps(vsum);
+  }
+  if constexpr (kScaled<C>) {  // an int8 row's weight is p * its scale (the sums were taken before)
+    alignas(64) float vs[tokenmill::kChunk];
+    for (int64_t j = 0; j < n_all; ++j) vs[j] = row_scale(v + off[j], D);
+    for (int64_t g = 0; g < GR; ++g) {
+      float* s = scores + g * ld_scores;
+      int64_t j = 0;
+      for (; j + 16 <= n_all; j += 16)
+        _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), _mm512_load_ps(vs + j)));
+      for (; j < n_all; ++j) s[j] *= vs[j];
+    }
   }
   for (int64_t g0 = 0; g0 < GR; g0 += 4) {
     const float* p = scores + g0 * ld_scores;
