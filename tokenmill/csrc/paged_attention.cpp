@@ -83,14 +83,17 @@ inline __m512 load16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-// v weights of int8 rows: p * the row's scale (the softmax sums were taken before)
+// v weights of int8 rows: p * the row's scale (the softmax sums were taken before); n <= kChunk.
+// The scales gathered once, then each head's row of weights in one (vectorized) pass.
 template <typename C>
 void scale_weights(const C* v, const int64_t* off, int64_t D, int64_t G, int64_t n, float* scores,
                    int64_t ld_scores) {
   if constexpr (kScaled<C>) {
-    for (int64_t j = 0; j < n; ++j) {
-      const float s = row_scale(v + off[j], D);
-      for (int64_t g = 0; g < G; ++g) scores[g * ld_scores + j] *= s;
+    float vs[tokenmill::kChunk];
+    for (int64_t j = 0; j < n; ++j) vs[j] = row_scale(v + off[j], D);
+    for (int64_t g = 0; g < G; ++g) {
+      float* s = scores + g * ld_scores;
+      for (int64_t j = 0; j < n; ++j) s[j] *= vs[j];
     }
   }
 }
@@ -348,17 +351,7 @@ void chunk_avx512(const float* qs, const int8_t* qi, const float* qscale, int64_
     out[D] = m;
     out[D + 1] = _mm512_reduce_add_ps(vsum);
   }
-  if constexpr (kScaled<C>) {  // an int8 row's weight is p * its scale (the sums were taken before)
-    alignas(64) float vs[tokenmill::kChunk];
-    for (int64_t j = 0; j < n_all; ++j) vs[j] = row_scale(v + off[j], D);
-    for (int64_t g = 0; g < GR; ++g) {
-      float* s = scores + g * ld_scores;
-      int64_t j = 0;
-      for (; j + 16 <= n_all; j += 16)
-        _mm512_storeu_ps(s + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), _mm512_load_ps(vs + j)));
-      for (; j < n_all; ++j) s[j] *= vs[j];
-    }
-  }
+  scale_weights(v, off, D, GR, n_all, scores, ld_scores);  // int8: once, before every head's P.V
   for (int64_t g0 = 0; g0 < GR; g0 += 4) {
     const float* p = scores + g0 * ld_scores;
     float* out = pr + g0 * (D + 2);
@@ -380,14 +373,17 @@ bool has_avx512() {
 
 namespace tokenmill {
 
+// Rows a task may hold: up to kGroupRows, and kMaxHeads query heads (G a row) in all.
+inline int64_t group_rows(int64_t G) { return std::max<int64_t>(1, std::min<int64_t>(kGroupRows, kMaxHeads / G)); }
+
 template <typename C>
 void AttentionWork<C>::plan() {
   first_task.assign(T + 1, 0);
   for (int64_t t = 0; t < T; ++t) first_task[t + 1] = first_task[t] + (row_ctx[t] + kChunk - 1) / kChunk;
   const int64_t chunks = first_task[T], G = Hq / Hkv;
   // Rows in groups: consecutive rows of one sequence (a prompt's, or a draft's), one key more each,
-  // as many chunks each, up to kMaxHeads query heads in all.
-  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kGroupRows, kMaxHeads / G));
+  // as many chunks each, up to group_rows(G).
+  const int64_t most = group_rows(G);
   unit_row.clear();
   unit_rows.clear();
   unit_chunk.clear();
@@ -409,7 +405,7 @@ void AttentionWork<C>::plan() {
 
 template <typename C>
 AttentionScratch AttentionWork<C>::new_scratch() const {
-  const int64_t GR = Hq / Hkv * std::max<int64_t>(1, std::min<int64_t>(kGroupRows, kMaxHeads / (Hq / Hkv)));
+  const int64_t GR = Hq / Hkv * group_rows(Hq / Hkv);
   return {std::vector<float>(GR * kChunk), std::vector<float>(GR * D), std::vector<int64_t>(kChunk),
           std::vector<float>(GR * (D + 2)), std::vector<int8_t>(GR * D), std::vector<float>(GR)};
 }
