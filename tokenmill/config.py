@@ -10,7 +10,7 @@ class EngineConfig:
     model: str | None = None              # .gguf file or Hugging Face directory; None: bundled SmolLM2
     device: str = "auto"                  # auto | cpu | cuda
     dtype: str = "auto"                   # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
-    quantization: str = "auto"            # auto (a Q4_1 file's blocks or int8 on CPU, none on CUDA) | none | int8 | q4_1
+    quantization: str = "auto"            # auto (on CPU a GGUF file's own blocks, else int8; none on CUDA) | none | int8 | q4_1 | gguf
     kv_cache_memory_gib: float = 1.0      # memory budget of the paged KV cache
     kv_cache_dtype: str = "auto"          # auto (int8 on CPU with quantized weights, else dtype) | float32 | float16 | bfloat16 | int8
     block_size: int = 16                  # tokens per KV block
@@ -28,8 +28,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError("device must be auto, cpu or cuda")
-        if self.quantization not in ("auto", "none", "int8", "q4_1"):
-            raise ValueError("quantization must be auto, none, int8 or q4_1")
+        if self.quantization not in ("auto", "none", "int8", "q4_1", "gguf"):
+            raise ValueError("quantization must be auto, none, int8, q4_1 or gguf")
         if self.speculation not in ("ngram", "off"):
             raise ValueError("speculation must be ngram or off")
         if self.spec_max_draft < 0 or self.spec_max_batch < 0:

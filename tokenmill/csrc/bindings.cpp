@@ -12,6 +12,10 @@ torch::Tensor int8_linear_packed(torch::Tensor x, torch::Tensor wp, torch::Tenso
                                  torch::Tensor wsum, torch::Tensor bias, int64_t N);
 torch::Tensor q4_pack(torch::Tensor codes, torch::Tensor d, torch::Tensor m);
 torch::Tensor q4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor bias, int64_t N);
+torch::Tensor gguf_linear(torch::Tensor x, std::vector<torch::Tensor> parts, std::vector<int64_t> types,
+                          torch::Tensor bias, bool portable);
+torch::Tensor gguf_dequantize_rows(torch::Tensor w, int64_t t, torch::Tensor ids, int64_t K);
+bool gguf_has_avx2();
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
 torch::Tensor decode_layers(torch::Tensor x, torch::Tensor positions, std::vector<torch::Tensor> layers,
                             std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches,
@@ -35,6 +39,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_linear_packed", &int8_linear_packed, "int8_linear on packed weights, any number of rows");
   m.def("q4_pack", &q4_pack, "Q4_1 codes and block scales -> 16-row records of the 4-bit kernel");
   m.def("q4_linear", &q4_linear, "linear on packed Q4_1 blocks, activations int8 per block of 32");
+  m.def("gguf_linear", &gguf_linear, "linear on a GGUF file's own blocks (parts of any supported types)");
+  m.def("gguf_dequantize_rows", &gguf_dequantize_rows, "rows of a GGUF weight as float32 (embedding lookups)");
+  m.def("gguf_has_avx2", &gguf_has_avx2, "whether the GGUF dot products run their AVX2 code here");
   m.def("decode_layers", &decode_layers, "every decoder layer of a decode step in one call");
   m.def("rms_norm", &rms_norm, "RMSNorm of each row");
   m.def("add_rms_norm", &add_rms_norm, "residual += x in place, then RMSNorm of residual");

@@ -14,11 +14,11 @@ from tqdm import tqdm
 from ..config import EngineConfig
 from ..model.layers.attention import AttentionMetadata, cache_row_bytes, cache_row_width
 from ..model.layers.hugepages import huge_zeros, move_packed_weights
-from ..model.layers.linear import Linear
 from ..model.layers.native import kernels
 from ..model.layers.quantized import _native as native_int8
 from ..model.layers.quantized import quantize_model
-from ..model.llama import LlamaForCausalLM
+from ..model.layers.gguf_linear import NATIVE_TYPES
+from ..model.llama import LlamaForCausalLM, build_gguf_model
 from .request import Request
 from .scheduler import ScheduledBatch
 
@@ -56,14 +56,20 @@ def _return_freed_memory() -> None:
         pass
 
 
-def auto_quantization(model, device: torch.device) -> str:
-    """none on CUDA; on CPU the file's own Q4_1 blocks where it has them and our VNNI kernel runs
-    (5 bits a weight: decode reads less, and its int8 activations per block of 32 halve the
-    prefill multiplies), else int8."""
+def auto_quantization(checkpoint, device: torch.device) -> str:
+    """none on CUDA. On CPU, for a GGUF file whose matrices are mostly quantized: a Q4_1 file's
+    blocks in the 16-row records of the AVX-512 VNNI kernel (q4_1, with the C++ decode loop), any
+    other quantized file's own blocks as they are (gguf: Q4_K_M reads 4.8 bits a weight where int8
+    reads 8); float files (F32, F16, BF16) and Hugging Face directories int8."""
     if device.type != "cpu":
         return "none"
-    has_q4 = any(isinstance(m, Linear) and m.q4_1_blocks() is not None for m in model.modules())
-    return "q4_1" if has_q4 and native_int8() is not None else "int8"
+    types = checkpoint.matrix_types() if hasattr(checkpoint, "matrix_types") else {}
+    main = max(types, key=types.get) if types else None
+    if main == "Q4_1" and native_int8() is not None:
+        return "q4_1"
+    if main in NATIVE_TYPES and main not in ("F16", "BF16") and kernels() is not None:
+        return "gguf"
+    return "int8"
 
 
 class ModelRunner:
@@ -78,19 +84,29 @@ class ModelRunner:
         cfg = self.model_config = checkpoint.config
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
-        try:
-            with torch.device(self.device):
-                self.model = LlamaForCausalLM(cfg).eval()
-        finally:
-            torch.set_default_dtype(default_dtype)
-        weights = tqdm(checkpoint.weights(), total=checkpoint.num_tensors(), unit="tensor",
-                       desc=f"Loading {cfg.name}", disable=not config.show_progress, leave=False)
-        self.model.load_weights(weights)
         self.quantization = config.quantization
         if self.quantization == "auto":
-            self.quantization = auto_quantization(self.model, self.device)
-        quantize_model(self.model, self.quantization)
-        if self.device.type == "cpu":
+            self.quantization = auto_quantization(checkpoint, self.device)
+        native = self.quantization == "gguf"
+        if native and (self.device.type != "cpu" or not hasattr(checkpoint, "native_weights")
+                       or kernels() is None or self.dtype != torch.float32):
+            raise ValueError("quantization gguf runs a GGUF file's blocks on CPU in float32, with the "
+                             "C++ kernels built")
+        try:
+            if native:  # matrices stay in the file's blocks: no float copy is ever made
+                self.model = build_gguf_model(cfg)
+            else:
+                with torch.device(self.device):
+                    self.model = LlamaForCausalLM(cfg).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)
+        weights = tqdm(checkpoint.native_weights() if native else checkpoint.weights(),
+                       total=checkpoint.num_tensors(), unit="tensor", desc=f"Loading {cfg.name}",
+                       disable=not config.show_progress, leave=False)
+        self.model.load_weights(weights)
+        if not native:
+            quantize_model(self.model, self.quantization)
+        if self.device.type == "cpu" and not native:  # (native weights are read into huge pages)
             move_packed_weights(self.model)  # huge pages: fewer TLB misses a step (hugepages.py)
         _return_freed_memory()
 
@@ -104,7 +120,7 @@ class ModelRunner:
             self.kv_dtype = torch.int8
         elif config.kv_cache_dtype != "auto":
             self.kv_dtype = _DTYPES[config.kv_cache_dtype]
-        elif self.device.type == "cpu" and self.quantization in ("int8", "q4_1"):
+        elif self.device.type == "cpu" and self.quantization in ("int8", "q4_1", "gguf"):
             self.kv_dtype = torch.int8 if kernels() is not None else torch.float16
         else:
             self.kv_dtype = self.dtype

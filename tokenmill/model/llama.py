@@ -8,6 +8,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .layers.attention import AttentionMetadata, paged_attention, write_cache
+from .layers.gguf_linear import GGUFEmbedding, GGUFLinear
 from .layers.linear import Linear, MergedLinear
 from .layers.native import fused_ops
 from .layers.norm import RMSNorm
@@ -170,6 +171,10 @@ class LlamaForCausalLM(nn.Module):
             name = name.removeprefix("model.")
             if name == "lm_head.weight" and self.lm_head is None:
                 continue  # tied embeddings: the output layer is embed_tokens
+            if not isinstance(tensor, torch.Tensor) and name.endswith(".weight") and not any(
+                    f".{hf}." in name for hf in _SHARDS):
+                self._load_raw(name.removesuffix(".weight"), tensor)  # a matrix in its file's blocks
+                continue
             for hf, (ours, shard) in _SHARDS.items():
                 if f".{hf}." in name:
                     layer_prefix, param = name.split(f".{hf}.")
@@ -190,5 +195,39 @@ class LlamaForCausalLM(nn.Module):
                     if isinstance(module, Linear):  # a Q4_1 matrix's block scales, if it has them
                         module.note_q4_1(0, tensor)
         missing = set(params) - loaded
+        missing |= {f"{n}.weight" for n, m in self.named_modules() if isinstance(m, GGUFLinear) and not m.is_complete()}
         if missing:
             raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:5]}")
+
+    def _load_raw(self, module_name: str, m) -> None:
+        """A RawMatrix (layers/gguf_linear.py) for a GGUFLinear, or the embeddings (and, tied, the
+        output layer reading the same blocks)."""
+        if module_name == "embed_tokens":
+            self.embed_tokens = GGUFEmbedding(m)
+            if self.config.tie_word_embeddings:
+                self.lm_head = GGUFLinear(m.cols, m.rows)
+                self.lm_head.load_part(0, m)
+            return
+        module = self.get_submodule(module_name)
+        if not isinstance(module, GGUFLinear):
+            raise ValueError(f"{module_name}: a raw GGUF matrix for a layer that is not a GGUFLinear")
+        module.load_part(0, m)
+
+
+def build_gguf_model(cfg: ModelConfig) -> LlamaForCausalLM:
+    """A model whose linears are empty GGUFLinears, to be filled by load_weights from
+    GGUFCheckpoint.native_weights(): built on the meta device, so no float matrix is allocated;
+    only the norms (and rotary tables) get real memory."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, Linear):
+                out_features, in_features = child.weight.shape
+                new = GGUFLinear(in_features, out_features, bias=child.bias is not None)
+                new.shard_offsets = dict(getattr(child, "shard_offsets", {}))
+                setattr(module, child_name, new)
+    model.embed_tokens = nn.Identity()  # replaced by a GGUFEmbedding while loading
+    model.to_empty(device="cpu")
+    model.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
+    return model.eval()

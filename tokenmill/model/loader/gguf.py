@@ -1,8 +1,11 @@
-"""GGUF file -> ModelConfig, Tokenizer, and (Hugging Face name, float tensor) pairs.
+"""GGUF file -> ModelConfig, Tokenizer, and (Hugging Face name, tensor) pairs.
 
-Tensors are dequantized with the `gguf` package (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K,
-Q5_K, Q6_K and the rest it knows). llama.cpp's converter permutes q/k rows of llama models
-for its interleaved rotary layout; we permute them back to the Hugging Face layout.
+Two ways to the weights: `weights()` dequantizes each tensor to float32 with the `gguf` package
+(F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and the rest it knows), for the float and
+int8 paths; `native_weights()` reads each matrix's blocks as they are, straight from the file
+into one weight arena (no float copy; see model/layers/gguf_linear.py). llama.cpp's converter
+permutes q/k rows of llama models for its interleaved rotary layout; we permute them back to the
+Hugging Face layout (whole rows, so blocks move as they are).
 """
 from __future__ import annotations
 
@@ -140,6 +143,46 @@ class GGUFCheckpoint:
                                    torch.from_numpy(self._unpermute(t, m).copy()))
                 yield name, tensor
 
+    def matrix_types(self) -> dict[str, int]:
+        """GGML type name -> number of 2-D weights of that type."""
+        from collections import Counter
+        from gguf import GGMLQuantizationType
+        return dict(Counter(GGMLQuantizationType(t.type_code).name for t in self.tensors
+                            if len(t.shape) == 2 and hf_name(t.name) is not None))
+
+    def native_weights(self):
+        """(Hugging Face name, tensor): float32 for vectors, a RawMatrix for every matrix. Each
+        matrix is read with pread into its place in one huge-page arena sized from the header, so
+        loading holds the weights once (peak: the weights plus one tensor). A matrix whose type the
+        kernels do not run (F32, Q2_K, ...) is requantized to Q8_0 (BF16 if its width is not a
+        multiple of 32), one tensor at a time."""
+        from ..layers.gguf_linear import RawMatrix, runs_natively
+        from ..layers.hugepages import Arena
+        wanted = [(t, hf_name(t.name)) for t in self.tensors if hf_name(t.name) is not None]
+        plans = []
+        for t, name in wanted:
+            if len(t.shape) != 2:
+                plans.append((t, name, None, 0))
+                continue
+            cols, rows = int(t.shape[0]), int(t.shape[1])
+            code = t.type_code if runs_natively(t.type_code, cols) else (8 if cols % 32 == 0 else 30)
+            nbytes = t.nbytes if code == t.type_code else (rows * cols // 32 * 34 if code == 8 else rows * cols * 2)
+            plans.append((t, name, code, nbytes))
+        arena = Arena(sum(-(-n // 64) * 64 for *_, n in plans))
+        with open(self.path, "rb") as f:
+            for t, name, code, nbytes in plans:
+                if code is None:
+                    yield name, torch.from_numpy(np.array(self._unpermute(t, self._dequantize(t)), dtype=np.float32))
+                    continue
+                cols, rows = int(t.shape[0]), int(t.shape[1])
+                data = arena.take((rows, nbytes // rows), torch.uint8)
+                if code == t.type_code:
+                    _pread_into(f.fileno(), data.numpy().reshape(-1), t.offset)
+                else:
+                    data.copy_(torch.from_numpy(_requantize(self._dequantize(t), code)))
+                data.copy_(torch.from_numpy(np.ascontiguousarray(self._unpermute(t, data.numpy()))))
+                yield name, RawMatrix(code, rows, cols, data)
+
     def _q4_1_scales(self, t) -> tuple[np.ndarray, np.ndarray]:
         # a Q4_1 block: float16 d, float16 m, 16 bytes of nibbles (20 bytes per 32 weights)
         rows, cols = int(t.shape[1]), int(t.shape[0])
@@ -156,3 +199,26 @@ class GGUFCheckpoint:
             if t.name.endswith("attn_k.weight") or t.name.endswith("attn_k.bias"):
                 return unpermute_qk(w, cfg.num_kv_heads)
         return w
+
+
+def _pread_into(fd: int, out: np.ndarray, offset: int) -> None:
+    """Fill out (uint8, contiguous) with the file's bytes from offset (Linux reads at most ~2 GiB
+    a call)."""
+    import os
+    view, done = memoryview(out), 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:done + (1 << 30)]], offset + done)
+        if n <= 0:
+            raise ValueError("the file ended inside a tensor (truncated?)")
+        done += n
+
+
+def _requantize(w: np.ndarray, code: int) -> np.ndarray:
+    """float matrix (rows, cols) -> (rows, row_bytes) uint8 of Q8_0 (code 8) or BF16 (30)."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if code == 30:  # round to nearest even
+        bits = w.view(np.uint32).astype(np.uint64)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16).view(np.uint8)
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+    return quantize(w, GGMLQuantizationType.Q8_0).reshape(w.shape[0], -1)

@@ -1,0 +1,258 @@
+// GGUF dot products with AVX2: R (1..4) activation rows against one weight row, each weight block
+// unpacked to bytes once and used for all R rows (prompt steps), the way gguf_scalar.cpp defines
+// them. Codes times int8 activations by vpmaddubsw (unsigned x signed byte pairs -> int16, no
+// overflow for codes < 64), then vpmaddwd by the sub-block scale (or 1) -> int32, exact; one float
+// multiply-add per block and row. A row's operations do not depend on R: batch invariant.
+#include <immintrin.h>
+
+#include "gguf_blocks.h"
+
+#define TM_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace tokenmill::gguf {
+namespace {
+
+TM_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 32 bits -> 32 bytes, byte j 0xFF where bit j is set
+TM_AVX2 inline __m256i bits_to_bytes(uint32_t x) {
+  const __m256i which = _mm256_setr_epi64x(0, 0x0101010101010101LL, 0x0202020202020202LL,
+                                           0x0303030303030303LL);  // byte j <- source byte j / 8
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));  // 1 << (j % 8)
+  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(x)), which), bit);
+  return _mm256_cmpeq_epi8(v, bit);
+}
+
+// a 32-block's 16 bytes of nibbles -> 32 codes 0..15 in element order
+TM_AVX2 inline __m256i nibbles32(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i m4 = _mm_set1_epi8(0xF);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+}
+
+template <typename A>
+inline const A& act_block(const void* act, int64_t stride, int r, int64_t b) {
+  return reinterpret_cast<const A*>(static_cast<const uint8_t*>(act) + r * stride)[b];
+}
+
+TM_AVX2 inline float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// control for _mm256_shuffle_epi8 broadcasting int16 element lo (low 128 bits) and hi (high)
+TM_AVX2 inline __m256i pick16(int lo, int hi) {
+  return _mm256_set_m128i(_mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * hi)),
+                          _mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * lo)));
+}
+
+// Q4_K / Q5_K 12 scale bytes -> 8 scales (bytes 0..7) and 8 mins (bytes 8..15), k_scales' numbers
+// from four 32-bit words at once
+inline void k_scales_words(const uint8_t* q, uint32_t* u) {
+  uint32_t w[3];
+  std::memcpy(w, q, 12);
+  const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
+  u[0] = w[0] & low6;                                      // scales 0..3
+  u[1] = (w[2] & low4) | (((w[0] >> 6) & top2) << 4);      // scales 4..7
+  u[2] = w[1] & low6;                                      // mins 0..3
+  u[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & top2) << 4);  // mins 4..7
+}
+
+// Q4_K and Q5_K (fifth bits when Q5)
+template <int R, bool Q5>
+TM_AVX2 void dot_k45(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
+  const __m256i m4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
+  __m256i pick[8];  // scale j in every lane: chunk c's low nibbles take 2c, its high ones 2c + 1
+  for (int j = 0; j < 8; ++j) pick[j] = pick16(j, j);
+  __m256 acc[R], accm[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), accm[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < K / 256; ++b) {
+    const uint8_t* blk = w + b * (Q5 ? 176 : 144);
+    const float d = half(blk), dmin = half(blk + 2);
+    uint32_t u[4];
+    k_scales_words(blk + 4, u);
+    const __m256i sm = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u)));
+    const __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);  // 8 scales in both lanes
+    // mins, each twice: element 2j, 2j + 1 = min j, against the 16 sums of 16 activations
+    const __m128i mins8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + 2)));
+    const __m256i mins = _mm256_set_m128i(_mm_unpackhi_epi16(mins8, mins8), _mm_unpacklo_epi16(mins8, mins8));
+    const uint8_t* qs = blk + (Q5 ? 48 : 16);
+    __m256i lo[4], hi[4];
+    const __m256i qh = Q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : m4;
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+      lo[c] = _mm256_and_si256(v, m4);
+      hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+      if (Q5) {  // bit 2c of qh byte l -> element 64c + l, bit 2c + 1 -> 64c + 32 + l
+        lo[c] = _mm256_or_si256(lo[c], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+        hi[c] = _mm256_or_si256(hi[c], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const ActK& a = act_block<ActK>(act, stride, r, b);
+      __m256i sum = _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 64 * c));
+        const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 64 * c + 32));
+        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[c], a0), _mm256_shuffle_epi8(scales, pick[2 * c]));
+        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[c], a1), _mm256_shuffle_epi8(scales, pick[2 * c + 1]));
+        sum = _mm256_add_epi32(sum, _mm256_add_epi32(p0, p1));
+      }
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum));
+      const __m256 da = _mm256_set1_ps(a.d);
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(d), da), _mm256_cvtepi32_ps(sum), acc[r]);
+      accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dmin), da),
+                                _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins)), accm[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(_mm256_sub_ps(acc[r], accm[r]));
+}
+
+template <int R>
+TM_AVX2 void dot_q6k(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
+  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+  __m256i pick[4];  // group g of a half: scale 2g (elements 0..15), 2g + 1 (16..31)
+  for (int g = 0; g < 4; ++g) pick[g] = pick16(2 * g, 2 * g + 1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < K / 256; ++b) {
+    const uint8_t* blk = w + b * 210;
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
+    const float d = half(blk + 208);
+    __m256i sums[R];
+    for (int r = 0; r < R; ++r) {  // the codes' offset first: -32 * sum_s sc_s * (sum of 16 activations)
+      const ActK& a = act_block<ActK>(act, stride, r, b);
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum));
+      sums[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+      __m256i q[4];  // codes 0..63 of elements 128h + 32g + (0..31)
+      q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      // this half's 8 scales in both lanes
+      const __m256i sh = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11) : _mm256_permute2x128_si256(sc16, sc16, 0x00);
+      for (int g = 0; g < 4; ++g) {
+        const __m256i s = _mm256_shuffle_epi8(sh, pick[g]);
+        for (int r = 0; r < R; ++r) {
+          const ActK& a = act_block<ActK>(act, stride, r, b);
+          const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 128 * h + 32 * g));
+          sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], av), s));
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const ActK& a = act_block<ActK>(act, stride, r, b);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums[r]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+// the 32-element types: codes of one block as 32 bytes, signed (Q4_0, Q5_0, Q8_0) or not
+template <int T>
+TM_AVX2 inline __m256i codes32(const uint8_t* blk) {
+  if constexpr (T == Q8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  if constexpr (T == Q4_0) return _mm256_sub_epi8(nibbles32(blk + 2), _mm256_set1_epi8(8));
+  if constexpr (T == Q4_1) return nibbles32(blk + 4);
+  uint32_t h;
+  std::memcpy(&h, blk + (T == Q5_0 ? 2 : 4), 4);
+  const __m256i fifth = _mm256_and_si256(bits_to_bytes(h), _mm256_set1_epi8(0x10));
+  const __m256i q = _mm256_or_si256(nibbles32(blk + (T == Q5_0 ? 6 : 8)), fifth);
+  return T == Q5_0 ? _mm256_sub_epi8(q, _mm256_set1_epi8(16)) : q;
+}
+
+template <int T, int R>
+TM_AVX2 void dot_b32(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
+  constexpr bool is_signed = T == Q4_0 || T == Q5_0 || T == Q8_0;
+  constexpr bool has_min = T == Q4_1 || T == Q5_1;
+  constexpr int bytes = T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : T == Q5_1 ? 24 : 34;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R];
+  float mins[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), mins[r] = 0.f;
+  for (int64_t b = 0; b < K / 32; ++b) {
+    const uint8_t* blk = w + b * bytes;
+    const __m256i q = codes32<T>(blk);
+    // signed codes: |q| times a with q's sign (vpmaddubsw wants its first operand unsigned)
+    const __m256i uq = is_signed ? _mm256_sign_epi8(q, q) : q;
+    const float d = half(blk);
+    for (int r = 0; r < R; ++r) {
+      const Act32& a = act_block<Act32>(act, stride, r, b);
+      __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q));
+      if (is_signed) av = _mm256_sign_epi8(av, q);
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(uq, av), ones);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), acc[r]);
+      if (has_min) mins[r] += half(blk + 2) * a.s;
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) + mins[r];
+}
+
+template <bool BF, int R>
+TM_AVX2 void dot_f16(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  const auto* base = static_cast<const uint8_t*>(act);
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * k));
+    const __m256 wv = BF ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(reinterpret_cast<const float*>(base + r * stride) + k), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) {
+    out[r] = hsum(acc[r]);
+    const float* x = reinterpret_cast<const float*>(base + r * stride);
+    for (int64_t j = k; j < K; ++j) out[r] += (BF ? bf16(w + 2 * j) : fp16(w + 2 * j)) * x[j];
+  }
+}
+
+template <int R>
+TM_AVX2 void dot_avx2(int t, const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
+  switch (t) {
+    case Q4_K: return dot_k45<R, false>(w, K, act, stride, out);
+    case Q5_K: return dot_k45<R, true>(w, K, act, stride, out);
+    case Q6_K: return dot_q6k<R>(w, K, act, stride, out);
+    case Q8_0: return dot_b32<Q8_0, R>(w, K, act, stride, out);
+    case Q4_0: return dot_b32<Q4_0, R>(w, K, act, stride, out);
+    case Q4_1: return dot_b32<Q4_1, R>(w, K, act, stride, out);
+    case Q5_0: return dot_b32<Q5_0, R>(w, K, act, stride, out);
+    case Q5_1: return dot_b32<Q5_1, R>(w, K, act, stride, out);
+    case F16: return dot_f16<false, R>(w, K, act, stride, out);
+    case BF16: return dot_f16<true, R>(w, K, act, stride, out);
+  }
+}
+
+}  // namespace
+
+bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return yes;
+}
+
+void dot_rows(int t, const uint8_t* w, int64_t K, const void* act, int64_t stride, int R, float* out) {
+  if (!has_avx2()) return dot_rows_scalar(t, w, K, act, stride, R, out);
+  switch (R) {
+    case 1: return dot_avx2<1>(t, w, K, act, stride, out);
+    case 2: return dot_avx2<2>(t, w, K, act, stride, out);
+    case 3: return dot_avx2<3>(t, w, K, act, stride, out);
+    default: return dot_avx2<4>(t, w, K, act, stride, out);
+  }
+}
+
+}  // namespace tokenmill::gguf
