@@ -1,6 +1,4 @@
 """tokenmill: a small, readable LLM inference engine."""
-from .sampling_params import SamplingParams
-
 __all__ = ["LLM", "SamplingParams", "EngineConfig"]
 __version__ = "0.1.0"
 
@@ -10,6 +8,9 @@ def __getattr__(name):
     if name == "LLM":
         from .llm import LLM
         return LLM
+    if name == "SamplingParams":  # imports torch too
+        from .sampling_params import SamplingParams
+        return SamplingParams
     if name == "EngineConfig":
         from .config import EngineConfig
         return EngineConfig

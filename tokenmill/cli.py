@@ -14,7 +14,6 @@ import types
 import typing
 
 from .config import EngineConfig
-from .sampling_params import SamplingParams
 
 # fields that are not useful as flags
 _SKIP = {"show_progress", "model", "skip_special_tokens", "logits_processors", "return_raw_logits",
@@ -62,6 +61,7 @@ def _engine_parser() -> argparse.ArgumentParser:
 
 
 def _sampling_parser(**defaults) -> argparse.ArgumentParser:
+    from .sampling_params import SamplingParams
     p = argparse.ArgumentParser(add_help=False)
     add_dataclass_flags(p.add_argument_group("sampling"), SamplingParams, defaults)
     return p
@@ -73,6 +73,7 @@ def _make_llm(args):
 
 
 def cmd_generate(args) -> int:
+    from .sampling_params import SamplingParams
     params = SamplingParams(**_pick(args, SamplingParams))
     llm = _make_llm(args)
     if params.n == 1 and not args.no_stream:
@@ -89,6 +90,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    from .sampling_params import SamplingParams
     params = SamplingParams(**_pick(args, SamplingParams))
     llm = _make_llm(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -359,7 +361,28 @@ def cmd_usage(args) -> int:
     return 0
 
 
+def _read_ahead(argv: list[str]) -> None:
+    """Ask the kernel to start reading a --model GGUF file into the page cache now, while Python
+    imports torch (~2 s): loading then finds its pages in memory (model/loader/gguf.py)."""
+    path = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model"), None)
+    path = path or next((a.split("=", 1)[1] for a in argv if a.startswith("--model=")), None)
+    if not path or not path.endswith(".gguf") or not os.path.isfile(path) or not hasattr(os, "posix_fadvise"):
+        return
+
+    def hint():
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+    threading.Thread(target=hint, name="tokenmill-readahead", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _read_ahead(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="tokenmill", description="Run and serve language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 

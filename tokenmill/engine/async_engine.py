@@ -65,7 +65,8 @@ class AsyncLLMEngine:
         # facts about the model that the protocols report (Ollama /api/tags, TGI /info)
         self.model_path = engine.model_path
         self.quantization = engine.quantization
-        self.num_parameters = sum(p.numel() for p in engine.runner.model.parameters())
+        self.weights = engine.weights  # how the weights run (engine.py)
+        self.num_parameters = engine.model_config.num_parameters
         self.dtype = engine.runner.dtype
         self.device_type = engine.runner.device.type
         self.file_size = _size_of(engine.model_path)

@@ -148,6 +148,20 @@ class ModelRunner:
                            and self.kv_dtype in (torch.float32, torch.float16, torch.int8)
                            and cfg.head_dim % 16 == 0 and kernels() is not None)
 
+    def describe_weights(self) -> dict:
+        """What --quantization resolved to and what that means for this model (start-up log,
+        /tokenmill/info): for gguf, the matrices' GGML types as they run."""
+        from collections import Counter
+
+        from ..model.layers.gguf_linear import GGUFLinear
+        q = self.quantization
+        types = Counter(t for m in self.model.modules() if isinstance(m, GGUFLinear) for t in m.type_names)
+        what = {"gguf": "the file's own blocks", "q4_1": "the file's Q4_1 blocks in VNNI records",
+                "int8": "int8 per output channel", "none": f"{self.dtype} (not quantized)"}[q]
+        detail = ", ".join(f"{n} x {k}" for k, n in types.most_common())
+        return {"quantization": q, "matrix_types": dict(types), "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
+                "summary": f"{q} ({what}{': ' + detail if detail else ''})"}
+
     def _slots(self, req: Request, num_ctx: int) -> torch.Tensor:
         # (ctx,) cache slot of every context position, through the request's block table
         table = torch.tensor(req.block_table, dtype=torch.long)

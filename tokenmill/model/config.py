@@ -34,3 +34,13 @@ class ModelConfig:
             self.head_dim = self.hidden_size // self.num_heads
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
+
+    @property
+    def num_parameters(self) -> int:
+        """Weights of the architecture, whatever form they are kept in (packed or in blocks)."""
+        H, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        layer = H * (q + 2 * kv) + q * H + 3 * H * self.intermediate_size + 2 * H
+        if self.attention_bias:
+            layer += q + 2 * kv
+        embed = self.vocab_size * H * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * layer + embed + H

@@ -9,7 +9,7 @@ from torch import nn
 from .config import ModelConfig
 from .layers.attention import AttentionMetadata, paged_attention, write_cache
 from .layers.gguf_linear import GGUFEmbedding, GGUFLinear
-from .layers.linear import Linear, MergedLinear
+from .layers.linear import Linear, MergedLinear, empty_matrix, weights_on_meta
 from .layers.native import fused_ops
 from .layers.norm import RMSNorm
 from .layers.q4 import Q4Linear
@@ -98,7 +98,9 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # _weight: no random init of a matrix that loading overwrites (or, on meta, replaces)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=empty_matrix(cfg.vocab_size, cfg.hidden_size))
         self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -216,9 +218,9 @@ class LlamaForCausalLM(nn.Module):
 
 def build_gguf_model(cfg: ModelConfig) -> LlamaForCausalLM:
     """A model whose linears are empty GGUFLinears, to be filled by load_weights from
-    GGUFCheckpoint.native_weights(): built on the meta device, so no float matrix is allocated;
-    only the norms (and rotary tables) get real memory."""
-    with torch.device("meta"):
+    GGUFCheckpoint.native_weights(): its matrices are built on the meta device, so no float matrix
+    is allocated; only the norms and rotary tables get memory."""
+    with weights_on_meta():
         model = LlamaForCausalLM(cfg)
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
@@ -228,6 +230,4 @@ def build_gguf_model(cfg: ModelConfig) -> LlamaForCausalLM:
                 new.shard_offsets = dict(getattr(child, "shard_offsets", {}))
                 setattr(module, child_name, new)
     model.embed_tokens = nn.Identity()  # replaced by a GGUFEmbedding while loading
-    model.to_empty(device="cpu")
-    model.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
     return model.eval()

@@ -118,6 +118,8 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
         from ..engine.async_engine import AsyncLLMEngine
         try:
             state.engine = AsyncLLMEngine.from_config(config, settings.max_queue)
+            w = state.engine.weights
+            print(f"tokenmill: {state.model_name}: weights {w['summary']}; KV cache {w['kv_cache_dtype']}", flush=True)
         except Exception as e:  # /health and every route report it
             state.load_error = f"{type(e).__name__}: {e}"
             print(f"tokenmill: model failed to load: {state.load_error}", flush=True)

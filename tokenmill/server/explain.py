@@ -121,4 +121,5 @@ async def info(request: Request):
     state = request.app.state.tm
     engine = state.engine
     return {"model": state.model_name, "max_model_len": getattr(engine, "max_model_len", None),
-            "ready": engine is not None, "price": {"in": state.settings.price_in, "out": state.settings.price_out}}
+            "ready": engine is not None, "price": {"in": state.settings.price_in, "out": state.settings.price_out},
+            "weights": getattr(engine, "weights", None)}

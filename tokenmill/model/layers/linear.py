@@ -1,14 +1,35 @@
 """Linear layers. Fused projections (q/k/v, gate/up) are filled shard by shard at load time,
 so one GEMM replaces three (or two) per layer."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+_weight_device: str | None = None
+
+
+@contextlib.contextmanager
+def weights_on_meta():
+    """Matrices (linears, embeddings) created inside get no memory (the meta device), to be
+    replaced by layers that keep a file's own blocks; everything else is built as usual."""
+    global _weight_device
+    _weight_device = "meta"
+    try:
+        yield
+    finally:
+        _weight_device = None
+
+
+def empty_matrix(rows: int, cols: int) -> torch.Tensor:
+    return torch.empty(rows, cols, device=_weight_device)
+
+
 class Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.weight = nn.Parameter(empty_matrix(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         # first row -> (d, m) of the GGUF Q4_1 blocks those rows were loaded from (see q4.py)
         self.q4_1_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

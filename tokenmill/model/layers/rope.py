@@ -43,6 +43,12 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
+    def trim(self, max_position: int) -> None:
+        """Keep the tables for positions below max_position only (a Llama 3 GGUF says 131,072:
+        134 MB of tables at head_dim 128, for a context the KV cache may never hold)."""
+        if max_position < self.cos.shape[0]:
+            self.cos, self.sin = self.cos[:max_position].clone(), self.sin[:max_position].clone()
+
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # q: (T, n_heads, head_dim), k: (T, n_kv_heads, head_dim), positions: (T,)
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # (T, 1, head_dim)

@@ -9,6 +9,8 @@ Hugging Face layout (whole rows, so blocks move as they are).
 """
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import torch
 
@@ -152,10 +154,11 @@ class GGUFCheckpoint:
 
     def native_weights(self):
         """(Hugging Face name, tensor): float32 for vectors, a RawMatrix for every matrix. Each
-        matrix is read with pread into its place in one huge-page arena sized from the header, so
-        loading holds the weights once (peak: the weights plus one tensor). A matrix whose type the
-        kernels do not run (F32, Q2_K, ...) is requantized to Q8_0 (BF16 if its width is not a
-        multiple of 32), one tensor at a time."""
+        matrix the kernels run as stored is used in place from a private mapping of the file, read
+        in at once (as llama.cpp's mmap): loading holds the weights once, no copy, no float. llama's
+        q and k (rows reordered) and any matrix whose type the kernels do not run (F32, Q2_K, ...;
+        requantized to Q8_0, or BF16 where its width is not a multiple of 32, one tensor at a
+        time) go to a huge-page arena sized from the header."""
         from ..layers.gguf_linear import RawMatrix, runs_natively
         from ..layers.hugepages import Arena
         wanted = [(t, hf_name(t.name)) for t in self.tensors if hf_name(t.name) is not None]
@@ -168,20 +171,32 @@ class GGUFCheckpoint:
             code = t.type_code if runs_natively(t.type_code, cols) else (8 if cols % 32 == 0 else 30)
             nbytes = t.nbytes if code == t.type_code else (rows * cols // 32 * 34 if code == 8 else rows * cols * 2)
             plans.append((t, name, code, nbytes))
-        arena = Arena(sum(-(-n // 64) * 64 for *_, n in plans))
+        # matrices the kernels run as stored stay in the file's mapping (read in now); the rest go
+        # to an arena: requantized ones, and llama's q and k, whose rows are reordered on the way
+        arena = Arena(max(64, sum(-(-n // 64) * 64 for t, _, code, n in plans
+                                  if code is not None and (code != t.type_code or self._permuted(t)))))
         with open(self.path, "rb") as f:
+            cow = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: never writes the file
+            _populate(cow)
+            base = torch.frombuffer(cow, dtype=torch.uint8)
             for t, name, code, nbytes in plans:
                 if code is None:
                     yield name, torch.from_numpy(np.array(self._unpermute(t, self._dequantize(t)), dtype=np.float32))
                     continue
                 cols, rows = int(t.shape[0]), int(t.shape[1])
-                data = arena.take((rows, nbytes // rows), torch.uint8)
-                if code == t.type_code:
-                    _pread_into(f.fileno(), data.numpy().reshape(-1), t.offset)
+                stored = base[t.offset:t.offset + t.nbytes].view(rows, t.nbytes // rows)
+                if code == t.type_code and not self._permuted(t):
+                    data = stored
                 else:
-                    data.copy_(torch.from_numpy(_requantize(self._dequantize(t), code)))
-                data.copy_(torch.from_numpy(np.ascontiguousarray(self._unpermute(t, data.numpy()))))
+                    data = arena.take((rows, nbytes // rows), torch.uint8)
+                    src = stored.numpy() if code == t.type_code else _requantize(self._dequantize(t), code)
+                    data.copy_(torch.from_numpy(np.ascontiguousarray(self._unpermute(t, src))))
+                    _release(cow, t.offset, t.nbytes)  # the file's copy is not used: out of RSS
                 yield name, RawMatrix(code, rows, cols, data)
+
+    def _permuted(self, t) -> bool:
+        """llama's q and k matrices: their rows are reordered on load (unpermute_qk)."""
+        return self.config.architecture == "llama" and t.name.endswith((".attn_q.weight", ".attn_k.weight"))
 
     def _q4_1_scales(self, t) -> tuple[np.ndarray, np.ndarray]:
         # a Q4_1 block: float16 d, float16 m, 16 bytes of nibbles (20 bytes per 32 weights)
@@ -201,16 +216,24 @@ class GGUFCheckpoint:
         return w
 
 
-def _pread_into(fd: int, out: np.ndarray, offset: int) -> None:
-    """Fill out (uint8, contiguous) with the file's bytes from offset (Linux reads at most ~2 GiB
-    a call)."""
-    import os
-    view, done = memoryview(out), 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:done + (1 << 30)]], offset + done)
-        if n <= 0:
-            raise ValueError("the file ended inside a tensor (truncated?)")
-        done += n
+def _populate(m: mmap.mmap) -> None:
+    """Read the whole mapping in now (MADV_POPULATE_READ, Linux 5.14+; else touch a byte a page),
+    so that the server is ready with its weights in memory and no request waits on the disk."""
+    try:
+        m.madvise(22)  # MADV_POPULATE_READ
+    except (OSError, ValueError):
+        m.madvise(mmap.MADV_WILLNEED)
+        view = np.frombuffer(m, dtype=np.uint8)
+        int(view[::mmap.PAGESIZE].sum())
+
+
+def _release(m: mmap.mmap, offset: int, nbytes: int) -> None:
+    """Drop the whole pages of [offset, offset + nbytes) from this mapping (they stay in the page
+    cache; untouched private pages are simply unmapped)."""
+    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (offset + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > start:
+        m.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def _requantize(w: np.ndarray, code: int) -> np.ndarray:
