@@ -7,9 +7,10 @@ SmolLM2 (Q4_1 matrices, Q8_0 embeddings) checks greedy answers of a real model."
 import pytest
 import torch
 
+from tests.model.test_tiny_parity import runner_logits
 from tokenmill import LLM, SamplingParams
-from tokenmill.engine.model_runner import ModelRunner
 from tokenmill.config import EngineConfig
+from tokenmill.engine.model_runner import ModelRunner
 from tokenmill.model.layers.gguf_linear import GGUFEmbedding, GGUFLinear
 from tokenmill.model.layers.native import kernels
 from tokenmill.model.loader import load_checkpoint
@@ -59,23 +60,10 @@ def test_same_outputs_as_the_dequantized_file(q4_k_m):
     assert torch.equal(native.model.layers[2].mlp.gate_up_proj.dequantize(),
                        ref.model.layers[2].mlp.gate_up_proj.weight)
     ids = torch.randint(0, 49152, (56,), generator=torch.Generator().manual_seed(0)).tolist()
-    a, b = _logits(native, ids, 48), _logits(ref, ids, 48)
+    a, b = runner_logits(native, ids, 48), runner_logits(ref, ids, 48)
     assert (a - b).norm() <= 0.05 * b.norm()
     agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     assert agree >= 0.8, agree
-
-
-def _logits(runner, ids, split):
-    """Prefill ids[:split] in one pass, then one token at a time: (len(ids), vocab)."""
-    from tokenmill.model.layers.attention import AttentionMetadata
-    bs = runner.block_size
-    slots = torch.arange(len(ids))
-    out = []
-    for start, end in [(0, split)] + [(p, p + 1) for p in range(split, len(ids))]:
-        meta = AttentionMetadata.build([(0, end - start, slots[:end])], torch.device("cpu"), bs)
-        hidden = runner.model(torch.tensor(ids[start:end]), torch.arange(start, end), meta, runner.kv_caches)
-        out.append(runner.model.compute_logits(hidden))
-    return torch.cat(out)
 
 
 def test_generates_and_reports_through_the_engine(q4_k_m):

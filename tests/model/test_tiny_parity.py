@@ -18,6 +18,11 @@ def our_logits(path: str, ids: list[int], split: int) -> torch.Tensor:
     Returns (len(ids), vocab) logits."""
     runner = ModelRunner(EngineConfig(model=path, kv_cache_memory_gib=0.001, block_size=4, quantization="none",
                                       show_progress=False), load_checkpoint(path))
+    return runner_logits(runner, ids, split)
+
+
+def runner_logits(runner, ids: list[int], split: int) -> torch.Tensor:
+    """The same through a built ModelRunner."""
     bs = runner.block_size
     blocks = list(range(len(ids) // bs + 1))[::-1]  # a scrambled block table: order must not matter
     slots = torch.tensor([blocks[p // bs] * bs + p % bs for p in range(len(ids))])
