@@ -3,6 +3,10 @@ run, one after the other, the same GGUF and thread count; prints one table with 
 
     python bench/compare_llamacpp.py [--threads 2] [--only offline server grounded]
                                      [--concurrency 1 4 16 64] [--json out.json]
+    python bench/compare_llamacpp.py --shape 1b|3b|8b [--only offline memory] [--shape-server]
+
+--shape: the real-size rows on random-weight Q4_K_M files (bench/shapes.py says which); the rows
+below are those of the bundled 135M model.
 
 Rows (llama.cpp's best configuration for each, both listed):
   offline   decode tg128, prefill pp512, decode at 4,096 tokens of context: llama-bench on the
@@ -195,6 +199,9 @@ def main():
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--ctx", type=int, default=32768, help="KV capacity (tokens) for the memory rows")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--shape", choices=["1b", "3b", "8b"], default=None,
+                    help="random-weight Q4_K_M file at this real shape (bench/shapes.py)")
+    ap.add_argument("--shape-server", action="store_true", help="with --shape: the c=16 server rows too")
     args = ap.parse_args()
     model = args.model or default_model_path()
     T = args.threads
@@ -211,6 +218,13 @@ def main():
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(out, f, indent=1, default=str)
+
+    if args.shape:
+        from shapes import run_shape
+        if args.only == ap.get_default("only"):
+            args.only = ["offline", "memory"]
+        run_shape(args, rows, out, report)
+        return
 
     if "offline" in args.only:
         q8 = q8_copy(model)

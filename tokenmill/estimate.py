@@ -15,8 +15,21 @@ import time
 from dataclasses import asdict, dataclass
 
 # bytes per weight of each format; int8 carries one float32 scale per output channel (counted
-# separately), q4 is GGUF Q4_1: 32 weights in 20 bytes (16 nibble bytes, fp16 scale and min)
-FORMATS = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "q4": 20 / 32}
+# separately), q4 is GGUF Q4_1: 32 weights in 20 bytes (16 nibble bytes, fp16 scale and min); the
+# GGUF types run as stored (--quantization gguf) take their block's bytes over its weights
+FORMATS = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "q4": 20 / 32,
+           "Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256, "Q5_0": 22 / 32, "Q4_K": 144 / 256,
+           "Q4_0": 18 / 32}
+
+# KV cache formats: bytes of one head's K (or V) row of head_dim values; int8 rows carry a float32
+# scale (attention.cache_row_bytes)
+KV_FORMATS = {"float32": lambda d: 4 * d, "float16": lambda d: 2 * d, "bfloat16": lambda d: 2 * d,
+              "int8": lambda d: d + 4}
+
+# What a serving process holds besides weights and KV cache: Python, torch, the tokenizer, the
+# server (measured: `tokenmill serve` of SmolLM2 minus its weights and KV cache, ~290 MB), and the
+# rotary tables (cos and sin, float32, per position up to the context)
+RUNTIME_BYTES = 290 * 2**20
 
 
 @dataclass
@@ -31,6 +44,8 @@ class Shape:
     vocab: int
     context: int
     assumed: bool = False   # a typical shape for this size, not read from the model
+    stored_bytes: int = 0   # a GGUF file's tensors as stored (what --quantization gguf keeps)
+    stored_types: str = ""  # e.g. "Q4_K x 193, Q6_K x 33, F32 x 65"
 
 
 # typical shapes by size (public configs of well-known models of that size)
@@ -74,8 +89,13 @@ def shape_from_gguf(path: str) -> Shape:
     head_dim = int(get("attention.key_length", hidden // heads))
     vocab = len(meta.get("tokenizer.ggml.tokens", [])) or int(get("vocab_size", 0))
     params = sum(int(_prod(t.shape)) for t in tensors)
+    from collections import Counter
+    from gguf import GGMLQuantizationType
+    kinds = Counter(GGMLQuantizationType(t.type_code).name for t in tensors)
     return Shape(meta.get("general.name", os.path.basename(path)), params, int(get("block_count")), hidden,
-                 heads, int(get("attention.head_count_kv", heads)), head_dim, vocab, int(get("context_length", 0)))
+                 heads, int(get("attention.head_count_kv", heads)), head_dim, vocab, int(get("context_length", 0)),
+                 stored_bytes=sum(t.nbytes for t in tensors),
+                 stored_types=", ".join(f"{k} x {n}" for k, n in kinds.most_common()))
 
 
 def shape_from_hf_dir(path: str) -> Shape:
@@ -129,12 +149,19 @@ def kv_bytes_per_token(s: Shape, kv_bytes: int = 2) -> int:
     return 2 * s.layers * s.kv_heads * s.head_dim * kv_bytes
 
 
+def kv_format_bytes_per_token(s: Shape, fmt: str) -> int:
+    return 2 * s.layers * s.kv_heads * KV_FORMATS[fmt](s.head_dim)
+
+
 def estimate(s: Shape, context: int, concurrency: int, bandwidth: float | None) -> dict:
     kv_token = kv_bytes_per_token(s)
     kv_total = kv_token * context * concurrency
     rows = []
-    for fmt, per_weight in FORMATS.items():
-        weights = s.params * per_weight
+    formats = dict(FORMATS)
+    if s.stored_bytes:
+        formats = {"as stored": s.stored_bytes / s.params, **formats}
+    for fmt, per_weight in formats.items():
+        weights = s.stored_bytes if fmt == "as stored" else s.params * per_weight
         if fmt == "int8":
             weights += 4 * s.layers * 7 * s.hidden  # per-channel scales, roughly
         # one step streams every weight once and each sequence's KV cache
@@ -143,9 +170,19 @@ def estimate(s: Shape, context: int, concurrency: int, bandwidth: float | None) 
         rows.append({"format": fmt, "weights_bytes": int(weights), "total_bytes": int(weights + kv_total),
                      "decode_tok_s_one_stream": (bandwidth / (weights + kv_token * context)) if bandwidth else None,
                      "decode_tok_s_all_streams": tok_s * concurrency if tok_s else None})
+    tokens = context * concurrency
+    kv = [{"format": f, "bytes_per_token": kv_format_bytes_per_token(s, f),
+           "bytes_total": kv_format_bytes_per_token(s, f) * tokens} for f in KV_FORMATS]
+    # a serving process after load: the weights as stored (or int8 for float files), the KV cache
+    # for the tokens asked, the runtime and rotary tables for the context
+    weights = s.stored_bytes or next(r["weights_bytes"] for r in rows if r["format"] == "int8")
+    runtime = RUNTIME_BYTES + 8 * s.head_dim * min(context, s.context or context)
+    loaded = [{"kv_format": k["format"], "rss_bytes": int(weights + k["bytes_total"] + runtime)} for k in kv]
     return {"model": asdict(s), "context": context, "concurrency": concurrency,
             "kv_bytes_per_token": kv_token, "kv_bytes_total": kv_total,
-            "bandwidth_bytes_s": bandwidth, "formats": rows}
+            "bandwidth_bytes_s": bandwidth, "formats": rows, "kv_formats": kv,
+            "rss_after_load": {"weights": "as stored" if s.stored_bytes else "int8", "runtime_bytes": runtime,
+                               "by_kv_format": loaded}}
 
 
 def _gib(n: float) -> str:
@@ -163,12 +200,21 @@ def format_table(e: dict) -> str:
     if e["bandwidth_bytes_s"]:
         lines.append(f"memory bandwidth (measured here): {e['bandwidth_bytes_s'] / 1e9:.1f} GB/s")
     lines.append("")
-    head = f"{'format':<6} {'weights':>12} {'+ KV cache':>12} {'decode tok/s, 1 stream':>24} {'all streams':>12}"
+    head = f"{'format':<9} {'weights':>12} {'+ KV cache':>12} {'decode tok/s, 1 stream':>24} {'all streams':>12}"
     lines += [head, "-" * len(head)]
     for r in e["formats"]:
         one = f"{r['decode_tok_s_one_stream']:.1f}" if r["decode_tok_s_one_stream"] else "-"
         allv = f"{r['decode_tok_s_all_streams']:.1f}" if r["decode_tok_s_all_streams"] else "-"
-        lines.append(f"{r['format']:<6} {_gib(r['weights_bytes']):>12} {_gib(r['total_bytes']):>12} {one:>24} {allv:>12}")
+        lines.append(f"{r['format']:<9} {_gib(r['weights_bytes']):>12} {_gib(r['total_bytes']):>12} {one:>24} {allv:>12}")
+    lines.append("")
+    lines.append(f"KV cache for {e['context']} tokens x {e['concurrency']} sequences, by format:")
+    for k in e["kv_formats"]:
+        lines.append(f"  {k['format']:<9} {k['bytes_per_token'] / 1024:8.1f} KiB per token  {_gib(k['bytes_total']):>12}")
+    r = e["rss_after_load"]
+    lines.append(f"`tokenmill serve` after load (weights {r['weights']}"
+                 + (f": {s['stored_types']}" if s.get("stored_types") else "")
+                 + f", runtime {_gib(r['runtime_bytes'])}), by KV format: "
+                 + ", ".join(f"{x['kv_format']} {_gib(x['rss_bytes'])}" for x in r["by_kv_format"]))
     lines.append("")
     lines.append("decode tok/s is an upper bound from bandwidth alone (weights + KV read once per step);"
                  " compute, attention and Python overheads come on top.")

@@ -48,3 +48,21 @@ def test_cli_table():
     out = subprocess.run([sys.executable, "-m", "tokenmill.cli", "estimate", "--params", "70B", "--no-measure"],
                          capture_output=True, text=True, check=True).stdout
     assert "ASSUMED" in out and "Llama-3.1-70B" in out and "q4" in out
+
+
+def test_gguf_as_stored_and_kv_formats(smollm2_path):
+    """A GGUF file's own blocks (what --quantization gguf keeps) and each KV format's bytes."""
+    import os
+    s = load_shape(smollm2_path, None)
+    assert 0.9 * os.path.getsize(smollm2_path) < s.stored_bytes < os.path.getsize(smollm2_path)
+    assert "Q4_1" in s.stored_types and "Q8_0" in s.stored_types
+    e = estimate(s, context=2048, concurrency=2, bandwidth=None)
+    rows = {r["format"]: r for r in e["formats"]}
+    assert rows["as stored"]["weights_bytes"] == s.stored_bytes
+    assert rows["Q4_K"]["weights_bytes"] == int(s.params * 144 / 256)
+    kv = {k["format"]: k for k in e["kv_formats"]}
+    assert kv["int8"]["bytes_per_token"] == 2 * 30 * 3 * (64 + 4)  # int8 rows with a float32 scale
+    assert kv["float32"]["bytes_total"] == 2 * 30 * 3 * 64 * 4 * 2048 * 2
+    loaded = {x["kv_format"]: x["rss_bytes"] for x in e["rss_after_load"]["by_kv_format"]}
+    runtime = e["rss_after_load"]["runtime_bytes"]
+    assert loaded["int8"] == s.stored_bytes + kv["int8"]["bytes_total"] + runtime

@@ -94,21 +94,23 @@ TM_AVX2 void dot_k45(const uint8_t* w, int64_t K, const void* act, int64_t strid
         hi[c] = _mm256_or_si256(hi[c], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
       }
     }
+    __m256i sc[8];  // sub-block j's scale in every int16 lane, once for the R rows
+    for (int j = 0; j < 8; ++j) sc[j] = _mm256_shuffle_epi8(scales, pick[j]);
+    const __m256 vd = _mm256_set1_ps(d), vdmin = _mm256_set1_ps(dmin);
     for (int r = 0; r < R; ++r) {
       const ActK& a = act_block<ActK>(act, stride, r, b);
       __m256i sum = _mm256_setzero_si256();
       for (int c = 0; c < 4; ++c) {
         const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 64 * c));
         const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 64 * c + 32));
-        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[c], a0), _mm256_shuffle_epi8(scales, pick[2 * c]));
-        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[c], a1), _mm256_shuffle_epi8(scales, pick[2 * c + 1]));
+        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[c], a0), sc[2 * c]);
+        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[c], a1), sc[2 * c + 1]);
         sum = _mm256_add_epi32(sum, _mm256_add_epi32(p0, p1));
       }
       const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum));
       const __m256 da = _mm256_set1_ps(a.d);
-      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(d), da), _mm256_cvtepi32_ps(sum), acc[r]);
-      accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dmin), da),
-                                _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins)), accm[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(vd, da), _mm256_cvtepi32_ps(sum), acc[r]);
+      accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(vdmin, da), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins)), accm[r]);
     }
   }
   for (int r = 0; r < R; ++r) out[r] = hsum(_mm256_sub_ps(acc[r], accm[r]));

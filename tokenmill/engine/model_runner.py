@@ -16,7 +16,8 @@ from ..model.layers.attention import AttentionMetadata, cache_row_bytes, cache_r
 from ..model.layers.hugepages import huge_zeros, move_packed_weights
 from ..model.layers.native import kernels
 from ..model.layers.quantized import _native as native_int8
-from ..model.layers.quantized import quantize_model
+from ..model.layers.linear import weights_on_meta
+from ..model.layers.quantized import quantize_as_loaded, quantize_model
 from ..model.layers.gguf_linear import NATIVE_TYPES
 from ..model.llama import LlamaForCausalLM, build_gguf_model
 from .request import Request
@@ -92,9 +93,15 @@ class ModelRunner:
                        or kernels() is None or self.dtype != torch.float32):
             raise ValueError("quantization gguf runs a GGUF file's blocks on CPU in float32, with the "
                              "C++ kernels built")
+        # int8 / q4_1 on CPU: each linear quantized as soon as it is loaded (its float weight made
+        # only then), so a model never exists whole in float32
+        streamed = not native and self.device.type == "cpu" and self.quantization in ("int8", "q4_1")
         try:
             if native:  # matrices stay in the file's blocks: no float copy is ever made
                 self.model = build_gguf_model(cfg)
+            elif streamed:
+                with weights_on_meta():
+                    self.model = LlamaForCausalLM(cfg).eval()
             else:
                 with torch.device(self.device):
                     self.model = LlamaForCausalLM(cfg).eval()
@@ -103,7 +110,7 @@ class ModelRunner:
         weights = tqdm(checkpoint.native_weights() if native else checkpoint.weights(),
                        total=checkpoint.num_tensors(), unit="tensor", desc=f"Loading {cfg.name}",
                        disable=not config.show_progress, leave=False)
-        self.model.load_weights(weights)
+        self.model.load_weights(weights, quantize_as_loaded(self.model, self.quantization) if streamed else None)
         if not native:
             quantize_model(self.model, self.quantization)
         if self.device.type == "cpu" and not native:  # (native weights are read into huge pages)

@@ -165,8 +165,10 @@ class LlamaForCausalLM(nn.Module):
             return F.linear(hidden, self.embed_tokens.weight).float()
         return self.lm_head(hidden).float()
 
-    def load_weights(self, weights) -> None:
-        """weights: iterable of (Hugging Face name, tensor). Fills fused projections by shard."""
+    def load_weights(self, weights, on_linear=None) -> None:
+        """weights: iterable of (Hugging Face name, tensor). Fills fused projections by shard.
+        on_linear(module name, module): called after each tensor loaded into a Linear (so that a
+        caller can quantize it as soon as it is complete, before the next one is read)."""
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
@@ -183,6 +185,8 @@ class LlamaForCausalLM(nn.Module):
                     module = self.get_submodule(f"{layer_prefix}.{ours}")
                     module.load_shard(shard, param, tensor)
                     loaded.add(f"{layer_prefix}.{ours}.{param}")
+                    if on_linear is not None and isinstance(module, Linear):
+                        on_linear(f"{layer_prefix}.{ours}", module)
                     break
             else:
                 if name not in params:
@@ -190,12 +194,19 @@ class LlamaForCausalLM(nn.Module):
                 p = params[name]
                 if p.shape != tensor.shape:
                     raise ValueError(f"{name}: expected shape {tuple(p.shape)}, got {tuple(tensor.shape)}")
+                module_name, _, param = name.rpartition(".")
+                module = self.get_submodule(module_name)
+                if p.is_meta:  # built without memory (weights_on_meta): now it gets some
+                    p = nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=False)
+                    setattr(module, param, p)
                 p.data.copy_(tensor)
                 loaded.add(name)
-                if name.endswith(".weight"):
-                    module = self.get_submodule(name.removesuffix(".weight"))
-                    if isinstance(module, Linear):  # a Q4_1 matrix's block scales, if it has them
+                if isinstance(module, Linear):
+                    module.loaded.add(("", param))
+                    if param == "weight":  # a Q4_1 matrix's block scales, if it has them
                         module.note_q4_1(0, tensor)
+                    if on_linear is not None:
+                        on_linear(module_name, module)
         missing = set(params) - loaded
         missing |= {f"{n}.weight" for n, m in self.named_modules() if isinstance(m, GGUFLinear) and not m.is_complete()}
         if missing:

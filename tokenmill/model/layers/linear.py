@@ -33,6 +33,19 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         # first row -> (d, m) of the GGUF Q4_1 blocks those rows were loaded from (see q4.py)
         self.q4_1_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.loaded: set[tuple[str, str]] = set()  # (shard, param) filled so far
+
+    def materialize(self) -> None:
+        """Memory for a weight built on the meta device (weights_on_meta), as its first rows arrive."""
+        if self.weight.is_meta:
+            self.weight = nn.Parameter(torch.zeros(self.weight.shape, dtype=self.weight.dtype), requires_grad=False)
+
+    def expected_parts(self) -> set[tuple[str, str]]:
+        shards = getattr(self, "shard_offsets", None) or {"": None}
+        return {(s, p) for s in shards for p in (("weight", "bias") if self.bias is not None else ("weight",))}
+
+    def is_complete(self) -> bool:
+        return self.loaded >= self.expected_parts()
 
     def note_q4_1(self, first_row: int, tensor: torch.Tensor) -> None:
         """Keep the GGUF Q4_1 block scales a loaded weight carries (tensor.q4_1), if any."""
@@ -66,6 +79,8 @@ class MergedLinear(Linear):
 
     def load_shard(self, shard: str, param: str, tensor: torch.Tensor) -> None:
         start, size = self.shard_offsets[shard]
+        self.materialize()
+        self.loaded.add((shard, param))
         target = getattr(self, param)
         if tensor.shape[0] != size:
             raise ValueError(f"shard {shard}.{param}: expected {size} rows, got {tuple(tensor.shape)}")

@@ -196,6 +196,23 @@ def _q4_linear(child: Linear):
     return Q4Linear(codes, *blocks, child.bias, _native())  # no VNNI: the PyTorch reference
 
 
+def quantized_linear(child: Linear, method: str) -> nn.Module:
+    """One loaded Linear in its quantized form (int8, or q4_1 where its rows came from Q4_1 blocks)."""
+    q4 = _q4_linear(child) if method == "q4_1" else None
+    return q4 or Int8Linear(child.weight, child.bias)
+
+
+def quantize_as_loaded(model: nn.Module, method: str):
+    """An on_linear callback for load_weights: each Linear is swapped for its quantized form as
+    soon as all its rows (and biases) are in, so the float weights of one layer at most exist at a
+    time (with a model built under weights_on_meta)."""
+    def swap(name: str, module: Linear) -> None:
+        if module.is_complete():
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, quantized_linear(module, method))
+    return swap
+
+
 def quantize_model(model: nn.Module, method: str) -> nn.Module:
     """Swap every Linear for its quantized form; embeddings become int8 rows too.
     q4_1: layers loaded from GGUF Q4_1 blocks keep them; the rest (and the output layer) int8."""
@@ -209,8 +226,7 @@ def quantize_model(model: nn.Module, method: str) -> nn.Module:
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, Linear):
-                q4 = _q4_linear(child) if method == "q4_1" else None
-                setattr(module, child_name, q4 or Int8Linear(child.weight, child.bias))
+                setattr(module, child_name, quantized_linear(child, method))
     embed = model.embed_tokens.weight
     if getattr(model, "lm_head", "absent") is None:  # tied: one int8 matrix serves both ends
         model.lm_head = Int8Linear(embed, None)

@@ -135,10 +135,15 @@ class GGUFCheckpoint:
         format can keep the file's 4-bit weights exactly."""
         from concurrent.futures import ThreadPoolExecutor
         wanted = [(t, hf_name(t.name)) for t in self.tensors if hf_name(t.name) is not None]
-        # numpy releases the GIL in the bulk of dequantization: two tensors at a time
-        with ThreadPoolExecutor(2) as pool:
-            for (t, name), w in zip(wanted, pool.map(lambda tn: self._dequantize(tn[0]), wanted)):
+        # numpy releases the GIL in the bulk of dequantization: the next tensor is dequantized
+        # while this one is used, and no more (pool.map would run ahead and hold every tensor)
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self._dequantize, wanted[0][0]) if wanted else None
+            for i, (t, name) in enumerate(wanted):
+                w = ahead.result()
+                ahead = pool.submit(self._dequantize, wanted[i + 1][0]) if i + 1 < len(wanted) else None
                 tensor = torch.from_numpy(np.array(self._unpermute(t, w), dtype=np.float32))  # writable
+                del w
                 if t.type_code == _Q4_1 and len(t.shape) == 2:
                     d, m = self._q4_1_scales(t)
                     tensor.q4_1 = (torch.from_numpy(self._unpermute(t, d).copy()),
