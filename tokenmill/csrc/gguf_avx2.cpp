@@ -8,6 +8,9 @@
 #include "gguf_blocks.h"
 
 #define TM_AVX2 __attribute__((target("avx2,fma,f16c")))
+// A register barrier for a running sum: without it GCC reassociates a block's integer sums into a
+// balanced tree of every product (all live at once: spilled to the stack, twice the instructions)
+#define TM_KEEP(v) asm("" : "+x"(v))
 
 namespace tokenmill::gguf {
 namespace {
@@ -69,9 +72,11 @@ template <int R, bool Q5>
 TM_AVX2 void dot_k45(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
   const __m256i m4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
   __m256i pick[8];  // scale j in every lane: chunk c's low nibbles take 2c, its high ones 2c + 1
+  #pragma GCC unroll 8
   for (int j = 0; j < 8; ++j) pick[j] = pick16(j, j);
-  __m256 acc[R], accm[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), accm[r] = _mm256_setzero_ps();
+  __m256 acc[R];
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < K / 256; ++b) {
     const uint8_t* blk = w + b * (Q5 ? 176 : 144);
     const float d = half(blk), dmin = half(blk + 2);
@@ -83,56 +88,67 @@ TM_AVX2 void dot_k45(const uint8_t* w, int64_t K, const void* act, int64_t strid
     const __m128i mins8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + 2)));
     const __m256i mins = _mm256_set_m128i(_mm_unpackhi_epi16(mins8, mins8), _mm_unpacklo_epi16(mins8, mins8));
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
-    __m256i lo[4], hi[4];
     const __m256i qh = Q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : m4;
+    __m256i sums[R];
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) sums[r] = _mm256_setzero_si256();
+    // chunk by chunk, each unpacked once for the R rows: few registers live (no spills)
+    #pragma GCC unroll 8
     for (int c = 0; c < 4; ++c) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
-      lo[c] = _mm256_and_si256(v, m4);
-      hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+      __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
       if (Q5) {  // bit 2c of qh byte l -> element 64c + l, bit 2c + 1 -> 64c + 32 + l
-        lo[c] = _mm256_or_si256(lo[c], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
-        hi[c] = _mm256_or_si256(hi[c], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
       }
-    }
-    __m256i sc[8];  // sub-block j's scale in every int16 lane, once for the R rows
-    for (int j = 0; j < 8; ++j) sc[j] = _mm256_shuffle_epi8(scales, pick[j]);
-    const __m256 vd = _mm256_set1_ps(d), vdmin = _mm256_set1_ps(dmin);
-    for (int r = 0; r < R; ++r) {
-      const ActK& a = act_block<ActK>(act, stride, r, b);
-      __m256i sum = _mm256_setzero_si256();
-      for (int c = 0; c < 4; ++c) {
+      const __m256i s_lo = _mm256_shuffle_epi8(scales, pick[2 * c]);
+      const __m256i s_hi = _mm256_shuffle_epi8(scales, pick[2 * c + 1]);
+      #pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const ActK& a = act_block<ActK>(act, stride, r, b);
         const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 64 * c));
         const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 64 * c + 32));
-        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[c], a0), sc[2 * c]);
-        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[c], a1), sc[2 * c + 1]);
-        sum = _mm256_add_epi32(sum, _mm256_add_epi32(p0, p1));
+        const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), s_lo);
+        const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), s_hi);
+        sums[r] = _mm256_add_epi32(sums[r], _mm256_add_epi32(p0, p1));
+        TM_KEEP(sums[r]);
       }
+    }
+    const __m256 vd = _mm256_set1_ps(d), vdmin = _mm256_set1_ps(dmin);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {  // acc += da * (d * sum - dmin * sum_j min_j * (sums of 32 a))
+      const ActK& a = act_block<ActK>(act, stride, r, b);
       const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum));
-      const __m256 da = _mm256_set1_ps(a.d);
-      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(vd, da), _mm256_cvtepi32_ps(sum), acc[r]);
-      accm[r] = _mm256_fmadd_ps(_mm256_mul_ps(vdmin, da), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins)), accm[r]);
+      const __m256 t = _mm256_fnmadd_ps(vdmin, _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins)),
+                                        _mm256_mul_ps(vd, _mm256_cvtepi32_ps(sums[r])));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(a.d), t, acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(_mm256_sub_ps(acc[r], accm[r]));
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
 template <int R>
 TM_AVX2 void dot_q6k(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
   const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
   __m256i pick[4];  // group g of a half: scale 2g (elements 0..15), 2g + 1 (16..31)
+  #pragma GCC unroll 8
   for (int g = 0; g < 4; ++g) pick[g] = pick16(2 * g, 2 * g + 1);
   __m256 acc[R];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < K / 256; ++b) {
     const uint8_t* blk = w + b * 210;
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
     const float d = half(blk + 208);
     __m256i sums[R];
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {  // the codes' offset first: -32 * sum_s sc_s * (sum of 16 activations)
       const ActK& a = act_block<ActK>(act, stride, r, b);
       const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum));
       sums[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
     }
+    #pragma GCC unroll 8
     for (int h = 0; h < 2; ++h) {
       const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
       const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
@@ -147,20 +163,25 @@ TM_AVX2 void dot_q6k(const uint8_t* w, int64_t K, const void* act, int64_t strid
                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
       // this half's 8 scales in both lanes
       const __m256i sh = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11) : _mm256_permute2x128_si256(sc16, sc16, 0x00);
+      #pragma GCC unroll 8
       for (int g = 0; g < 4; ++g) {
         const __m256i s = _mm256_shuffle_epi8(sh, pick[g]);
+        #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           const ActK& a = act_block<ActK>(act, stride, r, b);
           const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 128 * h + 32 * g));
           sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], av), s));
+          TM_KEEP(sums[r]);
         }
       }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const ActK& a = act_block<ActK>(act, stride, r, b);
       acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(sums[r]), acc[r]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
@@ -185,6 +206,7 @@ TM_AVX2 void dot_b32(const uint8_t* w, int64_t K, const void* act, int64_t strid
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R];
   float mins[R];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), mins[r] = 0.f;
   for (int64_t b = 0; b < K / 32; ++b) {
     const uint8_t* blk = w + b * bytes;
@@ -192,6 +214,7 @@ TM_AVX2 void dot_b32(const uint8_t* w, int64_t K, const void* act, int64_t strid
     // signed codes: |q| times a with q's sign (vpmaddubsw wants its first operand unsigned)
     const __m256i uq = is_signed ? _mm256_sign_epi8(q, q) : q;
     const float d = half(blk);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const Act32& a = act_block<Act32>(act, stride, r, b);
       __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q));
@@ -201,21 +224,25 @@ TM_AVX2 void dot_b32(const uint8_t* w, int64_t K, const void* act, int64_t strid
       if (has_min) mins[r] += half(blk + 2) * a.s;
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) + mins[r];
 }
 
 template <bool BF, int R>
 TM_AVX2 void dot_f16(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
   __m256 acc[R];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   const auto* base = static_cast<const uint8_t*>(act);
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 2 * k));
     const __m256 wv = BF ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
       acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(reinterpret_cast<const float*>(base + r * stride) + k), acc[r]);
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     out[r] = hsum(acc[r]);
     const float* x = reinterpret_cast<const float*>(base + r * stride);
