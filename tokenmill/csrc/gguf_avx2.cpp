@@ -55,16 +55,17 @@ TM_AVX2 inline __m256i pick16(int lo, int hi) {
                           _mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * lo)));
 }
 
-// Q4_K / Q5_K 12 scale bytes -> 8 scales (bytes 0..7) and 8 mins (bytes 8..15), k_scales' numbers
-// from four 32-bit words at once
-inline void k_scales_words(const uint8_t* q, uint32_t* u) {
-  uint32_t w[3];
-  std::memcpy(w, q, 12);
-  const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
-  u[0] = w[0] & low6;                                      // scales 0..3
-  u[1] = (w[2] & low4) | (((w[0] >> 6) & top2) << 4);      // scales 4..7
-  u[2] = w[1] & low6;                                      // mins 0..3
-  u[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & top2) << 4);  // mins 4..7
+// Q4_K / Q5_K 12 scale bytes (and 4 more, ignored) -> 8 scales (bytes 0..7) and 8 mins (8..15),
+// k_scales' numbers, in a few shuffles: scale / min j < 4 is byte j / j + 4 & 63; j >= 4 takes
+// its low 4 bits from byte j + 4 (low / high nibble) and its top 2 from the top of byte j - 4 / j
+TM_AVX2 inline __m128i k_scales_vec(const uint8_t* q) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  const __m128i low = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  const __m128i six = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+  const __m128i high_nib = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+  return _mm_or_si128(_mm_or_si128(_mm_and_si128(low, six), _mm_and_si128(_mm_srli_epi16(low, 4), high_nib)),
+                      _mm_and_si128(_mm_srli_epi16(top, 2), _mm_set1_epi8(0x30)));
 }
 
 // Q4_K and Q5_K (fifth bits when Q5)
@@ -80,13 +81,12 @@ TM_AVX2 void dot_k45(const uint8_t* w, int64_t K, const void* act, int64_t strid
   for (int64_t b = 0; b < K / 256; ++b) {
     const uint8_t* blk = w + b * (Q5 ? 176 : 144);
     const float d = half(blk), dmin = half(blk + 2);
-    uint32_t u[4];
-    k_scales_words(blk + 4, u);
-    const __m256i sm = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u)));
+    const __m128i sm8 = k_scales_vec(blk + 4);
+    const __m256i sm = _mm256_cvtepu8_epi16(sm8);
     const __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);  // 8 scales in both lanes
     // mins, each twice: element 2j, 2j + 1 = min j, against the 16 sums of 16 activations
-    const __m128i mins8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + 2)));
-    const __m256i mins = _mm256_set_m128i(_mm_unpackhi_epi16(mins8, mins8), _mm_unpacklo_epi16(mins8, mins8));
+    const __m256i mins = _mm256_cvtepu8_epi16(
+        _mm_shuffle_epi8(sm8, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
     const uint8_t* qs = blk + (Q5 ? 48 : 16);
     const __m256i qh = Q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : m4;
     __m256i sums[R];
