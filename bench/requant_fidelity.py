@@ -17,12 +17,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "What is 12 times 7?",
-             "Name three colors.", "Who wrote Hamlet?", "Explain gravity in one sentence.",
-             "What is a cat?", "Give me a synonym for happy.", "How many legs does a spider have?",
-             "What is the boiling point of water?", "Tell me a fun fact.", "Translate 'hello' to Spanish."]
-
-
 def requantized(file_type: str) -> str:
     from compare_llamacpp import llama_bin
     from tokenmill.model.loader import default_model_path
@@ -41,20 +35,11 @@ def main():
     ap.add_argument("--types", nargs="+", default=["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"])
     ap.add_argument("--tokens", type=int, default=32)
     args = ap.parse_args()
-    from tokenmill import LLM, SamplingParams
-    from tokenmill.benchmark.perplexity import DEFAULT_TEXT, perplexity
+    from tokenmill.benchmark.fidelity import against_float32
     from tokenmill.model.loader import load_checkpoint
-    text = open(DEFAULT_TEXT, encoding="utf-8").read()
-    params = SamplingParams(temperature=0, max_tokens=args.tokens)
     for ft in args.types:
         path = requantized(ft)
-        answers, ppl = {}, {}
-        for q in ("gguf", "none"):
-            llm = LLM(path, quantization=q, kv_cache_dtype="float32", show_progress=False)
-            outs = llm.chat([[{"role": "user", "content": x}] for x in QUESTIONS], params)
-            answers[q] = [o.outputs[0].token_ids for o in outs]
-            del llm
-            ppl[q] = perplexity(path, text, q, context=1024, kv_cache_dtype="float32")[0]
+        answers, ppl = against_float32(path, args.tokens)
         a, b = answers["gguf"], answers["none"]
         prefix = [next((i for i, (x, y) in enumerate(zip(u, v)) if x != y), min(len(u), len(v))) for u, v in zip(a, b)]
         types = load_checkpoint(path).matrix_types()

@@ -83,20 +83,8 @@ def test_smollm2_in_its_blocks_against_float32(smollm2_path):
     +0.75% on the bundled text, the first greedy token of 11 of these 12 chats the same; 32 greedy
     tokens stay the same in only 4 (the int8 activations tip near ties that then compound; with
     float activations in the layers it was 10 of 12). The bounds leave a little room."""
-    from tokenmill.benchmark.perplexity import DEFAULT_TEXT, perplexity
-    questions = ["What is the capital of France?", "Write a haiku about the sea.", "What is 12 times 7?",
-                 "Name three colors.", "Who wrote Hamlet?", "Explain gravity in one sentence.",
-                 "What is a cat?", "Give me a synonym for happy.", "How many legs does a spider have?",
-                 "What is the boiling point of water?", "Tell me a fun fact.", "Translate 'hello' to Spanish."]
-    params = SamplingParams(temperature=0, max_tokens=8)
-    text = open(DEFAULT_TEXT, encoding="utf-8").read()
-    answers, ppl = {}, {}
-    for q in ("gguf", "none"):
-        llm = LLM(smollm2_path, quantization=q, kv_cache_dtype="float32", show_progress=False)
-        outs = llm.chat([[{"role": "user", "content": x}] for x in questions], params)
-        answers[q] = [o.outputs[0].token_ids for o in outs]
-        del llm
-        ppl[q] = perplexity(smollm2_path, text, q, context=1024, kv_cache_dtype="float32")[0]
+    from tokenmill.benchmark.fidelity import against_float32
+    answers, ppl = against_float32(smollm2_path, max_tokens=8)
     first = sum(a[0] == b[0] for a, b in zip(answers["gguf"], answers["none"]))
     assert first >= 10, first
     assert abs(ppl["gguf"] / ppl["none"] - 1) < 0.015, ppl
