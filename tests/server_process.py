@@ -48,7 +48,7 @@ class Server:
         else:
             raise RuntimeError("server did not become healthy in 120 s")
         self.model = httpx.get(self.url + "/v1/models").json()["data"][0]["id"] \
-            if "--api-key" not in args else None
+            if not any(a.startswith("--api-key") for a in args) else None
 
     def metric(self, name: str, headers=None, label: str = "") -> float:
         """Sum of a metric's samples (those whose labels contain `label`); 0 if none yet."""
@@ -71,3 +71,30 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+
+class UnreadStream:
+    """A streaming POST whose client then stops reading: a 4 KB receive buffer, so that the
+    server's socket and write buffers fill after a few hundred kB and the rest of the answer
+    waits in the server (its mailbox) until the client reads again."""
+
+    def __init__(self, url: str, path: str, body: dict):
+        import json
+        import socket
+        from urllib.parse import urlparse
+        u = urlparse(url)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((u.hostname, u.port))
+        data = json.dumps(body).encode()
+        self.sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+
+    def read_all(self, timeout: float = 300) -> str:
+        """Everything the server sends until it closes the connection."""
+        self.sock.settimeout(timeout)
+        chunks = []
+        while chunk := self.sock.recv(1 << 16):
+            chunks.append(chunk)
+        self.sock.close()
+        return b"".join(chunks).decode("utf-8", "replace")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import signal
@@ -187,7 +186,8 @@ def _serve_replicas(args, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *a: (stop_replicas(), sys.exit(0)))
     args.backend = [f"http://127.0.0.1:{p}" for p in ports]
     args.route, args.route_model, args.route_key = None, None, None
-    args.api_key = [args.api_key] if args.api_key else None
+    args.api_key_pairs = [("default", args.api_key)] if args.api_key else []  # one bare key, any characters
+    args.api_key = None
     try:
         cfg = router_config(args)
         print(f"tokenmill: {n} replicas ({threads} threads each) on ports {ports[0]}-{ports[-1]}, "
@@ -241,7 +241,9 @@ def cmd_serve(args) -> int:
     app = create_app(config, settings)
     name = app.state.tm.model_name
     base = f"http://{settings.host}:{settings.port}"
-    auth = f" -H 'Authorization: Bearer {settings.api_key}'" if settings.api_key else ""
+    if settings.api_key is not None and not settings.api_key.strip():
+        raise SystemExit("tokenmill serve: --api-key is empty (an empty key would let in every request)")
+    auth = " -H \"Authorization: Bearer $KEY\"" if settings.api_key else ""  # never the key itself
     print(f"tokenmill: serving {name} on {base} (OpenAI /v1, Ollama /api, TGI /generate); "
           f"the model loads in the background, GET {base}/health says when it is ready.\n"
           f"  curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "
@@ -297,10 +299,13 @@ def router_config(args):
             raise ValueError(f"--price takes NAME=IN,OUT (dollars per million tokens), got {v!r}") from None
         prices[name] = (pin, pout)
     routes = [RouteConfig(n, u, models.get(n), keys.get(n), *prices.get(n, (0.0, 0.0))) for n, u in urls.items()]
-    api_keys = {}
-    for k in args.api_key or []:
-        name, _, key = k.rpartition("=") if "=" in k else ("", "", k)
-        api_keys[key] = name or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    from .api.auth import parse_key_spec, read_key_file
+    pairs = [parse_key_spec(k) for k in args.api_key or []] + list(getattr(args, "api_key_pairs", []))
+    if getattr(args, "api_key_file", None):
+        pairs += read_key_file(args.api_key_file)
+    api_keys = {key: name for name, key in pairs}
+    if any(not k.strip() for k in args.admin_key or []):
+        raise ValueError("--admin-key: empty keys are refused")
     return RouterConfig(
         routes=routes, policy=args.policy, health_interval_s=args.health_interval,
         max_queue=args.max_queue, max_outstanding=args.max_outstanding, cache_url=args.cache_url,
@@ -421,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--host", default="127.0.0.1")
     r.add_argument("--port", type=int, default=8000)
     r.add_argument("--api-key", action="append", dest="api_key",
-                   help="[NAME=]KEY accepted at the router (repeatable); none: open")
+                   help="NAME=KEY (split on the first '='; or a bare KEY without '=') accepted at the "
+                   "router (repeatable); none: open")
+    r.add_argument("--api-key-file", help="file with one `name key` per line (keys may hold any character)")
     r.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_router_flags(r)
     r.set_defaults(func=cmd_router)

@@ -68,7 +68,7 @@ def replica_running(replica: str, affinity: str) -> float:
 
 def test_stream_arrives_while_generating_and_a_leaving_client_cancels(tm_app):
     # no max_tokens: the tiny model writes until its 8k context is full
-    from tokenmill.cluster.affinity import affinity_key
+    from tokenmill.api.affinity import affinity_key
     body = {"model": "tiny", "messages": [{"role": "user", "content": "go on forever"}], "stream": True}
     key = affinity_key(body)
     with httpx.stream("POST", tm_app + "/v1/chat/completions", json=body, timeout=300) as r:

@@ -15,6 +15,7 @@ in a Serve config or a KubeRay RayService); `tokenmill serve --ray` calls it too
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from ..api.affinity import PREFIX_CHARS
 from .replica import EngineReplica
 
 
@@ -39,7 +40,7 @@ class Ingress:
         for name, url in (r.pop("extra_routes", None) or {}).items():  # hybrid: e.g. large=https://...
             routes.append(RouteConfig(name, [url]))
         ledger = SharedLedger(r.get("ledger_path", "tokenmill-usage.sqlite"), r.pop("ledger_name"))
-        transport = ServeTransport(self.engine, int(r.pop("engine_retries", 2)), int(r.pop("affinity_chars", 256)))
+        transport = ServeTransport(self.engine, int(r.pop("engine_retries", 2)), int(r.pop("affinity_chars", PREFIX_CHARS)))
         cfg = RouterConfig(routes=routes, include_backend_metrics=True, max_retries=0, **r)
         app = create_router_app(cfg, transports={ENGINE_URL: transport}, ledger=ledger)
         return _named(app, serve.get_replica_context().replica_id.unique_id)

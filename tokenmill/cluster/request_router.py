@@ -1,22 +1,13 @@
-"""Which engine replica gets a request: least outstanding requests, with prefix affinity.
-
-Requests that share a prompt prefix (the ingress passes a hash of its first characters as
-the `affinity` keyword) prefer the replica chosen for that prefix by rendezvous hashing, so
-that its prefix cache already holds the prompt's KV blocks; the same key maps to the same
-replica while the replica set stays the same, and moves for only 1/N of keys when it
-changes. Affinity yields to load: when the preferred replica has `max_imbalance` or more
-requests queued beyond the least loaded one, the request goes by load alone.
-"""
+"""Which engine replica gets a request: least outstanding requests, with prefix affinity
+(api/affinity.py, the router's own policy; the ingress passes the prompt's affinity key as
+the `affinity` keyword)."""
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-
-def _score(key: str, replica_id) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{key}|{replica_id.unique_id}".encode(), digest_size=8).digest(), "big")
+from ..api.affinity import affine_choice
 
 
 class PrefixAffinityRouter(FIFOMixin, RequestRouter):
@@ -49,9 +40,6 @@ class PrefixAffinityRouter(FIFOMixin, RequestRouter):
         key = pending_request.kwargs.get("affinity") if pending_request is not None else None
         # the base class probes the queue lengths of a rank and takes its least loaded replica
         by_load = sorted(candidate_replicas, key=self._load)
-        if not key:
-            return [by_load]
-        affine = max(candidate_replicas, key=lambda r: _score(key, r.replica_id))
-        if self._load(affine) - self._load(by_load[0]) >= self.max_imbalance:
-            return [by_load]
-        return [[affine], by_load]
+        affine = affine_choice(candidate_replicas, key, lambda r: r.replica_id.unique_id, self._load,
+                               self.max_imbalance)
+        return [by_load] if affine is None else [[affine], by_load]

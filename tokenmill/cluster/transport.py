@@ -12,19 +12,36 @@ import json
 import httpx
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from ..router.streams import is_streaming
-from .affinity import affinity_key
+from ..api.errors import is_streaming
+from ..api.affinity import PREFIX_CHARS, affinity_key
 
 ENGINE_URL = "http://tokenmill-engine"
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
+async def _within(awaitable, timeout: float, what: str, cancel):
+    """The awaitable's result, or httpx.ReadTimeout (and the call cancelled) after timeout s."""
+    try:
+        return await asyncio.wait_for(_awaited(awaitable), timeout)
+    except asyncio.TimeoutError:
+        cancel()
+        raise httpx.ReadTimeout(f"the engine replica did not answer {what} in {timeout:.0f} s") from None
+
+
+async def _awaited(awaitable):
+    return await awaitable
+
+
 class _Chunks(httpx.AsyncByteStream):
-    def __init__(self, gen):
-        self.gen = gen
+    def __init__(self, gen, timeout: float):
+        self.gen, self.timeout = gen, timeout
 
     async def __aiter__(self):
-        async for message in self.gen:
+        while True:
+            try:
+                message = await _within(self.gen.__anext__(), self.timeout, "the next chunk", self.gen.cancel)
+            except StopAsyncIteration:
+                return
             yield message[1]
 
     async def aclose(self):
@@ -32,7 +49,7 @@ class _Chunks(httpx.AsyncByteStream):
 
 
 class ServeTransport(httpx.AsyncBaseTransport):
-    def __init__(self, handle, max_retries: int = 2, affinity_chars: int = 256):
+    def __init__(self, handle, max_retries: int = 2, affinity_chars: int = PREFIX_CHARS):
         self.handle, self.max_retries, self.affinity_chars = handle, max_retries, affinity_chars
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -45,18 +62,21 @@ class ServeTransport(httpx.AsyncBaseTransport):
         call = (request.method, path, request.url.query, [(k.lower(), v) for k, v in request.headers.raw], body)
         affinity = affinity_key(parsed, self.affinity_chars)
         streaming = request.method == "POST" and isinstance(parsed, dict) and is_streaming(path, parsed)
+        # the router's httpx read timeout bounds every wait on a replica, as on a socket
+        timeout = (request.extensions.get("timeout") or {}).get("read") or 600.0
         for attempt in range(self.max_retries + 1):
             try:
                 if not streaming:
-                    status, headers, content = await self.handle.call.remote(*call, affinity=affinity)
+                    response = self.handle.call.remote(*call, affinity=affinity)
+                    status, headers, content = await _within(response, timeout, "a request", response.cancel)
                     return httpx.Response(status, headers=_plain(headers), content=content)
                 gen = self.handle.options(stream=True).stream.remote(*call, affinity=affinity)
                 try:
-                    start = await gen.__anext__()
+                    start = await _within(gen.__anext__(), timeout, "the first chunk", gen.cancel)
                 except BaseException:
                     gen.cancel()
                     raise
-                return httpx.Response(start[1], headers=_plain(start[2]), stream=_Chunks(gen))
+                return httpx.Response(start[1], headers=_plain(start[2]), stream=_Chunks(gen, timeout))
             except _DEAD as e:
                 if attempt == self.max_retries:
                     raise httpx.ConnectError(f"the engine replica failed: {type(e).__name__}") from e

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import json
 import time
 
@@ -27,18 +26,22 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 
 from ..server.disconnect import until_disconnect
-from ..server.errors import APIError, given_api_key, install_error_handlers
+from ..api.affinity import affinity_key
+from ..api.auth import KeyRing
+from ..api.errors import APIError, install_error_handlers, is_streaming, protocol_of
+from ..api.gate import Gate, GateRules
+from ..api.sse import stream_error
 from .backends import Pool, health_loop
 from .cache import cache_key, make_cache
 from .classifier import classify
-from ..web import mount_pages
+from ..web import is_public, mount_pages
 from .config import RouterConfig
 from .dashboard import RouterFeed
 from .dashboard import router as dashboard_routes
 from .ledger import Ledger
-from .limits import estimate_tokens, make_limiter
+from .limits import LimiterUnavailable, estimate_tokens, make_limiter
 from .metrics import RouterMetrics
-from .streams import StreamAccumulator, is_streaming, protocol_of, replay_sse, usage_of
+from .streams import StreamAccumulator, replay_sse, usage_of
 
 _RETRYABLE = {502, 503, 504}
 
@@ -52,6 +55,7 @@ class Router:
             if cfg.cache_enabled else None
         self.ledger = ledger or Ledger(cfg.ledger_path)  # anything with record/report/flush/close
         self.limiter = make_limiter(cfg.rate_limit_rpm, cfg.rate_limit_tpm, cfg.cache_url)
+        self.keys = KeyRing(cfg.api_keys, cfg.admin_keys)
         self.metrics = RouterMetrics(self)
         self.waiting = 0
         self.recent: collections.deque = collections.deque(maxlen=100_000)  # for the dashboard
@@ -59,14 +63,11 @@ class Router:
         self.client: httpx.AsyncClient | None = None
 
     # ---- admission ---------------------------------------------------------------------
-    def authenticate(self, request: Request) -> str:
-        if not self.cfg.api_keys and not self.cfg.admin_keys:
-            return "anonymous"
-        key = given_api_key(request.headers)
-        name = self.cfg.api_keys.get(key) or ("admin" if key in self.cfg.admin_keys else None)
+    def tenant_of(self, given_key: str) -> str | None:
+        """The gate's check (api/gate.py), before any body is read."""
+        name = self.keys.tenant(given_key)
         if name is None:
             self.metrics.rejected.labels("auth").inc()
-            raise APIError(401, "invalid or missing API key")
         return name
 
     def choose_route(self, body: dict) -> tuple[str, str]:
@@ -85,6 +86,26 @@ class Router:
         raise APIError(404, f"The model `{model}` does not exist. Use `auto`, a route name "
                             f"({', '.join(self.pools)}) or a served model name.", param="model",
                        code="model_not_found")
+
+    async def admit(self, tenant: str, estimate: int):
+        """Count a request against its tenant's limits (429 over them); its token reservation."""
+        try:
+            why, reservation = await _maybe(self.limiter.check(tenant, estimate))
+        except LimiterUnavailable as e:
+            raise APIError(503, str(e), headers={"Retry-After": "1"}) from e
+        if why:
+            self.metrics.rejected.labels("rate_limit").inc()
+            raise APIError(429, why, headers={"Retry-After": "60"})
+        return reservation
+
+    def upstream_headers(self, backend, tenant: str) -> dict:
+        """To a backend: its key; the tenant's prefix-cache salt; and a request for token
+        counts in every chunk, so that a client that hangs up is billed what it was sent."""
+        headers = {**backend.headers(), "x-tokenmill-usage": "continuous"}
+        salt = self.keys.salt(tenant) if self.cfg.tenant_cache_salt else None
+        if salt:
+            headers["x-tokenmill-cache-salt"] = salt
+        return headers
 
     async def acquire_slot(self) -> None:
         """Wait for one of max_outstanding places (429 when too many wait already). The
@@ -125,11 +146,8 @@ class Router:
             raise APIError(400, f"the request body is not valid JSON: {e}") from e
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
-        key = self.authenticate(request)
-        why, reservation = await _maybe(self.limiter.check(key, estimate_tokens(body)))
-        if why:
-            self.metrics.rejected.labels("rate_limit").inc()
-            raise APIError(429, why, headers={"Retry-After": "60"})
+        key = request.state.tenant
+        reservation = await self.admit(key, estimate_tokens(body))
         try:
             return await self._handle(request, path, body, key, reservation, started)
         except BaseException:
@@ -147,7 +165,7 @@ class Router:
         headers = {"x-tokenmill-route": route}
         done = dict(key=key, route=route, model=upstream_model, started=started, reservation=reservation)
 
-        ckey = cache_key(path, route, upstream_model, body) if self.cache and kind == "openai" else None
+        ckey = cache_key(key, path, route, upstream_model, body) if self.cache and kind == "openai" else None
         if ckey:
             cached = await self.cache.get(ckey)
             self.metrics.cache.labels("hit" if cached else "miss").inc()
@@ -162,9 +180,10 @@ class Router:
 
         upstream = dict(body, model=upstream_model) if kind != "tgi" else dict(body)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        wants_continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
         if stream and kind == "openai":  # ask for usage so that the ledger can count; dropped again if not asked for
             upstream["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
-        affinity = _affinity_key(body, self.cfg.affinity_prefix_chars)
+        affinity = affinity_key(body, self.cfg.affinity_prefix_chars)
         candidates = pool.order(self.cfg.policy, affinity, self.cfg.affinity_max_imbalance)
         if not candidates:
             raise APIError(503, f"no healthy backend for route `{route}`", headers={"Retry-After": "1"})
@@ -179,7 +198,7 @@ class Router:
                 resp, relayed = None, False
                 try:
                     req = self.client.build_request("POST", backend.url + path, json=upstream,
-                                                    headers=backend.headers())
+                                                    headers=self.upstream_headers(backend, key))
                     try:
                         resp = await until_disconnect(request, self.client.send(req, stream=True))
                     except AttributeError as e:
@@ -194,7 +213,7 @@ class Router:
                         # a client that leaves while we wait closes the upstream connection,
                         # which cancels the request there
                         content = await until_disconnect(request, resp.aread())
-                        usage = usage_of(content, path) if resp.status_code == 200 else None
+                        usage = _with_prompt(usage_of(content, path), resp) if resp.status_code == 200 else None
                         if ckey and resp.status_code == 200:
                             await self.cache.set(ckey, content)
                         self.record(backend=backend.url, usage=usage, cache_hit=False, status=resp.status_code,
@@ -216,7 +235,8 @@ class Router:
                 backend.outstanding += 1  # held again until the relay ends
                 headers["x-tokenmill-backend"] = backend.url
                 _pass_replica(resp, headers)
-                relay = _Relay(self, resp, first, lines, backend, path, ckey, wants_usage, done)
+                relay = _Relay(self, resp, first, lines, backend, path, ckey,
+                               StreamAccumulator(path, wants_usage, wants_continuous), done)
                 handed_over = True
                 return StreamingResponse(relay.lines(), headers=headers, background=BackgroundTask(relay.finish),
                                          media_type=resp.headers.get("content-type", "text/event-stream"))
@@ -229,20 +249,33 @@ class Router:
 
 
     async def passthrough(self, request: Request, path: str):
-        """Model metadata (Ollama tags/show/ps/version, TGI info, tokenize): from the first
-        healthy backend, no ledger, no slot."""
-        self.authenticate(request)
-        pool = next(iter(self.pools.values()))
-        live = pool.healthy()
+        """Model metadata (Ollama tags/show/ps/version, TGI info) and the tokenizer's and the
+        explorer's routes: from the first healthy backend, counted against the tenant's limits
+        and written to the ledger (prompt tokens: what the backend says it tokenized)."""
+        started, tenant = time.time(), request.state.tenant
+        content = await request.body()
+        try:
+            body = json.loads(content) if content else {}
+        except ValueError as e:
+            raise APIError(400, f"the request body is not valid JSON: {e}") from e
+        reservation = await self.admit(tenant, estimate_tokens(body) if isinstance(body, dict) and body else 0)
+        route = next(iter(self.pools))
+        live = self.pools[route].healthy()
+        done = dict(key=tenant, route=route, model=None, started=started, reservation=reservation)
         if not live:
+            self.record(backend=None, usage=None, cache_hit=False, status=503, **done)
             raise APIError(503, "no healthy backend", headers={"Retry-After": "1"})
         b = live[0]
         try:
-            resp = await self.client.request(request.method, b.url + path, content=await request.body(),
-                                             headers={**b.headers(), "content-type": "application/json"})
+            resp = await self.client.request(request.method, b.url + path, content=content,
+                                             headers={**self.upstream_headers(b, tenant),
+                                                      "content-type": "application/json"})
         except httpx.HTTPError as e:
             b.mark_failed(f"{type(e).__name__}: {e}")
+            self.record(backend=b.url, usage=None, cache_hit=False, status=503, **done)
             raise APIError(503, f"the backend failed: {type(e).__name__}") from e
+        self.record(backend=b.url, usage=_with_prompt(_tokenized(resp), resp), cache_hit=False,
+                    status=resp.status_code, **done)
         return Response(resp.content, status_code=resp.status_code,
                         media_type=resp.headers.get("content-type", "application/json"))
 
@@ -252,27 +285,30 @@ class _Relay:
     stream ended, failed, or was never started because the client had already gone: it
     releases the slot and the backend, closes the upstream response and writes the ledger."""
 
-    def __init__(self, router: Router, resp, first, lines, backend, path, ckey, wants_usage, done):
+    def __init__(self, router: Router, resp, first, lines, backend, path, ckey, acc, done):
         self.router, self.resp, self.first, self.upstream = router, resp, first, lines
-        self.backend, self.path, self.ckey, self.wants_usage, self.done = backend, path, ckey, wants_usage, done
-        self.acc = StreamAccumulator(path)
+        self.backend, self.path, self.ckey, self.acc, self.done = backend, path, ckey, acc, done
         self.finished = False
+        self.client_left = False
 
     async def lines(self):
         acc = self.acc
         try:
             line = self.first
             while True:
-                keep = acc.feed(line)
-                if keep or self.wants_usage:
-                    yield line + "\n"
+                out = acc.feed(line)
+                if out is not None:
+                    yield out + "\n"
                 try:
                     line = await anext(self.upstream)
                 except StopAsyncIteration:
                     break
         except httpx.HTTPError as e:
             self.backend.mark_failed(f"{type(e).__name__}: {e}")
-            yield _midstream_error(self.path)
+            yield stream_error(self.path, 502, "the backend failed mid-stream")
+        except (GeneratorExit, asyncio.CancelledError):
+            self.client_left = True
+            raise
         finally:
             await self.finish()
 
@@ -285,8 +321,10 @@ class _Relay:
         r.slots.release()
         await self.resp.aclose()
         ok = self.acc.done
-        r.record(backend=self.backend.url, usage=self.acc.usage, cache_hit=False, status=200 if ok else 502,
-                 **self.done)
+        # a client that left is billed the tokens it was sent (the counts in the last chunk)
+        status = 200 if ok else 499 if self.client_left else 502
+        r.record(backend=self.backend.url, usage=_with_prompt(self.acc.usage, self.resp), cache_hit=False,
+                 status=status, **self.done)
         if ok and self.ckey and self.acc.cacheable:
             await r.cache.set(self.ckey, self.acc.as_response(self.done["model"]))
 
@@ -307,29 +345,34 @@ def _settle(limiter, reservation, n: int) -> None:
         task.add_done_callback(_BACKGROUND.discard)
 
 
+def _with_prompt(usage: dict | None, resp) -> dict | None:
+    """The backend's prompt token count (x-tokenmill-prompt-tokens) where the protocol's own
+    usage has none (TGI, a stream cut before its last chunk)."""
+    told = resp.headers.get("x-tokenmill-prompt-tokens", "")
+    if not told.isdigit():
+        return usage
+    usage = dict(usage or {})
+    if not usage.get("prompt_tokens"):
+        usage["prompt_tokens"] = int(told)
+    return usage
+
+
+def _tokenized(resp) -> dict | None:
+    """/tokenize answers a count; the explorer its tokens: billed as prompt tokens."""
+    try:
+        obj = resp.json()
+    except ValueError:
+        return None
+    if isinstance(obj, dict):
+        n = obj.get("count", len(obj["tokens"]) if isinstance(obj.get("tokens"), list) else None)
+        return {"prompt_tokens": n} if isinstance(n, int) else None
+    return None
+
+
 def _pass_replica(resp, headers: dict) -> None:
     """Ray Serve replicas name themselves; the client may want to know which answered."""
     if "x-tokenmill-replica" in resp.headers:
         headers["x-tokenmill-replica"] = resp.headers["x-tokenmill-replica"]
-
-
-def _midstream_error(path: str) -> str:
-    kind = protocol_of(path)
-    message = "the backend failed mid-stream"
-    if kind == "ollama":
-        return json.dumps({"error": message}) + "\n"
-    if kind == "tgi":
-        return "data:" + json.dumps({"error": message, "error_type": "generation"}) + "\n\n"
-    return "data: " + json.dumps({"error": {"message": message, "type": "server_error", "param": None,
-                                            "code": 502}}) + "\n\n"
-
-
-def _affinity_key(body: dict, chars: int) -> str | None:
-    if "messages" in body:
-        text = "".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
-    else:
-        text = str(body.get("prompt", ""))
-    return hashlib.blake2b(text[:chars].encode(), digest_size=8).hexdigest() if text else None
 
 
 def create_router_app(cfg: RouterConfig, transports: dict | None = None, ledger=None) -> FastAPI:
@@ -362,6 +405,9 @@ def create_router_app(cfg: RouterConfig, transports: dict | None = None, ledger=
     mount_pages(app)
 
     install_error_handlers(app)
+    app.add_middleware(Gate, rules=GateRules(
+        tenant=router.tenant_of, max_body_bytes=cfg.max_body_bytes,
+        is_open=lambda method, path: path in ("/health", "/metrics") or is_public(method, path)))
 
     def proxy(path: str):
         async def route(request: Request):
@@ -386,7 +432,6 @@ def create_router_app(cfg: RouterConfig, transports: dict | None = None, ledger=
 
     @app.get("/v1/models")
     async def models(request: Request):
-        router.authenticate(request)
         data = [{"id": name, "object": "model", "owned_by": "tokenmill-router"} for name in router.pools]
         if router.hybrid:
             data.insert(0, {"id": "auto", "object": "model", "owned_by": "tokenmill-router"})

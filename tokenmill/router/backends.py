@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import time
 
 import httpx
 
+from ..api.affinity import affine_choice
 from .config import RouteConfig
 
 
@@ -53,10 +53,6 @@ class Backend:
         self.last_error = why
 
 
-def _rendezvous(key: str, backend: Backend) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{key}|{backend.url}".encode(), digest_size=8).digest(), "big")
-
-
 class Pool:
     """The backends of one route."""
 
@@ -78,10 +74,9 @@ class Pool:
         if policy == "round_robin":
             return rotated
         by_load = sorted(rotated, key=lambda b: b.outstanding)  # stable: keeps rotation on ties
-        if policy == "prefix_affinity" and affinity_key:
-            affine = max(live, key=lambda b: _rendezvous(affinity_key, b))
-            # bounded: a hot prefix cannot pile everything onto one replica
-            if affine.outstanding - by_load[0].outstanding < max_imbalance:
+        if policy == "prefix_affinity":
+            affine = affine_choice(live, affinity_key, lambda b: b.url, lambda b: b.outstanding, max_imbalance)
+            if affine is not None:
                 return [affine] + [b for b in by_load if b is not affine]
         return by_load
 

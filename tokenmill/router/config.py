@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..api.affinity import PREFIX_CHARS
+
 
 @dataclass
 class RouteConfig:
@@ -37,7 +39,7 @@ class ClassifierConfig:
 class RouterConfig:
     routes: list[RouteConfig]
     policy: str = "least_outstanding"  # least_outstanding | prefix_affinity | round_robin
-    affinity_prefix_chars: int = 512   # prefix that decides affinity
+    affinity_prefix_chars: int = PREFIX_CHARS  # prefix that decides affinity
     affinity_max_imbalance: int = 4    # leave the affine replica when it has this many more in flight
     health_interval_s: float = 2.0
     request_timeout_s: float = 600.0
@@ -51,6 +53,8 @@ class RouterConfig:
     ledger_path: str = "tokenmill-usage.sqlite"
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> name; empty: open
     admin_keys: set[str] = field(default_factory=set)  # may see per-key figures; also valid API keys
+    max_body_bytes: int = 4 * 2**20    # larger request bodies get 413 before they are read
+    tenant_cache_salt: bool = True     # each tenant's prompts share prefix-cache blocks only among themselves
     rate_limit_rpm: int | None = None  # per key requests per minute
     rate_limit_tpm: int | None = None  # per key tokens per minute
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)

@@ -8,6 +8,10 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 
+class LimiterUnavailable(Exception):
+    """The shared limiter could not be asked (Redis down or slow): the request gets a 503."""
+
+
 DEFAULT_COMPLETION_ESTIMATE = 256  # tokens reserved for a request that names no limit
 
 
@@ -92,7 +96,9 @@ class RedisRateLimiter:
 
     def __init__(self, url: str, rpm: int | None, tpm: int | None):
         import redis.asyncio as redis
-        self.client = redis.from_url(url)
+        from .cache import REDIS_TIMEOUT_S
+        self.client = redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+        self.errors = (redis.RedisError, OSError)
         self.rpm, self.tpm = rpm, tpm
         self._check = self.client.register_script(_CHECK)
         self._settle = self.client.register_script(_SETTLE)
@@ -103,8 +109,11 @@ class RedisRateLimiter:
         import uuid
         rid = uuid.uuid4().hex
         keys = [f"tokenmill:rl:{key}:requests", f"tokenmill:rl:{key}:tokens"]
-        verdict = await self._check(keys=keys, args=[time.time(), -1 if self.rpm is None else self.rpm,
-                                                     -1 if self.tpm is None else self.tpm, estimate, rid])
+        try:
+            verdict = await self._check(keys=keys, args=[time.time(), -1 if self.rpm is None else self.rpm,
+                                                         -1 if self.tpm is None else self.tpm, estimate, rid])
+        except self.errors as e:  # fail closed: limits that cannot be checked are not skipped
+            raise LimiterUnavailable(f"the rate limiter's Redis did not answer: {type(e).__name__}") from e
         if verdict == 1:
             return f"rate limit reached: {self.rpm} requests per minute", None
         if verdict == 2:
@@ -114,7 +123,10 @@ class RedisRateLimiter:
     async def settle(self, reservation: tuple | None, n: int) -> None:
         if reservation is not None:
             key, member, rid = reservation
-            await self._settle(keys=[key], args=[member, f"{rid}:{max(0, int(n))}"])
+            try:
+                await self._settle(keys=[key], args=[member, f"{rid}:{max(0, int(n))}"])
+            except self.errors:
+                pass  # the reservation's estimate stands; it leaves the window within a minute
 
 
 def make_limiter(rpm: int | None, tpm: int | None, url: str | None):

@@ -5,23 +5,8 @@ from __future__ import annotations
 
 import json
 
-TGI_PATHS = ("/generate", "/generate_stream", "/")
-
-
-def protocol_of(path: str) -> str:
-    if path.startswith("/api/"):
-        return "ollama"
-    return "tgi" if path in TGI_PATHS else "openai"
-
-
-def is_streaming(path: str, body: dict) -> bool:
-    kind = protocol_of(path)
-    if kind == "ollama":
-        return body.get("stream", True) is not False  # Ollama streams unless told not to
-    if kind == "tgi":
-        return path == "/generate_stream" or (path == "/" and bool(body.get("stream")))
-    return bool(body.get("stream"))
-
+from ..api.errors import protocol_of
+from ..api.sse import SSE_DONE, ndjson, sse
 
 def _usage_from(obj: dict, kind: str) -> dict | None:
     if kind == "ollama":
@@ -48,13 +33,15 @@ def usage_of(content: bytes, path: str) -> dict | None:
 
 
 class StreamAccumulator:
-    """Reads a stream as it passes: usage for the ledger, whether it ended properly, and (for
-    OpenAI) the whole answer for the cache. feed() says whether a line goes on to a client
-    that did not ask for usage."""
+    """Reads a stream as it passes: usage for the ledger (so far, when the backend sends counts
+    in every chunk, as the router asks it to), whether it ended properly, and (for OpenAI) the
+    whole answer for the cache. feed() gives the line to pass on to the client, without what
+    the router asked for and the client did not; None drops it."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, client_usage: bool = False, client_continuous: bool = False):
         self.kind = protocol_of(path)
         self.chat = path.endswith("chat/completions")
+        self.client_usage, self.client_continuous = client_usage, client_continuous
         self.texts: dict[int, str] = {}
         self.finish: dict[int, str] = {}
         self.usage = None
@@ -62,23 +49,22 @@ class StreamAccumulator:
         self.cacheable = True
         self.meta: dict = {}
 
-    def feed(self, line: str) -> bool:
+    def feed(self, line: str) -> str | None:
         if self.kind != "openai":
-            self._feed_other(line)
-            return True
+            return self._feed_other(line)
         if not line.startswith("data:"):
-            return True
+            return line
         data = line[5:].strip()
         if data == "[DONE]":
             self.done = True
-            return True
+            return line
         try:
             event = json.loads(data)
         except ValueError:
-            return True
+            return line
         if "error" in event:
             self.cacheable = False
-            return True
+            return line
         self.meta = {k: event.get(k) for k in ("id", "created")}
         if event.get("usage"):
             self.usage = event["usage"]
@@ -90,28 +76,43 @@ class StreamAccumulator:
                 self.finish[i] = ch["finish_reason"]
             if ch.get("logprobs"):
                 self.cacheable = False  # logprobs are not rebuilt from a stream
-        return bool(event.get("choices"))  # a usage-only chunk goes only to those who asked
+        if not event.get("choices"):  # the usage-only chunk: to those who asked
+            return line if self.client_usage else None
+        if "usage" in event and not self.client_continuous:
+            if self.client_usage:
+                event["usage"] = None  # as the backend sends it to a client that asked for usage only
+            else:
+                del event["usage"]
+            return sse(event).rstrip("\n")
+        return line
 
-    def _feed_other(self, line: str) -> None:
-        # Ollama: NDJSON, the last line has done: true and the counts; TGI: SSE, the last
-        # event has details
+    def _feed_other(self, line: str) -> str:
+        # Ollama: NDJSON, the last line has done: true and the counts; TGI: SSE, every event
+        # has the token's index, the last one has details
         data = line[5:].strip() if line.startswith("data:") else line.strip()
         if not data:
-            return
+            return line
         try:
             event = json.loads(data)
         except ValueError:
-            return
+            return line
         if not isinstance(event, dict):
-            return
+            return line
         if "error" in event:
             self.cacheable = False
-            return
+            return line
+        if self.kind == "tgi" and isinstance(event.get("index"), int):
+            self.usage = {"prompt_tokens": 0, "completion_tokens": event["index"]}
         usage = _usage_from(event, self.kind)
         if usage is not None:
             self.usage = usage
         if event.get("done") is True or (self.kind == "tgi" and event.get("details")):
             self.done = True
+        if self.kind == "ollama" and event.get("done") is False and "eval_count" in event:
+            event.pop("eval_count")  # counts the router asked for, in a line Ollama sends without
+            event.pop("prompt_eval_count", None)
+            return ndjson(event).rstrip("\n")
+        return line
 
     def as_response(self, model: str) -> bytes:
         idx = sorted(self.texts)
@@ -138,13 +139,13 @@ async def replay_sse(cached: bytes, path: str, body: dict):
         if chat:
             for delta, finish in (({"role": "assistant", "content": ""}, None),
                                   ({"content": ch["message"]["content"]}, None), ({}, ch["finish_reason"])):
-                yield "data: " + json.dumps({**base, "choices": [{"index": i, "delta": delta, "logprobs": None,
-                                                                  "finish_reason": finish}]}) + "\n\n"
+                yield sse({**base, "choices": [{"index": i, "delta": delta, "logprobs": None,
+                                                "finish_reason": finish}]})
         else:
-            yield "data: " + json.dumps({**base, "choices": [{"index": i, "text": ch["text"], "logprobs": None,
-                                                              "finish_reason": ch["finish_reason"]}]}) + "\n\n"
+            yield sse({**base, "choices": [{"index": i, "text": ch["text"], "logprobs": None,
+                                            "finish_reason": ch["finish_reason"]}]})
     if (body.get("stream_options") or {}).get("include_usage"):
-        yield "data: " + json.dumps({**base, "choices": [], "usage": resp.get("usage")}) + "\n\n"
-    yield "data: [DONE]\n\n"
+        yield sse({**base, "choices": [], "usage": resp.get("usage")})
+    yield SSE_DONE
 
 

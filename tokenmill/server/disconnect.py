@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import Request
 
-from .errors import APIError
+from ..api.errors import APIError
 
 
 async def until_disconnect(request: Request, coro):

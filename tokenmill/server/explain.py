@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine import explain as ex
-from .errors import APIError
+from ..api.errors import APIError
 from .protocol import ChatMessage
 from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, submit
 

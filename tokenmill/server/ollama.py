@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__
 from ..sampling_params import SamplingParams
 from . import structured, tools
-from .errors import APIError
+from ..api.errors import APIError
+from ..api.sse import ndjson, stream_error
 from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, submit
 
 router = APIRouter()
@@ -156,20 +157,25 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
         return tools.parse_calls(text, tool_schemas, "auto") if tool_schemas else None
 
     if body.stream:
-        async def ndjson():
+        # the router asks for the counts so far in every line, to bill a client that hangs up
+        counting = request.headers.get("x-tokenmill-usage") == "continuous"
+
+        async def lines():
             try:
                 async for out in stream:
                     c = out.outputs[0]
                     if c.text_delta and not tool_schemas:  # with tools: known only at the end
-                        yield json.dumps({**piece(c.text_delta), "done": False}) + "\n"
+                        counts = {"prompt_eval_count": len(prompt_ids), "eval_count": len(c.token_ids)} \
+                            if counting else {}
+                        yield ndjson({**piece(c.text_delta), "done": False, **counts})
                     if out.finished:
                         calls = calls_of(c.text)
                         if tool_schemas:
-                            yield json.dumps({**piece("" if calls else c.text, calls), "done": False}) + "\n"
-                        yield json.dumps({**piece(""), **_final_stats(out, started)}) + "\n"
+                            yield ndjson({**piece("" if calls else c.text, calls), "done": False})
+                        yield ndjson({**piece(""), **_final_stats(out, started)})
             except APIError as e:
-                yield json.dumps({"error": e.message}) + "\n"
-        return StreamingResponse(ndjson(), media_type="application/x-ndjson")
+                yield stream_error("/api/chat", e.status, e.message)
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     final = await final_output(request, stream)
     text = final.outputs[0].text

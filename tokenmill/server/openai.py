@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..engine.outputs import CompletionOutput
 from ..engine.sampler import LOGPROB_FLOOR
 from . import structured, tools
-from .errors import APIError
+from ..api.errors import APIError
+from ..api.sse import SSE_DONE, sse, stream_error
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .serving import (GenerationRequest, chat_prompt_ids, final_output, make_params, new_id, submit,
                       until_disconnect)
@@ -24,12 +25,13 @@ def _state(request: Request):
     return request.app.state.tm
 
 
-def _sse(obj) -> str:
-    return f"data: {json.dumps(obj)}\n\n"  # ASCII: no U+2028 or U+0085 for line splitters to trip on
-
-
-def _sse_error(e: APIError) -> str:
-    return _sse({"error": {"message": e.message, "type": "server_error", "param": None, "code": e.status}})
+def _usage_modes(body, request: Request) -> tuple[bool, bool]:
+    """(include_usage, continuous): a last chunk with the usage; the usage so far in every
+    chunk (vLLM's continuous_usage_stats; the router asks for it with a header, so that a
+    client that hangs up is billed the tokens it was sent)."""
+    so = body.stream_options
+    continuous = bool(so and so.continuous_usage_stats) or request.headers.get("x-tokenmill-usage") == "continuous"
+    return bool(so and so.include_usage), continuous
 
 
 def _messages(messages) -> list[dict]:
@@ -194,11 +196,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                                             body.cache_salt))
     calls_of = (lambda text: tools.parse_calls(text, tool_schemas, mode)) if mode != "none" else None
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        include_usage, continuous = _usage_modes(body, request)
         gen = stream if not calls_of else \
             _chat_stream_required(stream) if mode == "required" else _chat_stream_tools(stream, calls_of)
         return StreamingResponse(_chat_stream(gen, rid, created, model, tok, params, len(prompt_ids),
-                                              include_usage), media_type="text/event-stream")
+                                              include_usage, continuous), media_type="text/event-stream")
 
     final = await final_output(request, stream)
     choices = []
@@ -264,21 +266,24 @@ async def _chat_stream_tools(stream, calls_of):
             yield out
 
 
-async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, include_usage):
+async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, include_usage, continuous=False):
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
             "system_fingerprint": None}
     if include_usage:
         base["usage"] = None
     started: set[int] = set()
     num_completion = {}
+    so_far: dict[int, int] = {}  # tokens generated per choice
 
     def chunk(index, delta, finish=None, logprobs=None):
-        return _sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                          "finish_reason": finish}]})
+        extra = {"usage": _usage(num_prompt, sum(so_far.values()))} if continuous else {}
+        return sse({**base, **extra, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                                                   "finish_reason": finish}]})
 
     try:
         async for out in stream:
             for c in out.outputs:
+                so_far[c.index] = len(c.token_ids)
                 if c.index not in started:
                     started.add(c.index)
                     yield chunk(c.index, {"role": "assistant", "content": ""})
@@ -302,10 +307,10 @@ async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, inc
                     called = calls and c.finish_reason == "stop"  # a call cut by max_tokens stays "length"
                     yield chunk(c.index, {}, finish="tool_calls" if called else c.finish_reason)
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(num_completion.values()))})
-        yield "data: [DONE]\n\n"
+            yield sse({**base, "choices": [], "usage": _usage(num_prompt, sum(num_completion.values()))})
+        yield SSE_DONE
     except APIError as e:  # e.g. the engine died mid-stream: tell the client in-band
-        yield _sse_error(e)
+        yield stream_error("/v1/completions", e.status, e.message)
 
 
 # ---- completions -----------------------------------------------------------------------
@@ -376,37 +381,42 @@ async def completions(body: CompletionRequest, request: Request):
         return ch
 
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        include_usage, continuous = _usage_modes(body, request)
 
-        async def sse():
+        async def events():
             base = {"id": rid, "object": "text_completion", "created": created, "model": model}
             done_tokens = {}
+            so_far: dict[tuple, int] = {}
             echoed = set()
+
+            def event(ch):
+                extra = {"usage": _usage(num_prompt, sum(so_far.values()))} if continuous else {}
+                return sse({**base, **extra, "choices": [ch]})
             try:
                 async for i, out in _merge(streams):
                     for c in out.outputs:
+                        so_far[(i, c.index)] = 0 if zero else len(c.token_ids)
                         if body.echo and (i, c.index) not in echoed:
                             echoed.add((i, c.index))
-                            yield _sse({**base, "choices": [choice(i, c, texts[i], [], None, None)]})
+                            yield event(choice(i, c, texts[i], [], None, None))
                         if zero:
                             if c.finish_reason:
                                 done_tokens[(i, c.index)] = 0
-                                yield _sse({**base, "choices": [choice(i, c, "", [], None, "length")]})
+                                yield event(choice(i, c, "", [], None, "length"))
                             continue
                         k = len(c.token_ids_delta)
                         lp = c.logprobs[-k:] if c.logprobs is not None and k else ([] if c.logprobs is not None else None)
                         if c.text_delta or c.finish_reason:
-                            yield _sse({**base, "choices": [choice(i, c, c.text_delta, c.token_ids_delta, lp,
-                                                                   c.finish_reason)]})
+                            yield event(choice(i, c, c.text_delta, c.token_ids_delta, lp, c.finish_reason))
                         if c.finish_reason:
                             done_tokens[(i, c.index)] = len(c.token_ids)
                 if include_usage:
-                    yield _sse({**base, "choices": [], "usage": _usage(num_prompt, sum(done_tokens.values()))})
-                yield "data: [DONE]\n\n"
+                    yield sse({**base, "choices": [], "usage": _usage(num_prompt, sum(done_tokens.values()))})
+                yield SSE_DONE
             except APIError as e:
-                yield _sse_error(e)
+                yield stream_error("/v1/completions", e.status, e.message)
 
-        return StreamingResponse(sse(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def collect():
         finals = {}

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from ..engine.async_engine import EngineDeadError, QueueFullError
+from ..engine.async_engine import EngineDeadError, QueueFullError, SlowReaderError
 from ..engine.engine import PromptTooLongError
 from ..engine.outputs import RequestOutput
 from ..model.loader.chat_template import ChatTemplateError
 from ..sampling_params import SamplingParams
 from .disconnect import until_disconnect
-from .errors import APIError
+from ..api.errors import APIError
 
 @dataclass
 class ServerSettings:
@@ -34,6 +34,7 @@ class ServerSettings:
     max_queue: int | None = 256          # sequences waiting beyond this get 429 (each of n counts)
     max_n: int = 16                      # samples per request at most (n, best_of)
     max_body_bytes: int = 4 * 2**20      # larger request bodies get 413
+    max_unread_tokens: int = 4096        # a stream whose client leaves more untaken is stopped (engine/mailbox.py)
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0        # on SIGTERM: running requests get this long to finish
     dashboard_window_s: float = 60.0     # the dashboard's latency percentiles cover this long
@@ -145,6 +146,8 @@ def _engine_error(e: BaseException, state: ServerState) -> APIError:
         return APIError(400, str(e), param="messages")
     if isinstance(e, EngineDeadError):
         return APIError(503, str(e))
+    if isinstance(e, SlowReaderError):
+        return APIError(408, str(e))
     if isinstance(e, ValueError):
         return APIError(400, str(e))
     return APIError(500, f"internal error: {type(e).__name__}: {e}")
@@ -164,7 +167,15 @@ async def submit(state: ServerState, request: Request | None, gen: GenerationReq
     if state.settings.max_queue is not None and p.n > state.settings.max_queue:
         raise APIError(400, f"n ({p.n}) is larger than the queue ({state.settings.max_queue})", param="n")
     check_context(engine.max_model_len, len(gen.prompt_token_ids), p.max_tokens)
-    stream = engine.generate(gen.prompt_token_ids, p, gen.request_id, gen.cache_salt)
+    salt = gen.cache_salt
+    if request is not None:
+        # the router names the tenant's salt, so that one tenant cannot time another's prompts
+        tenant_salt = request.headers.get("x-tokenmill-cache-salt")
+        if tenant_salt:
+            salt = tenant_salt + (":" + salt if salt else "")
+        # sent back as x-tokenmill-prompt-tokens (api/gate.py), for the router's ledger
+        request.state.prompt_tokens = getattr(request.state, "prompt_tokens", 0) + len(gen.prompt_token_ids)
+    stream = engine.generate(gen.prompt_token_ids, p, gen.request_id, salt)
     try:
         first = await (until_disconnect(request, anext(stream)) if request is not None else anext(stream))
     except BaseException as e:
@@ -183,7 +194,7 @@ async def _with_metrics(state, first, stream):
         yield out
         async for out in stream:
             yield out
-    except (EngineDeadError, QueueFullError, ValueError) as e:  # e.g. the engine died mid-stream
+    except (EngineDeadError, QueueFullError, SlowReaderError, ValueError) as e:  # e.g. the engine died mid-stream
         raise _engine_error(e, state) from e
     finally:
         await stream.aclose()  # aborts the request if it did not finish

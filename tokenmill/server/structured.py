@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from ..engine.structured import GrammarError, GrammarSpec
-from .errors import APIError
+from ..api.errors import APIError
 
 
 def _one(specs: list[tuple[str, GrammarSpec]]) -> GrammarSpec | None:

@@ -3,7 +3,6 @@
 InferenceClient(base_url).text_generation(..., stream=..., details=...)."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from . import structured
-from .errors import APIError
+from ..api.errors import APIError
+from ..api.sse import sse_tgi, stream_error
 from .serving import GenerationRequest, final_output, make_params, submit
 
 router = APIRouter()
@@ -117,7 +117,7 @@ async def _generate(body: GenerateRequest, request: Request):
 async def _generate_stream(body: GenerateRequest, request: Request):
     tok, p, stream, prefix = await _start(body, request)
 
-    async def sse():
+    async def events():
         try:
             async for out in stream:
                 c = out.outputs[0]
@@ -133,11 +133,11 @@ async def _generate_stream(body: GenerateRequest, request: Request):
                     event["generated_text"] = prefix + c.text
                     event["details"] = {"finish_reason": _finish_reason(c),
                                         "generated_tokens": len(c.token_ids), "seed": p.seed}
-                yield f"data:{json.dumps(event)}\n\n"  # ASCII, as in openai.py
+                yield sse_tgi(event)
         except APIError as e:
-            yield f"data:{json.dumps({'error': e.message, 'error_type': 'generation'})}\n\n"
+            yield stream_error("/generate_stream", e.status, e.message)
 
-    return StreamingResponse(sse(), media_type="text/event-stream")
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 @router.post("/generate")

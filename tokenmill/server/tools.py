@@ -23,7 +23,7 @@ import re
 import uuid
 
 from ..engine.structured import GrammarError, GrammarSpec
-from .errors import APIError
+from ..api.errors import APIError
 
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
 

@@ -1,12 +1,10 @@
-"""Errors in each client's own protocol shape, API keys, and the exception handlers that the
-server and the router share.
+"""Errors in each client's own protocol shape and the exception handlers that the server and
+the router share.
 
 OpenAI: {"error": {"message", "type", "param", "code"}}; Ollama: {"error": "..."};
 TGI: {"error": "...", "error_type": "..."}. The shape is chosen by the route's path.
 """
 from __future__ import annotations
-
-import hmac
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
           503: "service_unavailable"}
-TGI_PATHS = ("/generate", "/generate_stream", "/info")
+TGI_PATHS = ("/", "/generate", "/generate_stream", "/info")
 
 
 class APIError(Exception):
@@ -28,11 +26,22 @@ class APIError(Exception):
 
 
 def protocol_of(path: str) -> str:
+    """Which protocol a path speaks: "ollama", "tgi" or "openai" (everything else)."""
     if path.startswith("/api/"):
         return "ollama"
-    if path == "/" or path in TGI_PATHS:
+    if path in TGI_PATHS:
         return "tgi"
     return "openai"
+
+
+def is_streaming(path: str, body: dict) -> bool:
+    """Whether the answer to this request body is a stream."""
+    kind = protocol_of(path)
+    if kind == "ollama":
+        return body.get("stream", True) is not False  # Ollama streams unless told not to
+    if kind == "tgi":
+        return path == "/generate_stream" or (path == "/" and bool(body.get("stream")))
+    return bool(body.get("stream"))
 
 
 def error_body(path: str, status: int, message: str, param: str | None = None,
@@ -63,17 +72,6 @@ def pydantic_message(errors: list[dict]) -> tuple[str, str | None]:
     if e.get("type") in ("json_invalid", "model_attributes_type") or param is None:
         return f"the request body is not valid JSON: {e.get('msg')}", None
     return f"{param}: {e.get('msg')}", param
-
-
-def given_api_key(headers) -> str:
-    """The key a client sent: `Authorization: Bearer KEY` (OpenAI, Ollama, TGI clients) or
-    `x-api-key`. headers: a Starlette Headers or a dict of lower-case str."""
-    auth = headers.get("authorization", "") or ""
-    return auth[7:] if auth.lower().startswith("bearer ") else (headers.get("x-api-key", "") or "")
-
-
-def key_matches(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def install_error_handlers(app: FastAPI, on_error=None) -> None:
