@@ -4,8 +4,11 @@
 
 This is the one interface the server uses (EngineClient); it holds no HTTP. Adds and aborts
 are queued as commands that the engine thread applies between steps, so the event loop never
-waits for a forward pass. Outputs go back through one asyncio.Queue per request. Leaving the
-iterator early (client gone, task cancelled) aborts the request and frees its KV blocks.
+waits for a forward pass. Outputs go back through one mailbox per request (mailbox.py), which
+holds at most one output: what a slow reader has not taken yet is merged into the newest, and
+a reader that leaves more than `max_unread_tokens` untaken is cut off (its request aborted,
+an error in its stream). Leaving the iterator early (client gone, task cancelled) aborts the
+request and frees its KV blocks.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Protocol
 from ..config import EngineConfig
 from ..sampling_params import SamplingParams
 from .engine import LLMEngine
+from .mailbox import Mailbox, SlowReaderError  # noqa: F401  (SlowReaderError: for the server)
 from .outputs import RequestOutput
 from .stats import EngineStats
 
@@ -53,9 +57,14 @@ def _size_of(path: str) -> int:
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
 
 
+MAX_UNREAD_TOKENS = 4096  # per request, summed over its n samples; the server's --max-unread-tokens
+
+
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine, max_queue: int | None = None):
+    def __init__(self, engine: LLMEngine, max_queue: int | None = None,
+                 max_unread_tokens: int = MAX_UNREAD_TOKENS):
         self.engine = engine
+        self.max_unread_tokens = max_unread_tokens
         self.tokenizer = engine.tokenizer
         self.structured = engine.structured  # grammar compiler (structured output)
         self.model_config = engine.model_config
@@ -73,7 +82,7 @@ class AsyncLLMEngine:
         self._digest: str | None = None
         self._commands: deque = deque()
         self._wake = threading.Event()
-        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._queues: dict[str, Mailbox] = {}
         self._pending_adds = 0
         self._ids = itertools.count()
         self._stop = False
@@ -82,8 +91,9 @@ class AsyncLLMEngine:
         self._thread.start()
 
     @classmethod
-    def from_config(cls, config: EngineConfig, max_queue: int | None = None) -> "AsyncLLMEngine":
-        return cls(LLMEngine(config), max_queue)
+    def from_config(cls, config: EngineConfig, max_queue: int | None = None,
+                    max_unread_tokens: int = MAX_UNREAD_TOKENS) -> "AsyncLLMEngine":
+        return cls(LLMEngine(config), max_queue, max_unread_tokens)
 
     # ---- engine thread -----------------------------------------------------------------
     def _run(self):
@@ -126,11 +136,9 @@ class AsyncLLMEngine:
                 self.engine.abort_request(args[0])
 
     def _deliver(self, rid: str, item):
-        entry = self._queues.get(rid)
-        if entry is None:
-            return
-        loop, queue = entry
-        loop.call_soon_threadsafe(queue.put_nowait, item)
+        box = self._queues.get(rid)
+        if box is not None:
+            box.loop.call_soon_threadsafe(box.put, item)
 
     def _command(self, *cmd):
         self._commands.append(cmd)
@@ -156,8 +164,8 @@ class AsyncLLMEngine:
         if self.max_queue is not None and self.num_waiting() + params.n > self.max_queue:
             raise QueueFullError(f"the queue is full ({self.max_queue} sequences waiting); retry later")
         rid = request_id or f"req-{next(self._ids)}"
-        queue: asyncio.Queue = asyncio.Queue()
-        self._queues[rid] = (asyncio.get_running_loop(), queue)
+        box = Mailbox(asyncio.get_running_loop(), self.max_unread_tokens, lambda: self._command("abort", rid))
+        self._queues[rid] = box
         if self.dead is not None:  # died between the first check and the registration
             self._queues.pop(rid, None)
             raise EngineDeadError(f"engine failed: {self.dead}")
@@ -166,9 +174,7 @@ class AsyncLLMEngine:
         finished = False
         try:
             while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
+                item = await box.get()
                 finished = item.finished
                 yield item
                 if finished:
