@@ -101,6 +101,7 @@ def llama_bin(name):
 def q8_copy(model):
     out = os.path.join(os.path.expanduser("~/.cache/tokenmill"), os.path.basename(model).replace(".gguf", "") + "-Q8_0.gguf")
     if not os.path.exists(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)  # a fresh machine has no cache directory yet
         subprocess.run([llama_bin("llama-quantize"), "--allow-requantize", model, out, "Q8_0"],
                        check=True, capture_output=True)
     return out

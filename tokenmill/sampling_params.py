@@ -12,6 +12,11 @@ import torch
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -62,6 +67,10 @@ class SamplingParams:
             (all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
             (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be in [0, 20]"),
+            # both are checked at every step: bounded, so that no request slows everyone's steps
+            (len(self.stop) <= MAX_STOP, f"stop may hold at most {MAX_STOP} strings"),
+            (all(len(s) <= MAX_STOP_CHARS for s in self.stop), f"each stop string may be at most {MAX_STOP_CHARS} characters"),
+            (len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, f"stop_token_ids may hold at most {MAX_STOP_TOKEN_IDS} ids"),
         ]
         if self.logits_processors and any(hasattr(p, "matcher") for p in self.logits_processors):
             checks += [(not self.ignore_eos, "ignore_eos cannot be combined with structured output"),

@@ -38,6 +38,9 @@ def openai_error(r, status):
     ({"messages": MSGS}, 400, "model"),
     ({"model": "nope", "messages": MSGS}, 404, "nope"),
     ({"model": "tiny", "messages": MSGS, "max_tokens": 100000}, 400, "maximum context length"),
+    ({"model": "tiny", "messages": MSGS, "stop": [f"s{i}" for i in range(17)]}, 400, "at most 16"),
+    ({"model": "tiny", "messages": MSGS, "stop": "x" * 257}, 400, "256 characters"),
+    ({"model": "tiny", "messages": MSGS, "stop_token_ids": list(range(65))}, 400, "at most 64"),
 ])
 def test_openai_bad_parameters(tiny_server, body, status, needle):
     err = openai_error(post(tiny_server, CHAT, json=body), status)
