@@ -32,21 +32,23 @@ torch::Tensor grammar_mask(torch::Tensor logits, torch::Tensor bitmask, torch::T
                            torch::Tensor excluded, torch::Tensor start, torch::Tensor flat,
                            int64_t max_candidates, double window);
 
+// Every kernel runs without the GIL (its arguments are tensors and numbers, converted before
+// it is let go): the server's event loop keeps running while the engine thread computes.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_attention_rows", &paged_attention_rows, "paged attention, one query row at a time");
-  m.def("int8_linear", &int8_linear, "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");
-  m.def("int8_pack", &int8_pack, "int8 (N, K) weights -> 16-row blocks of 4-byte groups");
-  m.def("int8_linear_packed", &int8_linear_packed, "int8_linear on packed weights, any number of rows");
-  m.def("q4_pack", &q4_pack, "Q4_1 codes and block scales -> 16-row records of the 4-bit kernel");
-  m.def("q4_linear", &q4_linear, "linear on packed Q4_1 blocks, activations int8 per block of 32");
-  m.def("gguf_linear", &gguf_linear, "linear on a GGUF file's own blocks (parts of any supported types)");
-  m.def("gguf_dequantize_rows", &gguf_dequantize_rows, "rows of a GGUF weight as float32 (embedding lookups)");
+  m.def("paged_attention_rows", &paged_attention_rows, py::call_guard<py::gil_scoped_release>(), "paged attention, one query row at a time");
+  m.def("int8_linear", &int8_linear, py::call_guard<py::gil_scoped_release>(), "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");
+  m.def("int8_pack", &int8_pack, py::call_guard<py::gil_scoped_release>(), "int8 (N, K) weights -> 16-row blocks of 4-byte groups");
+  m.def("int8_linear_packed", &int8_linear_packed, py::call_guard<py::gil_scoped_release>(), "int8_linear on packed weights, any number of rows");
+  m.def("q4_pack", &q4_pack, py::call_guard<py::gil_scoped_release>(), "Q4_1 codes and block scales -> 16-row records of the 4-bit kernel");
+  m.def("q4_linear", &q4_linear, py::call_guard<py::gil_scoped_release>(), "linear on packed Q4_1 blocks, activations int8 per block of 32");
+  m.def("gguf_linear", &gguf_linear, py::call_guard<py::gil_scoped_release>(), "linear on a GGUF file's own blocks (parts of any supported types)");
+  m.def("gguf_dequantize_rows", &gguf_dequantize_rows, py::call_guard<py::gil_scoped_release>(), "rows of a GGUF weight as float32 (embedding lookups)");
   m.def("gguf_has_avx2", &gguf_has_avx2, "whether the GGUF dot products run their AVX2 code here");
-  m.def("decode_layers", &decode_layers, "every decoder layer of a decode step in one call");
-  m.def("rms_norm", &rms_norm, "RMSNorm of each row");
-  m.def("add_rms_norm", &add_rms_norm, "residual += x in place, then RMSNorm of residual");
-  m.def("silu_mul", &silu_mul, "silu(gate) * up of [gate | up] rows");
-  m.def("rope_and_cache", &rope_and_cache, "rotary on q, k in place; k, v into the paged cache");
-  m.def("grammar_mask", &grammar_mask, "a grammar's token mask with prefix credit, one row");
+  m.def("decode_layers", &decode_layers, py::call_guard<py::gil_scoped_release>(), "every decoder layer of a decode step in one call");
+  m.def("rms_norm", &rms_norm, py::call_guard<py::gil_scoped_release>(), "RMSNorm of each row");
+  m.def("add_rms_norm", &add_rms_norm, py::call_guard<py::gil_scoped_release>(), "residual += x in place, then RMSNorm of residual");
+  m.def("silu_mul", &silu_mul, py::call_guard<py::gil_scoped_release>(), "silu(gate) * up of [gate | up] rows");
+  m.def("rope_and_cache", &rope_and_cache, py::call_guard<py::gil_scoped_release>(), "rotary on q, k in place; k, v into the paged cache");
+  m.def("grammar_mask", &grammar_mask, py::call_guard<py::gil_scoped_release>(), "a grammar's token mask with prefix credit, one row");
   m.def("int8_linear_has_vnni", &int8_linear_has_vnni, "whether the AVX-512 VNNI row loop runs here");
 }

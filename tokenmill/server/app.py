@@ -20,7 +20,7 @@ from ..api.auth import KeyRing
 from ..api.errors import install_error_handlers
 from ..api.gate import Gate, GateRules
 from .lifecycle import watch_engine
-from .metrics import Metrics
+from .metrics import Metrics, watch_loop_lag
 from .serving import ServerSettings, ServerState
 from ..web import is_public, mount_pages
 
@@ -62,7 +62,9 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
             threading.Thread(target=load, name="tokenmill-load", daemon=True).start()
         watcher = asyncio.create_task(watch_engine(app))
         feed = asyncio.create_task(app.state.feed.feed.run())
+        lag = asyncio.create_task(watch_loop_lag(state.metrics))
         yield
+        lag.cancel()
         feed.cancel()
         watcher.cancel()
         if state.engine is not None and hasattr(state.engine, "shutdown"):

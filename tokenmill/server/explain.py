@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..engine import explain as ex
 from ..api.errors import APIError
 from .protocol import ChatMessage
-from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, submit
+from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, off_loop, submit
 
 router = APIRouter()
 
@@ -74,7 +74,7 @@ async def explain(body: ExplainRequest, request: Request):
     state = request.app.state.tm
     state.check_model(body.model, required=False)
     engine = state.get_engine()
-    prompt_ids = _prompt_ids(engine, body)
+    prompt_ids = await off_loop(_prompt_ids, engine, body)
     replay = bool(body.output_token_ids)
     if replay and body.max_tokens != 1:
         raise APIError(400, "output_token_ids replays one step: set max_tokens to 1", param="max_tokens")

@@ -59,6 +59,19 @@ class _EngineCollector:
         yield counter("tokenmill:generation_tokens", "Tokens generated.", s.num_generation_tokens)
 
 
+RECENT_MAX = 200_000
+
+
+async def watch_loop_lag(metrics: "Metrics", tick_s: float = 0.01) -> None:
+    """Observe, forever, how late the event loop wakes a coroutine that sleeps tick_s."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + tick_s
+        await asyncio.sleep(tick_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - due))
+
+
 class Metrics:
     def __init__(self, state):
         self.state = state
@@ -84,8 +97,13 @@ class Metrics:
         self.cost = Counter("tokenmill:cost_dollars", "Cost of finished requests at --price.", labels,
                             registry=r)
         self.cost_total = 0.0
-        # finished requests of the last hour, raw, for the dashboard's sliding-window percentiles
-        self._recent: deque = deque()
+        self.loop_lag = Histogram("tokenmill:event_loop_lag_seconds", "How late a 10 ms timer on the "
+                                  "server's event loop fires (nothing slow should run on the loop).",
+                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+                                  registry=r)
+        # finished requests of the last hour, raw, for the dashboard's sliding-window
+        # percentiles; bounded in count as well (at most this many, newest kept)
+        self._recent: deque = deque(maxlen=RECENT_MAX)
 
     def recent(self, window_s: float) -> list[dict]:
         now = time.time()

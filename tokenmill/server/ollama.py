@@ -16,7 +16,7 @@ from ..sampling_params import SamplingParams
 from . import structured, tools
 from ..api.errors import APIError
 from ..api.sse import ndjson, stream_error
-from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, submit
+from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, off_loop, submit
 
 router = APIRouter()
 
@@ -206,7 +206,7 @@ async def chat(body: ChatRequest, request: Request):
                                  for c in m.tool_calls if isinstance(c, dict)]
         messages.append(msg)
     messages = tools.prompt_messages(messages, body.tools, "auto" if tool_schemas else "none")
-    ids = chat_prompt_ids(engine, messages)
+    ids = await off_loop(chat_prompt_ids, engine, messages)
     return await _respond(request, state, body, ids, "chat", tool_schemas)
 
 
@@ -222,11 +222,11 @@ async def generate_route(body: GenerateRequest, request: Request):
                              "done_reason": "load"})
     tok = engine.tokenizer
     if body.raw:
-        ids = tok.encode(body.prompt)
+        ids = await off_loop(tok.encode, body.prompt)
     else:
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
                    [{"role": "user", "content": body.prompt}]
-        ids = chat_prompt_ids(engine, messages)
+        ids = await off_loop(chat_prompt_ids, engine, messages)
     return await _respond(request, state, body, ids, "generate")
 
 
@@ -239,23 +239,24 @@ def _details(engine) -> dict:
             "quantization_level": engine.quantization}
 
 
-def _model_entry(state, engine) -> dict:
+async def _model_entry(state, engine) -> dict:
+    digest = await off_loop(lambda: engine.digest)  # the first one reads the whole file
     return {"name": state.model_name, "model": state.model_name,
             "modified_at": datetime.fromtimestamp(state.started, timezone.utc).isoformat(),
-            "size": engine.file_size, "digest": engine.digest, "details": _details(engine)}
+            "size": engine.file_size, "digest": digest, "details": _details(engine)}
 
 
 @router.get("/api/tags")
 async def tags(request: Request):
     state = _state(request)
-    return {"models": [_model_entry(state, state.get_engine())]}
+    return {"models": [await _model_entry(state, state.get_engine())]}
 
 
 @router.get("/api/ps")
 async def ps(request: Request):
     state = _state(request)
     engine = state.get_engine()
-    return {"models": [{**_model_entry(state, engine), "expires_at": "2999-01-01T00:00:00Z",
+    return {"models": [{**(await _model_entry(state, engine)), "expires_at": "2999-01-01T00:00:00Z",
                         "size_vram": 0}]}
 
 

@@ -7,7 +7,7 @@ import json
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from ..engine.outputs import CompletionOutput
 from ..engine.sampler import LOGPROB_FLOOR
@@ -15,7 +15,7 @@ from . import structured, tools
 from ..api.errors import APIError
 from ..api.sse import SSE_DONE, sse, stream_error
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
-from .serving import (GenerationRequest, chat_prompt_ids, final_output, make_params, new_id, submit,
+from .serving import (GenerationRequest, chat_prompt_ids, final_output, make_params, new_id, off_loop, submit,
                       until_disconnect)
 
 router = APIRouter()
@@ -186,7 +186,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     messages = tools.prompt_messages(_messages(body.messages), body.tools, mode)
     if body.continue_final_message and body.add_generation_prompt:
         body.add_generation_prompt = False  # as vLLM: continuing implies no new turn
-    prompt_ids = chat_prompt_ids(engine, messages, body.continue_final_message, body.add_generation_prompt)
+    prompt_ids = await off_loop(chat_prompt_ids, engine, messages, body.continue_final_message,
+                                body.add_generation_prompt)
     # no max_tokens: until EOS or the context is full, as OpenAI's chat API does
     grammar = await structured.processors(engine, tool_spec or spec)
     params = _common_params(body, body.max_completion_tokens or body.max_tokens,
@@ -203,21 +204,24 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                               include_usage, continuous), media_type="text/event-stream")
 
     final = await final_output(request, stream)
-    choices = []
-    for c in final.outputs:
-        message, finish = {"role": "assistant", "content": c.text}, c.finish_reason
-        calls = calls_of(c.text) if calls_of else None
-        if calls:
-            message, finish = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
-        choices.append({"index": c.index, "message": message,
-                        "logprobs": _chat_logprobs(tok, c.token_ids, c.logprobs) if c.logprobs is not None else None,
-                        "finish_reason": finish})
-    completion = sum(len(c.token_ids) for c in final.outputs)
-    response = {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                "choices": choices, "usage": _usage(len(prompt_ids), completion), "system_fingerprint": None}
-    if body.prompt_logprobs is not None:
-        response["prompt_logprobs"] = _vllm_prompt_logprobs(tok, prompt_ids, final.prompt_logprobs)
-    return JSONResponse(response)
+
+    def answer() -> bytes:  # off the loop: tool-call checks, n x top_logprobs decoded
+        choices = []
+        for c in final.outputs:
+            message, finish = {"role": "assistant", "content": c.text}, c.finish_reason
+            calls = calls_of(c.text) if calls_of else None
+            if calls:
+                message, finish = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+            choices.append({"index": c.index, "message": message,
+                            "logprobs": _chat_logprobs(tok, c.token_ids, c.logprobs) if c.logprobs is not None else None,
+                            "finish_reason": finish})
+        completion = sum(len(c.token_ids) for c in final.outputs)
+        response = {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                    "choices": choices, "usage": _usage(len(prompt_ids), completion), "system_fingerprint": None}
+        if body.prompt_logprobs is not None:
+            response["prompt_logprobs"] = _vllm_prompt_logprobs(tok, prompt_ids, final.prompt_logprobs)
+        return json.dumps(response).encode()
+    return Response(await off_loop(answer), media_type="application/json")
 
 
 async def _chat_stream_required(stream):
@@ -325,11 +329,11 @@ async def completions(body: CompletionRequest, request: Request):
     tok = engine.tokenizer
     p = body.prompt
     if isinstance(p, str):
-        prompts, texts = [tok.encode(p)], [p]
+        prompts, texts = [await off_loop(tok.encode, p)], [p]
     elif p and all(isinstance(x, int) for x in p):
         prompts, texts = [list(p)], [None]
     elif p and all(isinstance(x, str) for x in p):
-        prompts, texts = [tok.encode(x) for x in p], list(p)
+        prompts, texts = await off_loop(lambda: [tok.encode(x) for x in p]), list(p)
     elif p and all(isinstance(x, list) for x in p):
         prompts, texts = [list(x) for x in p], [None] * len(p)
     else:
@@ -426,13 +430,16 @@ async def completions(body: CompletionRequest, request: Request):
         return finals
 
     finals = await until_disconnect(request, collect())
-    choices, completion = [], 0
-    for i in range(len(prompts)):
-        for c in finals[i].outputs:
-            choices.append(final_choice(i, finals[i], c))
-            completion += 0 if zero else len(c.token_ids)
-    return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model,
-                         "choices": choices, "usage": _usage(num_prompt, completion)})
+
+    def answer() -> bytes:  # off the loop: n x logprobs decoded
+        choices, completion = [], 0
+        for i in range(len(prompts)):
+            for c in finals[i].outputs:
+                choices.append(final_choice(i, finals[i], c))
+                completion += 0 if zero else len(c.token_ids)
+        return json.dumps({"id": rid, "object": "text_completion", "created": created, "model": model,
+                           "choices": choices, "usage": _usage(num_prompt, completion)}).encode()
+    return Response(await off_loop(answer), media_type="application/json")
 
 
 # ---- models, tokenizer ----------------------------------------------------------------
@@ -453,9 +460,9 @@ async def tokenize(body: TokenizeRequest, request: Request):
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
-        ids = chat_prompt_ids(engine, _messages(body.messages))
+        ids = await off_loop(chat_prompt_ids, engine, _messages(body.messages))
     else:
-        ids = engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        ids = await off_loop(lambda: engine.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens))
     return {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids}
 
 

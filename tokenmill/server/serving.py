@@ -90,6 +90,21 @@ class GenerationRequest:
     cache_salt: str | None = None        # prefix-cache sharing only among requests with this salt
 
 
+_WORKERS = None
+
+
+async def off_loop(fn, *args):
+    """fn(*args) in the server's worker threads, so that the event loop, which carries every
+    stream and /health, never waits on it: chat-template rendering, tokenizing, building a
+    large answer (n x logprobs), digests, schema checks. Pure Python still takes the GIL, but
+    the loop gets it back every switch interval (5 ms) instead of after the whole job."""
+    global _WORKERS
+    if _WORKERS is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _WORKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenmill-work")
+    return await asyncio.get_running_loop().run_in_executor(_WORKERS, fn, *args)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 

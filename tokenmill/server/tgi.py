@@ -13,7 +13,7 @@ from .. import __version__
 from . import structured
 from ..api.errors import APIError
 from ..api.sse import sse_tgi, stream_error
-from .serving import GenerationRequest, final_output, make_params, submit
+from .serving import GenerationRequest, final_output, make_params, off_loop, submit
 
 router = APIRouter()
 
@@ -72,7 +72,7 @@ async def _prepare(state, body: GenerateRequest):
                          top_k=p.top_k, top_p=p.top_p, repetition_penalty=p.repetition_penalty,
                          frequency_penalty=p.frequency_penalty, seed=p.seed, stop=p.stop,
                          logprobs=p.top_n_tokens or 0)
-    return engine, engine.tokenizer.encode(body.inputs), params
+    return engine, await off_loop(engine.tokenizer.encode, body.inputs), params
 
 
 def _finish_reason(c) -> str:
