@@ -35,6 +35,9 @@ torch::Tensor grammar_mask(torch::Tensor logits, torch::Tensor bitmask, torch::T
 // Every kernel runs without the GIL (its arguments are tensors and numbers, converted before
 // it is let go): the server's event loop keeps running while the engine thread computes.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+#ifdef TOKENMILL_SOURCE_DIGEST
+  m.attr("source_digest") = TOKENMILL_SOURCE_DIGEST;  // the install's build (setup.py)
+#endif
   m.def("paged_attention_rows", &paged_attention_rows, py::call_guard<py::gil_scoped_release>(), "paged attention, one query row at a time");
   m.def("int8_linear", &int8_linear, py::call_guard<py::gil_scoped_release>(), "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");
   m.def("int8_pack", &int8_pack, py::call_guard<py::gil_scoped_release>(), "int8 (N, K) weights -> 16-row blocks of 4-byte groups");

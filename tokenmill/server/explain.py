@@ -122,4 +122,10 @@ async def info(request: Request):
     engine = state.engine
     return {"model": state.model_name, "max_model_len": getattr(engine, "max_model_len", None),
             "ready": engine is not None, "price": {"in": state.settings.price_in, "out": state.settings.price_out},
-            "weights": getattr(engine, "weights", None)}
+            "weights": getattr(engine, "weights", None), "kernels": kernel_status()}
+
+
+def kernel_status() -> dict:
+    """Whether our C++ kernels loaded; when they did not, everything runs on slower PyTorch paths."""
+    from ..model.layers import native
+    return {"loaded": native._module is not None, "error": native._failed}

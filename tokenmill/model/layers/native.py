@@ -1,11 +1,12 @@
-"""Our C++ kernels (tokenmill/csrc), built on first use with torch.utils.cpp_extension and
-cached by torch (~/.cache/torch_extensions). The module name carries a hash of the source, so
-a cached build is imported directly (importing cpp_extension and checking the build costs a
-second or more of start-up) and a changed source builds anew. If a compiler is missing or the
-build fails, callers fall back to the pure-PyTorch path, which the tests compare kernels against."""
+"""Our C++ kernels (tokenmill/csrc). The install builds them (setup.py: tokenmill._kernels);
+where that build is missing or older than the sources, they are built on first use with
+torch.utils.cpp_extension and cached by torch (~/.cache/torch_extensions). The module name
+carries a digest of the sources (kernel_source.py), so a cached build is imported directly
+(importing cpp_extension and checking the build costs a second or more of start-up) and a
+changed source builds anew. If a compiler is missing or the build fails, callers fall back to
+the pure-PyTorch path, which the tests compare kernels against; the server says so."""
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -14,22 +15,24 @@ import threading
 
 import torch
 
-_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "csrc")
-_SOURCES = sorted(os.path.abspath(os.path.join(_DIR, f)) for f in os.listdir(_DIR) if f.endswith(".cpp"))
-_HEADERS = sorted(os.path.abspath(os.path.join(_DIR, f)) for f in os.listdir(_DIR) if f.endswith(".h"))
-_FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
+from . import kernel_source
+
 _lock = threading.Lock()
 _module = None
 _failed: str | None = None
 
 
 def _name() -> str:
-    h = hashlib.sha1(" ".join(_FLAGS).encode())
-    for path in _SOURCES + _HEADERS:
-        with open(path, "rb") as f:
-            h.update(f.read())
-    digest = h.hexdigest()[:10]
-    return f"tokenmill_kernels_{digest}"
+    return f"tokenmill_kernels_{kernel_source.digest()}"
+
+
+def _installed():
+    """The build made by the install, if it was made from these sources."""
+    try:
+        from tokenmill import _kernels
+    except ImportError:
+        return None
+    return _kernels if getattr(_kernels, "source_digest", None) == kernel_source.digest() else None
 
 
 def _cached(name: str):
@@ -58,13 +61,17 @@ def kernels():
         if _module is None and _failed is None:
             try:
                 name = _name()
-                _module = _cached(name)
+                _module = _installed() or _cached(name)
                 if _module is None:
+                    print("tokenmill: compiling the C++ kernels for this machine (once; about a minute)...",
+                          flush=True)
                     from torch.utils.cpp_extension import load
-                    _module = load(name=name, sources=_SOURCES, extra_cflags=_FLAGS,
-                                   extra_ldflags=["-fopenmp"], verbose=False)
+                    _module = load(name=name, sources=kernel_source.sources(), extra_cflags=kernel_source.FLAGS,
+                                   extra_ldflags=kernel_source.LINK_FLAGS, verbose=False)
             except Exception as e:  # no compiler, no headers...: the PyTorch path still works
                 _failed = f"{type(e).__name__}: {e}"
+                print(f"tokenmill: WARNING: the C++ kernels could not be built ({_failed[:300]}); "
+                      f"running on the slower PyTorch paths", flush=True)
     return _module
 
 
