@@ -91,10 +91,11 @@ class UnreadStream:
                           f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
 
     def read_all(self, timeout: float = 300) -> str:
-        """Everything the server sends until it closes the connection."""
+        """The response's body (de-chunked), read to its end."""
+        import http.client
         self.sock.settimeout(timeout)
-        chunks = []
-        while chunk := self.sock.recv(1 << 16):
-            chunks.append(chunk)
+        resp = http.client.HTTPResponse(self.sock)
+        resp.begin()
+        body = resp.read()
         self.sock.close()
-        return b"".join(chunks).decode("utf-8", "replace")
+        return body.decode("utf-8", "replace")

@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from server_process import Server, free_port, wait_for
+from server_process import Server, UnreadStream, free_port, wait_for
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 2000, "ignore_eos": True}
 
@@ -96,29 +96,24 @@ def test_health_is_503_while_the_dead_engine_exits(reliability_model, tmp_path):
 
 
 def test_sigterm_drains(reliability_model, tmp_path):
-    s = Server(["--model", reliability_model, "--served-model-name", "tiny", "--kv-cache-memory-gib", "0.02",
+    s = Server(["--model", reliability_model, "--served-model-name", "tiny", "--kv-cache-memory-gib", "0.05",
                 "--drain-timeout-s", "120"], str(tmp_path / "drain.log"))
-    out = {}
-
-    def long_request():
-        r = httpx.post(s.url + "/v1/completions", timeout=300,
-                       json={"model": "tiny", "prompt": "go", "max_tokens": 300, "ignore_eos": True})
-        out["status"], out["tokens"] = r.status_code, r.json()["usage"]["completion_tokens"]
-
-    t = threading.Thread(target=long_request)
-    t.start()
-    wait_for(lambda: s.metric("tokenmill:num_requests_running") == 1)
+    # a running stream whose client does not read: ~8 MB of answer (top_logprobs), more than the
+    # socket buffers hold, so the request cannot end before the client reads again, and the
+    # server is certainly still draining when the new request comes
+    stream = UnreadStream(s.url, "/v1/chat/completions", {
+        "model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 4000,
+        "stream": True, "logprobs": True, "top_logprobs": 20, "temperature": 0})
+    wait_for(lambda: s.metric("tokenmill:generation_tokens_total") > 0)
     s.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: _health(s.url) in (503, None))
-    if s.proc.poll() is None:  # still draining: new work is refused with 503
-        try:
-            r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2},
-                           timeout=30)
-            assert r.status_code == 503 and r.headers["retry-after"]
-        except httpx.ConnectError:
-            pass  # it finished draining in the meantime
-    t.join(300)
-    assert out == {"status": 200, "tokens": 300}  # the running request finished
+    wait_for(lambda: _health(s.url) == 503)
+    r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}, timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert s.proc.poll() is None
+    text = stream.read_all()  # the running request finishes, all of it
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert sum(len((e["choices"][0].get("logprobs") or {}).get("content") or []) for e in events if e["choices"]) == 4000
+    assert text.rstrip().endswith("data: [DONE]")
     s.proc.wait(120)
     assert s.proc.returncode == 0
 

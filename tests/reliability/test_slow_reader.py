@@ -17,7 +17,7 @@ def test_a_client_that_reads_nothing_is_cut_off_and_memory_stays_bounded(reliabi
         before = rss_kb(s.proc.pid)
         stream = UnreadStream(s.url, "/v1/chat/completions", {
             "model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 4000,
-            "stream": True, "logprobs": True, "top_logprobs": 20})
+            "stream": True, "logprobs": True, "top_logprobs": 20, "temperature": 0})
         wait_for(lambda: s.metric("tokenmill:generation_tokens_total") > 0, 300, "the stream never started")
         # the engine stops the request: nothing runs, although it asked for 4,000 tokens
         wait_for(lambda: s.metric("tokenmill:num_requests_running") == 0, 300, "the unread stream was never stopped")
@@ -26,7 +26,7 @@ def test_a_client_that_reads_nothing_is_cut_off_and_memory_stays_bounded(reliabi
         assert grown_mb < 64, grown_mb  # the documented bound: one request's own output, not its copies
         text = stream.read_all()
         events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
-        assert "error" in events[-1] and "did not read" in events[-1]["error"]["message"]
+        assert "error" in events[-1] and "did not read" in events[-1]["error"]["message"], text[-600:]
         generated = sum(1 for e in events if e.get("choices") and e["choices"][0]["delta"].get("content") is not None)
         assert generated < 4000
     finally:

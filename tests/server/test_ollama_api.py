@@ -16,7 +16,11 @@ OPTS = {"temperature": 0, "num_predict": 8}
 def test_chat_stream_and_not(client, tiny_server):
     whole = client.chat(model="tiny", messages=MSGS, options=OPTS, stream=False)
     assert whole.done and whole.message.role == "assistant"
-    assert whole.eval_count == 8 or whole.done_reason == "stop"
+    assert whole.done_reason in ("length", "stop")
+    if whole.done_reason == "length":
+        assert whole.eval_count == 8
+    else:
+        assert 1 <= whole.eval_count <= 8
     count = httpx.post(tiny_server.url + "/tokenize", json={"messages": MSGS}).json()["count"]
     assert whole.prompt_eval_count == count
     parts = list(client.chat(model="tiny", messages=MSGS, options=OPTS, stream=True))
