@@ -89,9 +89,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    from .model.loader.sampling_defaults import recommended
     from .sampling_params import SamplingParams
-    params = SamplingParams(**_pick(args, SamplingParams))
     llm = _make_llm(args)
+    # the model's recommended sampling, under whatever the user gave on the command line
+    rec, source = recommended(llm.engine.model_path)
+    params = SamplingParams(**{**rec, **_pick(args, SamplingParams)})
+    print("sampling: " + ", ".join(f"{k} {getattr(params, k)}" for k in rec) + f" (from {source})",
+          file=sys.stderr)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)
     interactive = sys.stdin.isatty()
@@ -399,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
     c = sub.add_parser("chat", help="interactive chat (streams tokens)",
                        parents=[_engine_parser(),
-                                _sampling_parser(max_tokens=512, temperature=0.2, top_p=0.9)])
+                                _sampling_parser(max_tokens=512)])
     c.add_argument("--system", default=None, help="system prompt")
     c.set_defaults(func=cmd_chat)
 

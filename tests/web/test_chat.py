@@ -154,3 +154,26 @@ def test_chat_through_the_router(routed, new_page):
     done(page, 1)
     assert "12 tokens" in page.evaluate(LAST_STATS)
     assert page.evaluate("document.querySelector('#ctx-text').textContent").endswith("/ 8192 tokens")
+
+
+def test_a_first_chat_starts_from_the_recommended_sampling_and_sends_what_it_shows(smol_web, new_page):
+    page = new_page(api_key=KEY)
+    open_chat(page, smol_web, smol_web.model)
+    wait_page(page, "document.querySelector('#p-temperature').value === '0.3'")
+    shown = {p: page.input_value(f"#p-{p}") for p in ("temperature", "top_k", "top_p", "min_p")}
+    assert shown == {"temperature": "0.3", "top_k": "40", "top_p": "0.95", "min_p": "0.05"}
+    assert "bench/first_chat.py" in page.text_content("#sampling-source")
+    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as req:
+        page.fill("#p-max_tokens", "4")
+        send(page, "Hello")
+    body = json.loads(req.value.post_data)
+    assert {k: body[k] for k in shown} == {"temperature": 0.3, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+    done(page, 1)
+    # a user's own value stays, and Reset brings the recommended ones back
+    page.fill("#p-temperature", "0.9")
+    page.press("#p-temperature", "Tab")  # a change is saved when the field is left
+    page.reload()
+    wait_page(page, "document.querySelector('#p-top_k').value === '40'")
+    assert page.input_value("#p-temperature") == "0.9"
+    page.click("#reset-settings")
+    assert page.input_value("#p-temperature") == "0.3"

@@ -28,6 +28,15 @@ _OPEN_PATHS = {"/health"}
 _OPERATIONS = {"/health", "/metrics", "/version"}  # answered while draining
 
 
+def _recommend_sampling(state: ServerState, engine) -> None:
+    """The model's recommended sampling, under serve --default-sampling."""
+    from ..model.loader.sampling_defaults import parse, recommended
+    state.sampling, state.sampling_source = recommended(engine.model_path)
+    if state.settings.default_sampling:
+        state.sampling = {**state.sampling, **parse(state.settings.default_sampling)}
+        state.sampling_source = "serve --default-sampling"
+
+
 def served_name(config: EngineConfig, settings: ServerSettings) -> str:
     if settings.served_model_name:
         return settings.served_model_name
@@ -40,6 +49,11 @@ def served_name(config: EngineConfig, settings: ServerSettings) -> str:
 def create_app(config: EngineConfig, settings: ServerSettings | None = None, engine=None) -> FastAPI:
     """engine: an already-built EngineClient (tests, embedding); else one is loaded from config."""
     settings = settings or ServerSettings()
+    if settings.generation_config not in ("none", "auto"):
+        raise ValueError("--generation-config must be none or auto")
+    if settings.default_sampling:
+        from ..model.loader.sampling_defaults import parse
+        parse(settings.default_sampling)  # refused at start, not at the first request
     state = ServerState(settings=settings, metrics=None)
     state.metrics = Metrics(state)
     state.model_name = served_name(config, settings)
@@ -47,7 +61,9 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     def load():
         from ..engine.async_engine import AsyncLLMEngine
         try:
-            state.engine = AsyncLLMEngine.from_config(config, settings.max_queue, settings.max_unread_tokens)
+            engine = AsyncLLMEngine.from_config(config, settings.max_queue, settings.max_unread_tokens)
+            _recommend_sampling(state, engine)
+            state.engine = engine
             w = state.engine.weights
             print(f"tokenmill: {state.model_name}: weights {w['summary']}; KV cache {w['kv_cache_dtype']}", flush=True)
         except Exception as e:  # /health and every route report it
@@ -73,6 +89,8 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     app = FastAPI(title="tokenmill", version=__version__, lifespan=lifespan)
     app.state.tm = state
     state.engine = engine
+    if engine is not None and getattr(engine, "model_path", None):
+        _recommend_sampling(state, engine)
 
     install_error_handlers(app, on_error=lambda request, e: traceback.print_exception(e))
 

@@ -122,7 +122,10 @@ async def info(request: Request):
     engine = state.engine
     return {"model": state.model_name, "max_model_len": getattr(engine, "max_model_len", None),
             "ready": engine is not None, "price": {"in": state.settings.price_in, "out": state.settings.price_out},
-            "weights": getattr(engine, "weights", None), "kernels": kernel_status()}
+            "weights": getattr(engine, "weights", None), "kernels": kernel_status(),
+            # what the chat page starts from; the API routes use it only with --generation-config auto
+            "sampling": {"params": state.sampling, "source": state.sampling_source,
+                         "api_routes": state.settings.generation_config == "auto"}}
 
 
 def kernel_status() -> dict:

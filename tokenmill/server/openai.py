@@ -66,12 +66,18 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
         raise APIError(400, "logit_bias keys must be token ids", param="logit_bias") from e
 
 
-def _common_params(body, max_tokens, logprobs, processors=(), prompt_logprobs=None):
+def _common_params(state, body, max_tokens, logprobs, processors=(), prompt_logprobs=None):
+    # OpenAI's documented defaults (temperature 1, top_p 1), unless the operator asked for the
+    # model's recommended sampling (serve --generation-config auto, as vLLM names it)
+    rec = state.sampling if state.settings.generation_config == "auto" else {}
+
+    def pick(name, value, default=None):
+        return value if value is not None else rec.get(name, default)
     return make_params(logits_processors=list(processors), prompt_logprobs=prompt_logprobs,
-        n=body.n, temperature=1.0 if body.temperature is None else body.temperature, top_p=body.top_p,
-        top_k=body.top_k, min_p=body.min_p, max_tokens=max_tokens, min_tokens=body.min_tokens,
-        stop=body.stop, seed=body.seed, frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
+        n=body.n, temperature=pick("temperature", body.temperature, 1.0), top_p=pick("top_p", body.top_p),
+        top_k=pick("top_k", body.top_k), min_p=pick("min_p", body.min_p), max_tokens=max_tokens,
+        min_tokens=body.min_tokens, stop=body.stop, seed=body.seed, frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty, repetition_penalty=pick("repetition_penalty", body.repetition_penalty),
         logit_bias=_logit_bias(body.logit_bias), ignore_eos=body.ignore_eos,
         stop_token_ids=body.stop_token_ids, skip_special_tokens=body.skip_special_tokens,
         logprobs=logprobs, speculative=body.speculative)
@@ -190,7 +196,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                 body.add_generation_prompt)
     # no max_tokens: until EOS or the context is full, as OpenAI's chat API does
     grammar = await structured.processors(engine, tool_spec or spec)
-    params = _common_params(body, body.max_completion_tokens or body.max_tokens,
+    params = _common_params(state, body, body.max_completion_tokens or body.max_tokens,
                             (body.top_logprobs or 0) if body.logprobs else None, grammar, body.prompt_logprobs)
     rid, created, model, tok = new_id("chatcmpl"), int(time.time()), body.model, engine.tokenizer
     stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream, rid,
@@ -352,7 +358,7 @@ async def completions(body: CompletionRequest, request: Request):
     prompt_lp = body.prompt_logprobs if body.prompt_logprobs is not None else \
         (body.logprobs if body.echo and body.logprobs is not None else None)
     grammar = await structured.processors(engine, structured.openai_spec(body))
-    params = _common_params(body, 1 if zero else body.max_tokens, body.logprobs, grammar, prompt_lp)
+    params = _common_params(state, body, 1 if zero else body.max_tokens, body.logprobs, grammar, prompt_lp)
     rid, created, model = new_id("cmpl"), int(time.time()), body.model
     if len(prompts) * params.n > state.settings.max_n:
         raise APIError(400, f"prompts x n must be at most {state.settings.max_n} on this server", param="n")

@@ -35,6 +35,8 @@ class ServerSettings:
     max_n: int = 16                      # samples per request at most (n, best_of)
     max_body_bytes: int = 4 * 2**20      # larger request bodies get 413
     max_unread_tokens: int = 4096        # a stream whose client leaves more untaken is stopped (engine/mailbox.py)
+    default_sampling: str | None = None  # "temperature=0.7,top_p=0.9": over the model's recommended sampling
+    generation_config: str = "none"      # auto: the API routes use the recommended sampling for unset fields
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0        # on SIGTERM: running requests get this long to finish
     dashboard_window_s: float = 60.0     # the dashboard's latency percentiles cover this long
@@ -48,6 +50,8 @@ class ServerState:
     metrics: "object"
     engine: "object | None" = None       # an EngineClient once the model has loaded
     load_error: str | None = None
+    sampling: dict = field(default_factory=dict)  # recommended sampling (model/loader/sampling_defaults.py)
+    sampling_source: str = ""
     started: float = field(default_factory=time.time)
     model_name: str = "model"
     draining: bool = False               # SIGTERM received: new work gets 503

@@ -14,6 +14,7 @@ const chat = {
   model: null,
   maxModelLen: null,
   controller: null,       // AbortController of the answer being streamed
+  recommended: null,      // the model's recommended sampling, from /tokenmill/info
   finished: 0,            // answers ended (for the console and the browser tests)
 };
 window.tmChat = chat;
@@ -32,6 +33,19 @@ function load() {
 
 function save() {
   localStorage.setItem(STORE, JSON.stringify(chat.conversations));
+}
+
+// The model's recommended sampling (the server's /tokenmill/info) goes into the fields the
+// user has left empty, so that what is sent is what is shown; the API's own defaults
+// (temperature 1) serve a first chat badly (bench/first_chat.py).
+function applyRecommended(sampling) {
+  if (!sampling || !sampling.params) return;
+  chat.recommended = sampling;
+  for (const [name, value] of Object.entries(sampling.params)) {
+    const field = $("p-" + name);
+    if (field && field.value === "") field.value = String(value);
+  }
+  $("sampling-source").textContent = sampling.source ? "defaults: " + sampling.source : "";
 }
 
 function saveSettings() {
@@ -303,6 +317,7 @@ async function init() {
   try {
     const info = await TM.api("/tokenmill/info");
     chat.maxModelLen = info.max_model_len;
+    applyRecommended(info.sampling);
     render();
   } catch (e) { /* an upstream without /tokenmill/info: no context bar */ }
 
@@ -345,6 +360,7 @@ async function init() {
   $("reset-settings").addEventListener("click", () => {
     for (const p of PARAMS) $("p-" + p).value = "";
     $("p-stop").value = ""; $("system").value = "";
+    applyRecommended(chat.recommended);
     saveSettings();
   });
 }
