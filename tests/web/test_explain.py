@@ -57,3 +57,14 @@ def test_explorer_matches_the_api(smol_web, new_page):
     wait_page(page, f"({ROWS}).filter(r => r.final > 0).length === 2")
     kept = [r["final"] for r in page.evaluate(ROWS) if r["final"] > 0]
     assert abs(sum(kept) - 1) < 1e-4
+
+
+def test_explain_is_bounded_in_memory(smol_web):
+    """Each step keeps a vocabulary-wide logits row: 32 MiB a request at most (170 steps of
+    SmolLM2's 49,152), asked for more it is a 400 that says the limit."""
+    r = httpx.post(smol_web.url + "/tokenmill/explain", headers=AUTH, timeout=120,
+                   json={"prompt": "Hi", "max_tokens": 200})
+    assert r.status_code == 400 and "at most 170" in r.json()["error"]["message"]
+    ok = httpx.post(smol_web.url + "/tokenmill/explain", headers=AUTH, timeout=120,
+                    json={"prompt": "Hi", "max_tokens": 2, "temperature": 0})
+    assert ok.status_code == 200 and len(ok.json()["steps"]) == 2

@@ -70,11 +70,13 @@ _LIMITS = dict(max_grammar_size=500_000, step_lexer_fuel=1_000_000, initial_lexe
 class GrammarCompiler:
     """One per engine: the llguidance view of the tokenizer, and a cache of compiled grammars."""
 
-    def __init__(self, tokenizer, vocab_size: int, cache_size: int = 256):
+    def __init__(self, tokenizer, vocab_size: int, cache_size: int = 256, cache_bytes: int = 16 * 2**20):
         self._tokenizer, self._vocab = tokenizer, vocab_size
         self._ll = None
         self._cache: OrderedDict[GrammarSpec, object] = OrderedDict()
-        self._cache_size = cache_size
+        # bounded in entries and in the bytes of their specs (a compiled grammar grows with its
+        # spec); a spec over an eighth of the budget is compiled every time, never kept
+        self._cache_size, self._cache_bytes, self._cached_bytes = cache_size, cache_bytes, 0
         self._lock = threading.Lock()
         self.compiled = 0   # grammars compiled (cache misses)
         self.hits = 0
@@ -126,9 +128,12 @@ class GrammarCompiler:
             raise GrammarError(f"invalid {spec.kind} grammar: {proto.get_error()[:500]}")
         with self._lock:
             self.compiled += 1
-            self._cache[spec] = proto
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            if len(spec.value) <= self._cache_bytes // 8 and spec not in self._cache:
+                self._cache[spec] = proto
+                self._cached_bytes += len(spec.value)
+            while len(self._cache) > self._cache_size or self._cached_bytes > self._cache_bytes:
+                old, _ = self._cache.popitem(last=False)
+                self._cached_bytes -= len(old.value)
         return GrammarProcessor(proto, self._vocab, self._tokenizer.eos_id, tb)
 
 

@@ -26,6 +26,10 @@ from .serving import GenerationRequest, chat_prompt_ids, final_output, make_para
 router = APIRouter()
 
 MAX_STEPS = 256
+# each step keeps its raw logits row (vocabulary x 4 bytes) until the answer is built: a
+# request may hold at most this much, and two explain requests run at once (others get 429)
+MAX_LOGITS_BYTES = 32 * 2**20
+MAX_RUNNING = 2
 
 
 class ExplainRequest(BaseModel):
@@ -76,6 +80,20 @@ async def explain(body: ExplainRequest, request: Request):
     engine = state.get_engine()
     prompt_ids = await off_loop(_prompt_ids, engine, body)
     replay = bool(body.output_token_ids)
+    row = engine.model_config.vocab_size * 4
+    if body.max_tokens * row > MAX_LOGITS_BYTES:
+        raise APIError(400, f"max_tokens may be at most {MAX_LOGITS_BYTES // row} for this model's vocabulary "
+                            f"(each step keeps a row of {engine.model_config.vocab_size} logits)", param="max_tokens")
+    if state.explaining >= MAX_RUNNING:
+        raise APIError(429, f"{MAX_RUNNING} explain requests are running; retry later", headers={"Retry-After": "1"})
+    state.explaining += 1
+    try:
+        return await _explain(body, request, state, engine, prompt_ids, replay)
+    finally:
+        state.explaining -= 1
+
+
+async def _explain(body, request, state, engine, prompt_ids, replay):
     if replay and body.max_tokens != 1:
         raise APIError(400, "output_token_ids replays one step: set max_tokens to 1", param="max_tokens")
     params = make_params(max_tokens=body.max_tokens, temperature=body.temperature, top_k=body.top_k,

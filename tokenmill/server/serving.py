@@ -52,6 +52,7 @@ class ServerState:
     load_error: str | None = None
     sampling: dict = field(default_factory=dict)  # recommended sampling (model/loader/sampling_defaults.py)
     sampling_source: str = ""
+    explaining: int = 0                  # explain requests running (server/explain.py bounds them)
     started: float = field(default_factory=time.time)
     model_name: str = "model"
     draining: bool = False               # SIGTERM received: new work gets 503
