@@ -40,15 +40,31 @@ class EngineDeadError(RuntimeError):
 
 
 class EngineClient(Protocol):
-    """What a server needs from an engine, in-process or remote."""
+    """What the server uses of an engine, in-process (AsyncLLMEngine) or remote: every member
+    the server/ package reads is listed here, and nothing else of the engine is reached."""
+    # the model, as the protocols report it (/v1/models, Ollama /api/tags and /api/show, TGI /info)
     model_name: str
+    model_path: str
+    model_config: "object"       # model/config.py ModelConfig: architecture, vocab_size, ...
     max_model_len: int
+    num_parameters: int
+    file_size: int
+    quantization: str
+    weights: dict                # how the weights run (/tokenmill/info)
+    dtype: "object"
+    device_type: str
+    tokenizer: "object"          # model/loader/tokenizer.py: encode, encode_chat, decode, piece
+    structured: "object"         # engine/structured.py GrammarCompiler
 
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None: ...
-    def generate(self, prompt_token_ids: list[int], params: SamplingParams,
-                 request_id: str | None = None) -> AsyncIterator[RequestOutput]: ...
-    async def abort(self, request_id: str) -> None: ...
+    @property
+    def digest(self) -> str: ...  # sha256 of the model file(s); the first call reads them
+
+    def generate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                 cache_salt: str | None = None) -> AsyncIterator[RequestOutput]: ...
     def get_stats(self) -> EngineStats: ...
+    def has_work(self) -> bool: ...  # requests with a waiting client (draining waits on it)
+    def fail_all(self, error: BaseException) -> None: ...  # every waiting client gets `error`
+    def shutdown(self) -> None: ...
 
 
 def _size_of(path: str) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from ..engine.async_engine import EngineDeadError, QueueFullError, SlowReaderError
+from ..engine.async_engine import EngineClient, EngineDeadError, QueueFullError, SlowReaderError
 from ..engine.engine import PromptTooLongError
 from ..engine.outputs import RequestOutput
 from ..model.loader.chat_template import ChatTemplateError
@@ -48,7 +48,7 @@ class ServerSettings:
 class ServerState:
     settings: ServerSettings
     metrics: "object"
-    engine: "object | None" = None       # an EngineClient once the model has loaded
+    engine: "EngineClient | None" = None  # once the model has loaded (engine/async_engine.py)
     load_error: str | None = None
     sampling: dict = field(default_factory=dict)  # recommended sampling (model/loader/sampling_defaults.py)
     sampling_source: str = ""
