@@ -315,6 +315,7 @@ def router_config(args):
         routes=routes, policy=args.policy, health_interval_s=args.health_interval,
         max_queue=args.max_queue, max_outstanding=args.max_outstanding, cache_url=args.cache_url,
         cache_ttl_s=args.cache_ttl, cache_max_entries=args.cache_max_entries, cache_enabled=not args.no_cache,
+        cache_max_bytes=args.cache_max_bytes,
         ledger_path=args.ledger, api_keys=api_keys, admin_keys=set(args.admin_key or []), rate_limit_rpm=args.rate_limit_rpm,
         rate_limit_tpm=args.rate_limit_tpm, max_retries=args.max_retries,
         classifier=ClassifierConfig(large_threshold=args.large_threshold))
@@ -338,6 +339,7 @@ def _add_router_flags(p: argparse.ArgumentParser, with_backends: bool = True) ->
     g.add_argument("--no-cache", action="store_true", help="turn the response cache off")
     g.add_argument("--cache-ttl", type=float, default=3600.0)
     g.add_argument("--cache-max-entries", type=int, default=10000)
+    g.add_argument("--cache-max-bytes", type=int, default=256 * 2**20, help="the in-memory cache's size in bytes")
     g.add_argument("--ledger", default="tokenmill-usage.sqlite", help="SQLite file of the cost ledger")
     g.add_argument("--rate-limit-rpm", type=int, default=None, help="per key requests per minute")
     g.add_argument("--rate-limit-tpm", type=int, default=None, help="per key tokens per minute")

@@ -27,3 +27,11 @@ def test_the_in_process_engine_implements_it():
     source = (SERVER.parent / "engine" / "async_engine.py").read_text()
     missing = {m for m in missing if f"self.{m} =" not in source}
     assert not missing, missing
+
+
+def test_a_missing_kernel_build_is_reported(monkeypatch):
+    from tokenmill.model.layers import native
+    from tokenmill.server.dashboard import kernel_status
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failed", "CalledProcessError: no compiler")
+    assert kernel_status() == {"loaded": False, "error": "CalledProcessError: no compiler"}

@@ -51,7 +51,7 @@ class Router:
         self.cfg = cfg
         self.pools = {r.name: Pool(r) for r in cfg.routes}
         self.hybrid = len(self.pools) > 1
-        self.cache = make_cache(cfg.cache_url, cfg.cache_max_entries, cfg.cache_ttl_s) \
+        self.cache = make_cache(cfg.cache_url, cfg.cache_max_entries, cfg.cache_ttl_s, cfg.cache_max_bytes) \
             if cfg.cache_enabled else None
         self.ledger = ledger or Ledger(cfg.ledger_path)  # anything with record/report/flush/close
         self.limiter = make_limiter(cfg.rate_limit_rpm, cfg.rate_limit_tpm, cfg.cache_url)

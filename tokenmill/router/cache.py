@@ -97,7 +97,7 @@ class RedisCache:
         await self.client.aclose()
 
 
-def make_cache(url: str | None, max_entries: int, ttl_s: float):
+def make_cache(url: str | None, max_entries: int, ttl_s: float, max_bytes: int = 256 * 2**20):
     if url:
         return RedisCache(url, ttl_s)
-    return MemoryCache(max_entries, ttl_s)
+    return MemoryCache(max_entries, ttl_s, max_bytes)

@@ -49,6 +49,7 @@ class RouterConfig:
     cache_url: str | None = None       # None: in-memory LRU; redis://host:port/db: shared
     cache_ttl_s: float = 3600.0
     cache_max_entries: int = 10000
+    cache_max_bytes: int = 256 * 2**20  # the in-memory cache's answers, in all
     cache_enabled: bool = True
     ledger_path: str = "tokenmill-usage.sqlite"
     api_keys: dict[str, str] = field(default_factory=dict)  # key -> name; empty: open

@@ -105,7 +105,13 @@ class ServerFeed:
                 "max_model_len": getattr(engine, "max_model_len", None),
                 "device": getattr(engine, "device_type", None), "window_s": st.settings.dashboard_window_s,
                 "price": {"in": st.settings.price_in, "out": st.settings.price_out},
-                "estimate": self._estimate}
+                "estimate": self._estimate, "kernels": kernel_status()}
+
+
+def kernel_status() -> dict:
+    """Whether our C++ kernels loaded; when they did not, everything runs on slower PyTorch paths."""
+    from ..model.layers import native
+    return {"loaded": native._module is not None, "error": native._failed}
 
 
 def _estimate_for(model_path: str, context: int) -> dict | None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..engine import explain as ex
 from ..api.errors import APIError
 from .protocol import ChatMessage
+from .dashboard import kernel_status
 from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, off_loop, submit
 
 router = APIRouter()
@@ -145,8 +146,3 @@ async def info(request: Request):
             "sampling": {"params": state.sampling, "source": state.sampling_source,
                          "api_routes": state.settings.generation_config == "auto"}}
 
-
-def kernel_status() -> dict:
-    """Whether our C++ kernels loaded; when they did not, everything runs on slower PyTorch paths."""
-    from ..model.layers import native
-    return {"loaded": native._module is not None, "error": native._failed}

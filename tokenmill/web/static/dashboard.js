@@ -147,6 +147,9 @@ function tables() {
 
 function onHello(h) {
   dash.hello = h;
+  // the C++ kernels missing: everything runs on the slower PyTorch paths, and the page says so
+  if (h.kernels && !h.kernels.loaded && h.kernels.error)
+    $("error").textContent = "The C++ kernels are not loaded (" + h.kernels.error + "): the model runs on slower PyTorch paths.";
   dash.history = h.history || [];
   const view = VIEWS[h.kind] || VIEWS.server;
   $("title").textContent = h.kind === "router" ? "tokenmill router" : h.model;
