@@ -67,3 +67,13 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait()
+
+
+@pytest.fixture
+def portable_kernels(monkeypatch):
+    """The int8 / 4-bit kernels on every machine: their VNNI paths where the CPU has them, else
+    their portable C++ paths (the same numbers); skipped only without a compiler."""
+    from tokenmill.model.layers.native import kernels
+    if kernels() is None:
+        pytest.skip("the C++ kernels could not be built here")
+    monkeypatch.setenv("TOKENMILL_PORTABLE_KERNELS", "1")

@@ -29,7 +29,7 @@ def test_huge_zeros():
     assert t.sum().item() == 7 * 5 * 68
 
 
-@pytest.mark.skipif(_native() is None, reason="no packed layouts without the VNNI kernels")
+@pytest.mark.usefixtures("portable_kernels")
 def test_moved_weights_give_the_same_outputs():
     g = torch.Generator().manual_seed(0)
     int8 = Int8Linear(torch.randn(64, 96, generator=g), torch.randn(64, generator=g))

@@ -9,9 +9,9 @@ from tokenmill.model.layers.linear import Linear
 from tokenmill.model.layers.native import kernels
 from tokenmill.model.layers.q4 import (Q4Linear, codes_from_blocks, pack_nibbles, reference_q4_linear,
                                       unpack_nibbles)
-from tokenmill.model.layers.quantized import Int8Linear, _native
+from tokenmill.model.layers.quantized import Int8Linear
 
-needs_kernel = pytest.mark.skipif(_native() is None, reason="no C++ kernels or no AVX-512 VNNI")
+needs_kernel = pytest.mark.usefixtures("portable_kernels")  # VNNI, or the portable C++ paths
 
 
 def random_layer(N, K, seed=0, bias=True):

@@ -9,7 +9,7 @@ from tokenmill.model.layers.linear import Linear, MergedLinear
 from tokenmill.model.layers.quantized import (GEMM_MIN_ROWS, Int8Embedding, Int8Linear,
                                               reference_int8_linear, reference_w8a8_linear)
 
-needs_native = pytest.mark.skipif(quantized._native() is None, reason="no AVX-512 VNNI kernel here")
+needs_native = pytest.mark.usefixtures("portable_kernels")  # VNNI, or the portable C++ paths
 needs_fbgemm = pytest.mark.skipif(not quantized._fbgemm_available(), reason="no fbgemm")
 
 

@@ -116,6 +116,30 @@ void int_dot_vnni(const int8_t* q, int64_t M, const int8_t* w, const int32_t* ws
 #undef load_a_tail
 }
 
+// Portable: the same exact int32 sums, plainly (machines without VNNI; the tests run it there).
+void int_dot_portable(const int8_t* q, int64_t M, const int8_t* w, int64_t K, int64_t N, int32_t* acc,
+                      int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      const int8_t* a = q + m * K;
+      const int8_t* b = w + n * K;
+      int32_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += static_cast<int32_t>(a[k]) * b[k];
+      acc[m * N + n] = sum;
+    }
+}
+
+// Portable, packed layout: every activation row against one block of 16 output rows.
+void packed_block_portable(const int8_t* q, int64_t R, int64_t K, const int8_t* w, int32_t* acc,
+                           int64_t N) {
+  for (int64_t m = 0; m < R; ++m)
+    for (int r = 0; r < 16; ++r) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += static_cast<int32_t>(q[m * K + k]) * w[(k / 4) * 64 + r * 4 + k % 4];
+      acc[m * N + r] = sum;
+    }
+}
+
 // ---- packed weights: no horizontal sums ------------------------------------------------------
 // Layout (N/16, K/4, 16, 4): for each block of 16 output rows, the 4 bytes of k..k+3 of each row
 // side by side. One vpdpbusd of a broadcast 4-byte activation group against one 64-byte load then
@@ -220,10 +244,11 @@ at::Tensor scale_rows(const at::Tensor& acc, const at::Tensor& sx, const at::Ten
   const float* swp = wscale.data_ptr<float>();
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
+  const bool avx512 = tokenmill::has_avx512bw();  // the same operations in the same order
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
-      epilogue_avx512(a + 2 * m * N, a + (2 * m + 1) * N, sxp[2 * m], sxp[2 * m + 1], swp, bp, N,
-                      yp + m * N);
+      (avx512 ? epilogue_avx512 : epilogue)(a + 2 * m * N, a + (2 * m + 1) * N, sxp[2 * m], sxp[2 * m + 1],
+                                            swp, bp, N, yp + m * N);
   });
   return y;
 }
@@ -244,7 +269,6 @@ at::Tensor int8_pack(at::Tensor w) {
 at::Tensor int8_linear_packed(at::Tensor x, at::Tensor wp, at::Tensor wscale, at::Tensor wsum,
                               at::Tensor bias, int64_t N) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
-  TORCH_CHECK(has_vnni(), "int8_linear_packed needs AVX-512 VNNI");
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(wp.numel() == N * K && N % 16 == 0 && K % 4 == 0, "packed weight does not match");
@@ -252,8 +276,17 @@ at::Tensor int8_linear_packed(at::Tensor x, at::Tensor wp, at::Tensor wscale, at
   auto q = at::empty({R, K}, x.options().dtype(at::kChar));
   auto sx = at::empty({R}, x.options());
   split_rows(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), sx.data_ptr<float>());
-  auto qu = at::bitwise_xor(q.view(at::kByte), 0x80);  // unsigned side of vpdpbusd: q + 128
   auto acc = at::empty({R, N}, x.options().dtype(at::kInt));
+  if (!has_vnni()) {
+    const int8_t* qp = q.data_ptr<int8_t>();
+    const int8_t* wpp = wp.data_ptr<int8_t>();
+    int32_t* accp = acc.data_ptr<int32_t>();
+    at::parallel_for(0, N / 16, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) packed_block_portable(qp, R, K, wpp + b * 16 * K, accp + b * 16, N);
+    });
+    return scale_rows(acc, sx, wscale, bias, M, N);
+  }
+  auto qu = at::bitwise_xor(q.view(at::kByte), 0x80);  // unsigned side of vpdpbusd: q + 128
   const uint8_t* qup = qu.data_ptr<uint8_t>();
   const int8_t* wpp = wp.data_ptr<int8_t>();
   const int32_t* ws = wsum.data_ptr<int32_t>();
@@ -294,12 +327,18 @@ at::Tensor int8_linear(at::Tensor x, at::Tensor w, at::Tensor wscale,
   const int64_t R = 2 * M;  // int8 rows: each token's high part, then its low part
   auto q = at::empty({R, K}, x.options().dtype(at::kChar));
   auto sx = at::empty({R}, x.options());
-  // Python takes this path only where int8_linear_has_vnni(); elsewhere fbgemm or PyTorch
-  TORCH_CHECK(has_vnni(), "int8_linear needs AVX-512 VNNI");
+  // Python takes this path where int8_linear_has_vnni() (elsewhere fbgemm, or the portable
+  // loop below where TOKENMILL_PORTABLE_KERNELS=1: the tests)
   split_rows(x.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), sx.data_ptr<float>());
 
   at::Tensor acc;
-  if (M >= gemm_min_rows) {
+  if (!has_vnni()) {
+    acc = at::empty({R, N}, x.options().dtype(at::kInt));
+    const int8_t* qp = q.data_ptr<int8_t>();
+    const int8_t* wp = w.data_ptr<int8_t>();
+    int32_t* accp = acc.data_ptr<int32_t>();
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) { int_dot_portable(qp, R, wp, K, N, accp, n0, n1); });
+  } else if (M >= gemm_min_rows) {
     acc = at::_int_mm(q, w.t());  // (R, N) int32, exact; oneDNN reads the transposed view as is
   } else {
     acc = at::empty({R, N}, x.options().dtype(at::kInt));

@@ -25,7 +25,10 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <c10/util/Half.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -144,6 +147,55 @@ void tile(const uint8_t* w, int64_t B, const int8_t* a, const float* dx, const f
   }
 }
 
+// ---- portable: the same numbers without AVX-512 (the tests run it on every machine) ----------
+void quantize_blocks_portable(const float* x, int64_t K, int8_t* a, float* dx, float* xs) {
+  for (int64_t b = 0; b < K / 32; ++b) {
+    const float* xb = x + b * 32;
+    float amax = 0.f;
+    for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(xb[k]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f, scale = amax / 127.f;
+    int32_t sum = 0;
+    for (int k = 0; k < 32; ++k) {
+      const float r = std::min(127.f, std::max(-128.f, std::nearbyint(xb[k] * inv)));
+      a[b * 32 + k] = static_cast<int8_t>(r);
+      sum += static_cast<int32_t>(r);
+    }
+    dx[b] = scale;
+    xs[b] = scale * static_cast<float>(sum);
+  }
+}
+
+float half_at(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+
+// One group (16 outputs) x `rows` activation rows: the tile's integer sums and its two fused
+// multiply-adds per block, lane by lane.
+void tile_portable(const uint8_t* w, int64_t B, const int8_t* a, const float* dx, const float* xs, int64_t K,
+                   const float* bias, float* y, int64_t N, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float acc[16] = {};
+    for (int64_t b = 0; b < B; ++b) {
+      const uint8_t* rec = w + b * kRecord;
+      const int8_t* ab = a + r * K + b * 32;
+      for (int lane = 0; lane < 16; ++lane) {
+        int32_t isum = 0;
+        for (int c = 0; c < 4; ++c)
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t v = rec[64 * c + 4 * lane + j];
+            isum += (v & 15) * ab[8 * c + j] + (v >> 4) * ab[8 * c + 4 + j];
+          }
+        const float s = half_at(rec + 256 + 2 * lane) * dx[r * B + b];
+        acc[lane] = std::fma(static_cast<float>(isum), s, acc[lane]);
+        acc[lane] = std::fma(half_at(rec + 288 + 2 * lane), xs[r * B + b], acc[lane]);
+      }
+    }
+    for (int lane = 0; lane < 16; ++lane) y[r * N + lane] = acc[lane] + (bias ? bias[lane] : 0.f);
+  }
+}
+
 using TileFn = void (*)(const uint8_t*, int64_t, const int8_t*, const float*, const float*, int64_t,
                         const float*, float*, int64_t);
 
@@ -160,7 +212,10 @@ TileFn pick(int64_t rows) {
 }  // namespace
 
 void tokenmill::q4_quantize_row(const float* x, int64_t K, int8_t* a, float* dx, float* xs) {
-  quantize_blocks(x, K, a, dx, xs);
+  if (tokenmill::has_avx512bw())
+    quantize_blocks(x, K, a, dx, xs);
+  else
+    quantize_blocks_portable(x, K, a, dx, xs);
 }
 
 // A few rows (decode): 4 groups a tile, one pass over the weights; more rows: 2 groups x 4 rows.
@@ -168,6 +223,13 @@ void tokenmill::q4_groups(const uint8_t* w, int64_t B, const int8_t* a, const fl
                           const float* xs, int64_t M, const float* bias, float* y, int64_t Np,
                           int64_t g, int64_t gn) {
   const int64_t K = 32 * B, GN = M < 4 ? 4 : 2;
+  if (!has_vnni()) {
+    for (int64_t e = g + gn; g < e; ++g)
+      for (int64_t m = 0; m < M; m += 4)
+        tile_portable(w + g * B * kRecord, B, a + m * K, dx + m * B, xs + m * B, K, bias ? bias + 16 * g : nullptr,
+                      y + m * Np + 16 * g, Np, std::min<int64_t>(4, M - m));
+    return;
+  }
   for (const int64_t end = g + gn; g < end;) {
     int64_t n = std::min<int64_t>(GN, end - g);
     if (n == 3) n = 2;
@@ -218,8 +280,8 @@ at::Tensor q4_linear(at::Tensor x, at::Tensor packed, at::Tensor bias, int64_t N
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (M, K) float32");
   TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
               packed.size(2) == kRecord, "packed must come from q4_pack");
-  // Python takes this path only where the CPU has VNNI; elsewhere the PyTorch reference
-  TORCH_CHECK(has_vnni(), "q4_linear needs AVX-512 VNNI");
+  // Python takes this path where the CPU has VNNI (elsewhere the PyTorch reference, or the
+  // portable tiles where TOKENMILL_PORTABLE_KERNELS=1: the tests)
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = packed.size(0), B = packed.size(1), Np = 16 * G;
   TORCH_CHECK(K == 32 * B && N <= Np && N > Np - 16, "x and the packed weight disagree");

@@ -9,9 +9,17 @@
 
 namespace tokenmill {
 
-// Both linear kernels need AVX-512 VNNI; Python routes other CPUs elsewhere.
+// The linear kernels' fast paths need AVX-512 VNNI; elsewhere they run their portable C++ paths
+// (the same integer sums and float operations in the same order: the same numbers), which the
+// tests run on every machine. Python routes production work on other CPUs elsewhere (fbgemm,
+// the GGUF AVX2 kernels), unless TOKENMILL_PORTABLE_KERNELS=1.
 inline bool has_vnni() {
   static const bool yes = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+  return yes;
+}
+
+inline bool has_avx512bw() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   return yes;
 }
 
@@ -35,6 +43,23 @@ inline void quantize_row_avx512(const float* v, int64_t K, int8_t* q, float* sca
     q[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, std::nearbyint(v[k] * inv))));
 }
 
+// The same numbers without AVX-512: round to nearest even (nearbyint), saturated to int8.
+inline void quantize_row_portable(const float* v, int64_t K, int8_t* q, float* scale) {
+  float amax = 0.f;
+  for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(v[k]));
+  const float inv = amax > 0.f ? 127.f / amax : 0.f;
+  *scale = amax / 127.f;
+  for (int64_t k = 0; k < K; ++k)
+    q[k] = static_cast<int8_t>(std::min(127.f, std::max(-128.f, std::nearbyint(v[k] * inv))));
+}
+
+inline void quantize_row(const float* v, int64_t K, int8_t* q, float* scale) {
+  if (has_avx512bw())
+    quantize_row_avx512(v, K, q, scale);
+  else
+    quantize_row_portable(v, K, q, scale);
+}
+
 // Each row x[m] becomes two int8 rows: q[2m] (scale s[2m]) and q[2m + 1], which quantizes what
 // q[2m] missed, r = x[m] - q[2m] * s[2m]. Together about 15 bits per activation: one pass of 8
 // bits cost +4.4% perplexity on SmolLM2-135M, two cost +0.65%, the same as fp32 activations.
@@ -43,9 +68,9 @@ inline void split_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* s
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * K;
     int8_t* hi = q + 2 * m * K;
-    quantize_row_avx512(row, K, hi, s + 2 * m);
+    quantize_row(row, K, hi, s + 2 * m);
     for (int64_t k = 0; k < K; ++k) r[k] = row[k] - static_cast<float>(hi[k]) * s[2 * m];
-    quantize_row_avx512(r.data(), K, hi + K, s + 2 * m + 1);
+    quantize_row(r.data(), K, hi + K, s + 2 * m + 1);
   }
 }
 

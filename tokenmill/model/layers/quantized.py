@@ -19,6 +19,7 @@ reference (CUDA, or neither available): weight-only int8 in plain PyTorch.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -52,8 +53,13 @@ GEMM_MIN_ROWS = 10
 
 
 def _native():
+    """The kernel module where its int8 / 4-bit fast paths run (AVX-512 VNNI), else None (fbgemm
+    or PyTorch). TOKENMILL_PORTABLE_KERNELS=1 takes the kernels' portable C++ paths anyway: the
+    same numbers, slowly; the tests use it to run them on every machine."""
     k = kernels()
-    return k if k is not None and k.int8_linear_has_vnni() else None
+    if k is None:
+        return None
+    return k if k.int8_linear_has_vnni() or os.environ.get("TOKENMILL_PORTABLE_KERNELS") == "1" else None
 
 
 def _fbgemm_available() -> bool:
