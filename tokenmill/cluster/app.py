@@ -41,7 +41,10 @@ class Ingress:
             routes.append(RouteConfig(name, [url]))
         ledger = SharedLedger(r.get("ledger_path", "tokenmill-usage.sqlite"), r.pop("ledger_name"))
         transport = ServeTransport(self.engine, int(r.pop("engine_retries", 2)), int(r.pop("affinity_chars", PREFIX_CHARS)))
-        cfg = RouterConfig(routes=routes, include_backend_metrics=True, max_retries=0, **r)
+        # a call through a DeploymentHandle may wait for Serve to route it (a replica starting,
+        # a busy controller): more time than a socket to answer /health
+        cfg = RouterConfig(routes=routes, include_backend_metrics=True, max_retries=0,
+                           health_timeout_s=float(r.pop("health_timeout_s", 15.0)), **r)
         app = create_router_app(cfg, transports={ENGINE_URL: transport}, ledger=ledger)
         return _named(app, serve.get_replica_context().replica_id.unique_id)
 

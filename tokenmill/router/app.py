@@ -386,9 +386,10 @@ def create_router_app(cfg: RouterConfig, transports: dict | None = None, ledger=
         router.client = httpx.AsyncClient(timeout=httpx.Timeout(cfg.request_timeout_s, connect=2.0),
                                           limits=httpx.Limits(max_connections=cfg.max_outstanding + 16),
                                           mounts=transports or None)
-        await asyncio.gather(*(b.check(router.client) for p in router.pools.values() for b in p.backends))
+        await asyncio.gather(*(b.check(router.client, cfg.health_timeout_s) for p in router.pools.values()
+                               for b in p.backends))
         checker = asyncio.create_task(health_loop(list(router.pools.values()), cfg.health_interval_s,
-                                                  router.client))
+                                                  router.client, cfg.health_timeout_s))
         feed = asyncio.create_task(app.state.feed.feed.run())
         yield
         feed.cancel()

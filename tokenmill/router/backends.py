@@ -25,16 +25,16 @@ class Backend:
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    async def check(self, client: httpx.AsyncClient) -> None:
+    async def check(self, client: httpx.AsyncClient, timeout: float = 2.0) -> None:
         """tokenmill servers answer /health (503 while loading, draining or after an engine
         failure); other OpenAI-compatible upstreams are checked through /v1/models."""
         try:
             if self.health_path == "/health":
-                r = await client.get(self.url + "/health", headers=self.headers(), timeout=2.0)
+                r = await client.get(self.url + "/health", headers=self.headers(), timeout=timeout)
                 if r.status_code == 404:
                     self.health_path = "/v1/models"
             if self.health_path == "/v1/models" or self.model is None:
-                models = await client.get(self.url + "/v1/models", headers=self.headers(), timeout=2.0)
+                models = await client.get(self.url + "/v1/models", headers=self.headers(), timeout=timeout)
                 if models.status_code == 200:
                     data = models.json().get("data") or []
                     self.model = data[0]["id"] if data else self.model
@@ -81,7 +81,7 @@ class Pool:
         return by_load
 
 
-async def health_loop(pools: list[Pool], interval: float, client: httpx.AsyncClient) -> None:
+async def health_loop(pools: list[Pool], interval: float, client: httpx.AsyncClient, timeout: float = 2.0) -> None:
     while True:
-        await asyncio.gather(*(b.check(client) for p in pools for b in p.backends))
+        await asyncio.gather(*(b.check(client, timeout) for p in pools for b in p.backends))
         await asyncio.sleep(interval)

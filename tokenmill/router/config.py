@@ -42,6 +42,7 @@ class RouterConfig:
     affinity_prefix_chars: int = PREFIX_CHARS  # prefix that decides affinity
     affinity_max_imbalance: int = 4    # leave the affine replica when it has this many more in flight
     health_interval_s: float = 2.0
+    health_timeout_s: float = 2.0      # a backend slower to answer /health is taken out
     request_timeout_s: float = 600.0
     max_retries: int = 2
     max_outstanding: int = 256         # requests in flight to backends at once
