@@ -26,6 +26,8 @@ def test_text_generation_stream(client):
     events = list(client.text_generation("The sky is", max_new_tokens=10, stream=True, details=True))
     assert events[-1].generated_text == whole
     assert events[-1].details.generated_tokens == len(events)
+    assert [e.index for e in events] == list(range(1, len(events) + 1))  # one event per token
+    assert "".join(e.token.text for e in events) == whole
     assert all(e.details is None for e in events[:-1])
 
 

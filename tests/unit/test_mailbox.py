@@ -66,3 +66,33 @@ def test_engine_stops_a_stream_nobody_reads(tiny_llm):
         assert tiny_llm.engine.block_manager.usage == 0.0
     finally:
         engine.shutdown()
+
+
+def test_tgi_sends_one_event_per_token_when_outputs_merge(tiny_llm):
+    """A reader slower than the engine takes several tokens in one output; TGI's stream still
+    has one event per token, and their texts add up to the answer."""
+    import json
+
+    from tokenmill.engine.mailbox import merged
+    tok = tiny_llm.tokenizer
+    outs = []
+    eng = tiny_llm.engine
+    rid = eng.add_request(prompt="abc", params=SamplingParams(max_tokens=6, ignore_eos=True, temperature=0))
+    while eng.has_unfinished_requests():
+        outs += [o for o in eng.step() if o.request_id == rid]
+    one = outs[0]
+    for o in outs[1:]:
+        one = merged(one, o)  # every step's output waiting, then taken at once
+
+    async def events():
+        from tokenmill.server import tgi
+
+        async def stream():
+            yield one
+        body = tgi.GenerateRequest(inputs="abc", parameters={"max_new_tokens": 6, "details": True})
+        return [e async for e in tgi.stream_events(tok, body.parameters, stream(), "")]
+    lines = asyncio.run(events())
+    evs = [json.loads(line[5:]) for line in lines]
+    assert [e["index"] for e in evs] == list(range(1, 7))
+    assert "".join(e["token"]["text"] for e in evs) == one.outputs[0].text
+    assert evs[-1]["details"]["generated_tokens"] == 6

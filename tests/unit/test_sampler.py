@@ -132,18 +132,19 @@ def test_penalty_window_only_sees_the_last_n_tokens():
 def test_logits_processor_decides_the_token():
     seen = []
 
-    def only_token_9(output_ids, row):
+    greedy = int(logits(rows=2)[1].argmax())
+    forced = (greedy + 1) % V  # not what the other row picks: the check below can tell them apart
+
+    def only_one_token(output_ids, row):
         seen.append(list(output_ids))
         masked = torch.full_like(row, float("-inf"))
-        masked[9] = row[9]
+        masked[forced] = row[forced]
         return masked
 
-    r = req(SamplingParams(temperature=1.0, seed=1, logits_processors=[only_token_9]), output=(4,))
+    r = req(SamplingParams(temperature=1.0, seed=1, logits_processors=[only_one_token]), output=(4,))
     other = req(SamplingParams(temperature=0), rid="other")
-    greedy = int(logits(rows=2)[1].argmax())
-    assert greedy != 9  # else the check below could not tell the processor's effect apart
     out = Sampler()(logits(rows=2), [r, other])
-    assert out.token_ids[0] == 9  # the processor's row
+    assert out.token_ids[0] == forced  # the processor's row
     assert out.token_ids[1] == greedy  # the other row is left alone
     assert seen == [[4]]
 

@@ -114,30 +114,39 @@ async def _generate(body: GenerateRequest, request: Request):
     return JSONResponse(result)
 
 
-async def _generate_stream(body: GenerateRequest, request: Request):
-    tok, p, stream, prefix = await _start(body, request)
-
-    async def events():
-        try:
-            async for out in stream:
-                c = out.outputs[0]
-                if not c.token_ids_delta and not out.finished:
-                    continue
-                tid = c.token_ids[-1]
-                lp, top = c.logprobs[-1] if c.logprobs else (0.0, {})
-                index = len(c.token_ids)  # a speculative step can bring several tokens at once
-                event = {"index": index, "token": _token(tok, tid, lp, c.text_delta),
+async def stream_events(tok, p, stream, prefix: str):
+    """The SSE events of a TGI stream: one per generated token; p: the request's parameters."""
+    try:
+        async for out in stream:
+            c = out.outputs[0]
+            new = c.token_ids_delta or ([c.token_ids[-1]] if out.finished and c.token_ids else [])
+            if not new:
+                continue
+            # one event per token, as TGI sends them, even when an output brings several (a
+            # speculative step, or a reader slower than the engine: engine/mailbox.py)
+            first = len(c.token_ids) - len(new)
+            rest = c.text_delta
+            for k, tid in enumerate(new):
+                last = k == len(new) - 1
+                piece = tok.decode([tid], skip_special_tokens=False)
+                text = rest if last else (piece if rest.startswith(piece) else "")
+                rest = rest[len(text):]
+                lp, top = c.logprobs[first + k] if c.logprobs else (0.0, {})
+                event = {"index": first + k + 1, "token": _token(tok, tid, lp, text),
                          "top_tokens": _top(tok, top) if p.top_n_tokens else None,
                          "generated_text": None, "details": None}
-                if out.finished:
+                if out.finished and last:
                     event["generated_text"] = prefix + c.text
                     event["details"] = {"finish_reason": _finish_reason(c),
                                         "generated_tokens": len(c.token_ids), "seed": p.seed}
                 yield sse_tgi(event)
-        except APIError as e:
-            yield stream_error("/generate_stream", e.status, e.message)
+    except APIError as e:
+        yield stream_error("/generate_stream", e.status, e.message)
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+
+async def _generate_stream(body: GenerateRequest, request: Request):
+    tok, p, stream, prefix = await _start(body, request)
+    return StreamingResponse(stream_events(tok, p, stream, prefix), media_type="text/event-stream")
 
 
 @router.post("/generate")
