@@ -14,12 +14,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from server_process import Server, UnreadStream  # noqa: E402
+from server_process import Server, UnreadStream, rss_kb  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    return rss_kb(pid) / 1024
 
 
 def main() -> None:

@@ -15,6 +15,12 @@ def wait_for(condition, timeout=300.0, what="the server never reached the expect
         time.sleep(0.05)
 
 
+def rss_kb(pid: int) -> int:
+    """A process's resident set (VmRSS), in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,12 +2,7 @@
 ends with an error in its protocol once `--max-unread-tokens` tokens wait for it."""
 import json
 
-from server_process import Server, UnreadStream, wait_for
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+from server_process import Server, UnreadStream, rss_kb, wait_for
 
 
 def test_a_client_that_reads_nothing_is_cut_off_and_memory_stays_bounded(reliability_model, tmp_path):

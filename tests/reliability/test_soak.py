@@ -5,20 +5,13 @@ TOKENMILL_RELIABILITY_LONG=1: 10,000 requests on the bundled model."""
 import asyncio
 import time
 
-from server_process import Server
+from server_process import Server, rss_kb
 
 from .conftest import LONG, server_args, tracebacks
 from .load import run_load, summary
 
 N = 10000 if LONG else 1000
 WARMUP = N // 10
-
-
-def rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_soak(reliability_model, tmp_path):

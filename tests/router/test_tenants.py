@@ -11,14 +11,9 @@ import httpx
 import pytest
 
 from router_helpers import router
-from server_process import wait_for
+from server_process import rss_kb, wait_for
 
 CHAT = "/v1/chat/completions"
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 def ledger(db, where="1=1"):
