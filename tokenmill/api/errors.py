@@ -2,7 +2,8 @@
 the router share.
 
 OpenAI: {"error": {"message", "type", "param", "code"}}; Ollama: {"error": "..."};
-TGI: {"error": "...", "error_type": "..."}. The shape is chosen by the route's path.
+TGI: {"error": "...", "error_type": "..."}; Anthropic: {"type": "error", "error": {"type",
+"message"}}. The shape is chosen by the route's path.
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_f
           413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
           503: "service_unavailable"}
 TGI_PATHS = ("/", "/generate", "/generate_stream", "/info")
+# Anthropic's error types by status (its SDK maps them to exception classes)
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
+                    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 
 class APIError(Exception):
@@ -26,9 +31,11 @@ class APIError(Exception):
 
 
 def protocol_of(path: str) -> str:
-    """Which protocol a path speaks: "ollama", "tgi" or "openai" (everything else)."""
+    """Which protocol a path speaks: "ollama", "tgi", "anthropic" or "openai" (everything else)."""
     if path.startswith("/api/"):
         return "ollama"
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
     if path in TGI_PATHS:
         return "tgi"
     return "openai"
@@ -51,6 +58,8 @@ def error_body(path: str, status: int, message: str, param: str | None = None,
         return {"error": message}
     if kind == "tgi":
         return {"error": message, "error_type": "validation" if status < 500 else "generation"}
+    if kind == "anthropic":
+        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
     return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": code}}
 

@@ -2,7 +2,7 @@
 the 200 has gone out is told to the client (one line in the stream, in its protocol's shape).
 
 OpenAI: server-sent events `data: {json}` ending in `data: [DONE]`; TGI: `data:{json}`;
-Ollama: one JSON object per line. json.dumps keeps the default ensure_ascii: no U+2028 or
+Ollama: one JSON object per line; Anthropic: named events `event: TYPE` + `data: {json}`. json.dumps keeps the default ensure_ascii: no U+2028 or
 U+0085 in the frame for line splitters to trip on."""
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ def sse_tgi(obj) -> str:
     return f"data:{json.dumps(obj)}\n\n"
 
 
+def sse_event(obj: dict) -> str:
+    """A named server-sent event, as Anthropic's streams (and OpenAI's Responses) send them:
+    the event's name is its `type`."""
+    return f"event: {obj['type']}\ndata: {json.dumps(obj)}\n\n"
+
+
 def ndjson(obj) -> str:
     return json.dumps(obj) + "\n"
 
@@ -28,6 +34,8 @@ def ndjson(obj) -> str:
 def frame(path: str, obj) -> str:
     """obj framed as the stream on `path` frames its events."""
     kind = protocol_of(path)
+    if kind == "anthropic" or path == "/v1/responses":
+        return sse_event(obj)
     return ndjson(obj) if kind == "ollama" else sse_tgi(obj) if kind == "tgi" else sse(obj)
 
 

@@ -29,8 +29,12 @@ _OPERATIONS = {"/health", "/metrics", "/version"}  # answered while draining
 
 
 def _recommend_sampling(state: ServerState, engine) -> None:
-    """The model's recommended sampling, under serve --default-sampling."""
+    """The model's recommended sampling, under serve --default-sampling; and whether its
+    answers carry reasoning to split out (a vocabulary with think tags, or --reasoning-parser)."""
     from ..model.loader.sampling_defaults import parse, recommended
+    from .reasoning import has_think_tokens
+    choice = state.settings.reasoning_parser
+    state.reasoning = choice == "think" or (choice == "auto" and has_think_tokens(engine.tokenizer))
     state.sampling, state.sampling_source = recommended(engine.model_path)
     if state.settings.default_sampling:
         state.sampling = {**state.sampling, **parse(state.settings.default_sampling)}
@@ -51,6 +55,8 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     settings = settings or ServerSettings()
     if settings.generation_config not in ("none", "auto"):
         raise ValueError("--generation-config must be none or auto")
+    if settings.reasoning_parser not in ("auto", "think", "none"):
+        raise ValueError("--reasoning-parser must be auto, think or none")
     if settings.default_sampling:
         from ..model.loader.sampling_defaults import parse
         parse(settings.default_sampling)  # refused at start, not at the first request
@@ -113,7 +119,7 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    from . import dashboard, explain, ollama, openai, tgi
+    from . import anthropic, dashboard, explain, ollama, openai, tgi
     app.state.feed = dashboard.ServerFeed(state)
     app.include_router(dashboard.router)
     app.include_router(explain.router)
@@ -121,6 +127,7 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     app.include_router(openai.router)
     app.include_router(ollama.router)
     app.include_router(tgi.router)
+    app.include_router(anthropic.router)
     keys = KeyRing({settings.api_key: "default"} if settings.api_key else None)
     app.add_middleware(Gate, rules=GateRules(
         tenant=keys.tenant, is_open=lambda method, path: path in _OPEN_PATHS or is_public(method, path),

@@ -11,7 +11,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..engine.outputs import CompletionOutput
 from ..engine.sampler import LOGPROB_FLOOR
-from . import structured, tools
+from . import structured
+from .chat_core import ChatCall, start_chat
 from ..api.errors import APIError
 from ..api.sse import SSE_DONE, sse, stream_error
 from .protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -68,11 +69,8 @@ def _logit_bias(raw: dict[str, float] | None) -> dict[int, float] | None:
 
 def _common_params(state, body, max_tokens, logprobs, processors=(), prompt_logprobs=None):
     # OpenAI's documented defaults (temperature 1, top_p 1), unless the operator asked for the
-    # model's recommended sampling (serve --generation-config auto, as vLLM names it)
-    rec = state.sampling if state.settings.generation_config == "auto" else {}
-
-    def pick(name, value, default=None):
-        return value if value is not None else rec.get(name, default)
+    # model's recommended sampling (state.pick)
+    pick = state.pick
     return make_params(logits_processors=list(processors), prompt_logprobs=prompt_logprobs,
         n=body.n, temperature=pick("temperature", body.temperature, 1.0), top_p=pick("top_p", body.top_p),
         top_k=pick("top_k", body.top_k), min_p=pick("min_p", body.min_p), max_tokens=max_tokens,
@@ -179,45 +177,37 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
     body.check_unsupported()
-    engine = state.get_engine()
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-    tool_schemas = tools.check_tools(body.tools)
-    mode, forced = tools.choice_of(body.tool_choice, tool_schemas)
-    spec = structured.openai_spec(body)
-    tool_spec = tools.grammar_for(tool_schemas, mode, forced, body.parallel_tool_calls is not False)
-    if tool_spec is not None and spec is not None:
-        raise APIError(400, "tools (unless tool_choice is none) and response_format cannot be combined",
-                       param="response_format")
-    messages = tools.prompt_messages(_messages(body.messages), body.tools, mode)
     if body.continue_final_message and body.add_generation_prompt:
         body.add_generation_prompt = False  # as vLLM: continuing implies no new turn
-    prompt_ids = await off_loop(chat_prompt_ids, engine, messages, body.continue_final_message,
-                                body.add_generation_prompt)
+    call = ChatCall(_messages(body.messages), body.tools, body.tool_choice, body.parallel_tool_calls is not False,
+                    structured.openai_spec(body), dict(body.chat_template_kwargs or {}),
+                    body.continue_final_message, body.add_generation_prompt)
     # no max_tokens: until EOS or the context is full, as OpenAI's chat API does
-    grammar = await structured.processors(engine, tool_spec or spec)
-    params = _common_params(state, body, body.max_completion_tokens or body.max_tokens,
-                            (body.top_logprobs or 0) if body.logprobs else None, grammar, body.prompt_logprobs)
-    rid, created, model, tok = new_id("chatcmpl"), int(time.time()), body.model, engine.tokenizer
-    stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream, rid,
-                                                            body.cache_salt))
-    calls_of = (lambda text: tools.parse_calls(text, tool_schemas, mode)) if mode != "none" else None
+    rid, created, model = new_id("chatcmpl"), int(time.time()), body.model
+    run = await start_chat(state, request, call, lambda grammar: _common_params(
+        state, body, body.max_completion_tokens or body.max_tokens,
+        (body.top_logprobs or 0) if body.logprobs else None, grammar, body.prompt_logprobs),
+        body.stream, rid, body.cache_salt)
+    tok, params, prompt_ids = state.engine.tokenizer, run.params, run.prompt_ids
     if body.stream:
         include_usage, continuous = _usage_modes(body, request)
-        gen = stream if not calls_of else \
-            _chat_stream_required(stream) if mode == "required" else _chat_stream_tools(stream, calls_of)
-        return StreamingResponse(_chat_stream(gen, rid, created, model, tok, params, len(prompt_ids),
+        return StreamingResponse(_chat_stream(run.outputs(), rid, created, model, tok, params, len(prompt_ids),
                                               include_usage, continuous), media_type="text/event-stream")
 
-    final = await final_output(request, stream)
+    final = await final_output(request, run.stream)
 
     def answer() -> bytes:  # off the loop: tool-call checks, n x top_logprobs decoded
         choices = []
         for c in final.outputs:
-            message, finish = {"role": "assistant", "content": c.text}, c.finish_reason
-            calls = calls_of(c.text) if calls_of else None
+            reasoning, text = run.split(c.text)
+            message, finish = {"role": "assistant", "content": text}, c.finish_reason
+            calls = run.calls_of(text)
             if calls:
                 message, finish = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+            if run.reasoning:
+                message["reasoning_content"] = reasoning or None
             choices.append({"index": c.index, "message": message,
                             "logprobs": _chat_logprobs(tok, c.token_ids, c.logprobs) if c.logprobs is not None else None,
                             "finish_reason": finish})
@@ -228,52 +218,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             response["prompt_logprobs"] = _vllm_prompt_logprobs(tok, prompt_ids, final.prompt_logprobs)
         return json.dumps(response).encode()
     return Response(await off_loop(answer), media_type="application/json")
-
-
-async def _chat_stream_required(stream):
-    """A required / named tool call streams as it is generated: the first delta of each call
-    (index, id, name) once its name is complete, then its arguments in chunks."""
-    readers: dict[int, tools.CallStreamer] = {}
-    async for out in stream:
-        for c in out.outputs:
-            reader = readers.setdefault(c.index, tools.CallStreamer())
-            c.tool_deltas = reader.feed(c.text_delta)
-            c.called = reader.index >= 0
-            c.text_delta = ""
-        yield out
-
-
-async def _chat_stream_tools(stream, calls_of):
-    """tool_choice auto: the grammar lets an answer be text (never starting with '<') or calls
-    (starting with '<tool_call>'). Text streams as it comes; a call is held back and handed on
-    once finished, as tool calls (or as text, if it does not parse)."""
-    mode: dict[int, str] = {}  # per sample: "text" | "call", once its first character is known
-    done: set[int] = set()
-    async for out in stream:
-        outputs = []
-        for c in out.outputs:
-            if c.index in done:
-                continue
-            if c.index not in mode and c.text:
-                mode[c.index] = "call" if c.text.startswith("<") else "text"
-                c.text_delta = c.text  # what was held while undecided
-                c.token_ids_delta = list(c.token_ids)
-                if c.logprobs is not None:
-                    c.logprobs = list(c.logprobs)
-            if c.finish_reason:
-                done.add(c.index)
-            if mode.get(c.index) == "text":
-                outputs.append(c)
-            elif c.finish_reason:  # a call (or an empty answer) ends: all of it at once
-                c.tool_calls = calls_of(c.text) if mode.get(c.index) == "call" else None
-                c.text_delta = "" if c.tool_calls else c.text
-                c.token_ids_delta = list(c.token_ids)
-                if c.logprobs is not None:
-                    c.logprobs = list(c.logprobs)
-                outputs.append(c)
-        if outputs:
-            out.outputs = outputs
-            yield out
 
 
 async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, include_usage, continuous=False):
@@ -302,6 +246,8 @@ async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, inc
                     n = len(c.token_ids_delta)
                     lp = _chat_logprobs(tok, c.token_ids_delta, c.logprobs[-n:])
                 calls = getattr(c, "tool_calls", None) or getattr(c, "called", False)
+                if getattr(c, "reasoning_delta", ""):
+                    yield chunk(c.index, {"reasoning_content": c.reasoning_delta})
                 for delta in getattr(c, "tool_deltas", None) or []:
                     yield chunk(c.index, {"tool_calls": [delta]})
                 if getattr(c, "tool_calls", None):  # the first delta of a call: index, id, name; then its arguments

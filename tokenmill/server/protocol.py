@@ -96,6 +96,7 @@ class ChatCompletionRequest(_SamplingFields):
     # vLLM: go on writing the last (assistant) message instead of starting a new turn
     continue_final_message: bool = False
     add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None  # vLLM: variables for the template (enable_thinking)
     # OpenAI fields we do not support yet: refused with a 400 when set
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None

@@ -37,6 +37,7 @@ class ServerSettings:
     max_unread_tokens: int = 4096        # a stream whose client leaves more untaken is stopped (engine/mailbox.py)
     default_sampling: str | None = None  # "temperature=0.7,top_p=0.9": over the model's recommended sampling
     generation_config: str = "none"      # auto: the API routes use the recommended sampling for unset fields
+    reasoning_parser: str = "auto"       # auto | think | none: split <think> reasoning out (server/reasoning.py)
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0        # on SIGTERM: running requests get this long to finish
     dashboard_window_s: float = 60.0     # the dashboard's latency percentiles cover this long
@@ -52,6 +53,7 @@ class ServerState:
     load_error: str | None = None
     sampling: dict = field(default_factory=dict)  # recommended sampling (model/loader/sampling_defaults.py)
     sampling_source: str = ""
+    reasoning: bool = False              # answers' <think> blocks are split out (server/reasoning.py)
     explaining: int = 0                  # explain requests running (server/explain.py bounds them)
     started: float = field(default_factory=time.time)
     model_name: str = "model"
@@ -71,6 +73,15 @@ class ServerState:
         if self.engine_error:
             raise APIError(503, f"the engine failed and the server is restarting: {self.engine_error}")
         return self.engine
+
+    def pick(self, name: str, value, default=None):
+        """A sampling field: the request's value; else the model's recommended one under
+        serve --generation-config auto (as vLLM names it); else the protocol's default."""
+        if value is not None:
+            return value
+        if self.settings.generation_config == "auto":
+            return self.sampling.get(name, default)
+        return default
 
     def model_names(self) -> set[str]:
         return {self.model_name, f"{self.model_name}:latest"}
@@ -135,19 +146,21 @@ def make_params(**kwargs) -> SamplingParams:
 
 
 def chat_prompt_ids(engine, messages: list[dict], continue_final: bool = False,
-                    add_generation_prompt: bool = True) -> list[int]:
+                    add_generation_prompt: bool = True, template_kwargs: dict | None = None) -> list[int]:
     """Messages through the model's chat template (sandboxed, time- and size-limited). With
     continue_final the last message (an assistant's, cut short) is left open, so that the
-    model goes on writing it: the rendered text ends right after that message's content."""
+    model goes on writing it: the rendered text ends right after that message's content.
+    template_kwargs: variables for the template (chat_template_kwargs, enable_thinking)."""
     tok = engine.tokenizer
+    kw = template_kwargs or {}
     try:
         if not continue_final:
-            return tok.encode_chat(messages, add_generation_prompt)
+            return tok.encode_chat(messages, add_generation_prompt, **kw)
         last = messages[-1].get("content") if messages else None
         if not isinstance(last, str) or not last or messages[-1].get("role") != "assistant":
             raise APIError(400, "continue_final_message needs a last assistant message with text",
                            param="continue_final_message")
-        text = tok.apply_chat_template(messages, add_generation_prompt=False)
+        text = tok.apply_chat_template(messages, add_generation_prompt=False, **kw)
         end = text.rfind(last)
         if end < 0:
             raise APIError(400, "the chat template changed the last message; it cannot be continued",

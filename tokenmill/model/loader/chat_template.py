@@ -57,6 +57,9 @@ class ChatTemplate:
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ChatTemplateError("each message needs a 'role' and a 'content'")
+        reserved = {"messages", "add_generation_prompt", "bos_token", "eos_token"} & set(kwargs)
+        if reserved:
+            raise ChatTemplateError(f"chat template variable {sorted(reserved)[0]!r} cannot be set by a request")
         context = dict(messages=messages, add_generation_prompt=add_generation_prompt,
                        bos_token=self.bos_token, eos_token=self.eos_token, **kwargs)
         done: Future = Future()

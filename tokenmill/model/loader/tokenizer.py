@@ -56,13 +56,14 @@ class Tokenizer:
         """One token's own text (a lone part of a multi-byte character shows as U+FFFD)."""
         return self.tok.decode([i], skip_special_tokens=False)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        """kwargs: variables the template may read (enable_thinking, tools...)."""
         if self.chat_template is None:
             raise ValueError("this model has no chat template; use a plain prompt instead")
-        return self.chat_template.render(messages, add_generation_prompt)
+        return self.chat_template.render(messages, add_generation_prompt, **kwargs)
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        text = self.apply_chat_template(messages, add_generation_prompt)
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> list[int]:
+        text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
         # The template writes bos itself when the model wants it; don't add a second one.
         return self.encode(text, add_special_tokens=False)
 
