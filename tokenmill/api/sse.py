@@ -34,7 +34,7 @@ def ndjson(obj) -> str:
 def frame(path: str, obj) -> str:
     """obj framed as the stream on `path` frames its events."""
     kind = protocol_of(path)
-    if kind == "anthropic" or path == "/v1/responses":
+    if kind == "anthropic" or path.startswith("/v1/responses"):
         return sse_event(obj)
     return ndjson(obj) if kind == "ollama" else sse_tgi(obj) if kind == "tgi" else sse(obj)
 
@@ -42,6 +42,9 @@ def frame(path: str, obj) -> str:
 def stream_error(path: str, status: int, message: str) -> str:
     """The last line of a stream that failed after it started. OpenAI clients read the error
     object of a 5xx (type server_error) and its HTTP status as `code`."""
+    if path.startswith("/v1/responses"):  # the Responses stream's own error event
+        return sse_event({"type": "error", "code": str(status), "message": message, "param": None,
+                          "sequence_number": 0})
     body = error_body(path, status, message)
     if protocol_of(path) == "openai":
         body["error"]["code"] = status

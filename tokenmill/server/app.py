@@ -119,7 +119,7 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    from . import anthropic, dashboard, explain, ollama, openai, tgi
+    from . import anthropic, dashboard, explain, ollama, openai, responses, tgi
     app.state.feed = dashboard.ServerFeed(state)
     app.include_router(dashboard.router)
     app.include_router(explain.router)
@@ -128,6 +128,7 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     app.include_router(ollama.router)
     app.include_router(tgi.router)
     app.include_router(anthropic.router)
+    app.include_router(responses.router)
     keys = KeyRing({settings.api_key: "default"} if settings.api_key else None)
     app.add_middleware(Gate, rules=GateRules(
         tenant=keys.tenant, is_open=lambda method, path: path in _OPEN_PATHS or is_public(method, path),

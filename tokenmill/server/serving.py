@@ -37,6 +37,7 @@ class ServerSettings:
     max_unread_tokens: int = 4096        # a stream whose client leaves more untaken is stopped (engine/mailbox.py)
     default_sampling: str | None = None  # "temperature=0.7,top_p=0.9": over the model's recommended sampling
     generation_config: str = "none"      # auto: the API routes use the recommended sampling for unset fields
+    responses_store: str | None = None   # SQLite file of stored Responses (default: the user's data directory)
     reasoning_parser: str = "auto"       # auto | think | none: split <think> reasoning out (server/reasoning.py)
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0        # on SIGTERM: running requests get this long to finish
@@ -54,6 +55,7 @@ class ServerState:
     sampling: dict = field(default_factory=dict)  # recommended sampling (model/loader/sampling_defaults.py)
     sampling_source: str = ""
     reasoning: bool = False              # answers' <think> blocks are split out (server/reasoning.py)
+    responses: "object" = None           # the ResponseStore, opened at the first Responses request
     explaining: int = 0                  # explain requests running (server/explain.py bounds them)
     started: float = field(default_factory=time.time)
     model_name: str = "model"
