@@ -40,6 +40,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     speculative: bool = True     # n-gram speculative decoding where the engine has it on
     return_raw_logits: bool = False  # keep each step's raw logits row (V,) for the token explorer
+    pooling: str | None = None   # mean | last | cls: embed the prompt (prefill only, no token sampled)
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
 
     def __post_init__(self):
@@ -64,6 +65,7 @@ class SamplingParams:
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
             (self.penalty_last_n >= 0, "penalty_last_n must be non-negative"),
+            (self.pooling in (None, "mean", "last", "cls"), "pooling must be mean, last or cls"),
             (all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
             (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs must be in [0, 20]"),

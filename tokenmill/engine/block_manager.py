@@ -61,8 +61,9 @@ class BlockManager:
         """Longest run of cached full blocks at the start of req's tokens. The last token is
         never served from cache: its logits are needed to sample the next one. Pure lookup:
         the scheduler counts the statistics once, when it admits the request."""
-        if not self.enable_prefix_caching or req.params.prompt_logprobs is not None:
-            return []  # prompt logprobs need every prompt position computed
+        if not self.enable_prefix_caching or req.params.prompt_logprobs is not None \
+                or req.params.pooling in ("mean", "cls"):
+            return []  # prompt logprobs and mean / first-token pooling need every prompt position computed
         hits = []
         for i in range((req.num_tokens - 1) // self.block_size):
             block_id = self.cached.get(self._block_hash(req, i))

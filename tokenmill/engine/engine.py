@@ -188,6 +188,12 @@ class LLMEngine:
                 if req.status.is_finished:
                     break  # tokens after a stop are dropped
             touched[req.parent_id] = None
+        if len(batch):
+            for req, vec in self.runner.pooled:  # embedding requests: done once their prompt is
+                if not req.status.is_finished:
+                    req.embedding = vec.tolist()
+                    self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED)
+                    touched[req.parent_id] = None
         outputs = [self._make_output(rid) for rid in touched if rid in self.groups]
         return outputs
 
@@ -248,7 +254,8 @@ class LLMEngine:
                 text_delta=delta, token_ids_delta=req.output_token_ids[sent:],
                 logprobs=list(req.logprobs) if req.params.logprobs is not None else None,
                 finish_reason=req.finish_reason, stop_reason=req.stop_reason,
-                raw_logits=list(req.raw_logits) if req.params.return_raw_logits else None))
+                raw_logits=list(req.raw_logits) if req.params.return_raw_logits else None,
+                embedding=req.embedding))
         finished = group.finished
         if finished:
             del self.groups[request_id]

@@ -73,6 +73,16 @@ def auto_quantization(checkpoint, device: torch.device) -> str:
     return "int8"
 
 
+def _pool_rows(req: Request, start: int, row: int, n: int) -> range:
+    """The rows of a prompt chunk that its pooling reads."""
+    mode = req.params.pooling
+    if mode == "mean":
+        return range(row, row + n)
+    if mode == "cls":
+        return range(row, row + 1) if start == 0 else range(0)
+    return range(row + n - 1, row + n) if start + n == req.num_prompt_tokens else range(0)
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, checkpoint):
         self.device = resolve_device(config.device)
@@ -149,6 +159,7 @@ class ModelRunner:
         self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
         self._block_offsets = torch.arange(config.block_size)
         self.work = WorkCounter()
+        self.prompt_logits, self.pooled = [], []
         # the C++ attention kernel: CPU, float32, head_dim a multiple of 16; built (or found in
         # torch's extension cache) now, so that no request waits for a compiler
         self.use_native = (self.device.type == "cpu" and self.dtype == torch.float32
@@ -174,6 +185,21 @@ class ModelRunner:
         table = torch.tensor(req.block_table, dtype=torch.long)
         return (table[:, None] * self.block_size + self._block_offsets).flatten()[:num_ctx]
 
+    def _pool(self, req: Request, start: int, row: int, n: int, hidden: torch.Tensor, index: dict) -> None:
+        """Fold this chunk's final hidden states (after the last norm, as llama.cpp's
+        --embedding reads them) into req's pooled vector; done at the prompt's last token."""
+        mode = req.params.pooling
+        if mode == "mean":
+            part = hidden[index[row]:index[row + n - 1] + 1].float().sum(0)
+            req.pooled = part if start == 0 or req.pooled is None else req.pooled + part  # start 0: (re)computed from scratch
+        elif mode == "cls" and start == 0:
+            req.pooled = hidden[index[row]].float()
+        if start + n == req.num_prompt_tokens:
+            if mode == "last":
+                req.pooled = hidden[index[row + n - 1]].float()
+            vec = req.pooled / req.num_prompt_tokens if mode == "mean" else req.pooled
+            self.pooled.append((req, vec.cpu()))
+
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor | None, list[Request]]:
         """Returns logits for the requests whose computation catches up with their tokens
         this step (they get a new token), and those requests: one row each, or 1 + len(draft)
@@ -185,7 +211,9 @@ class ModelRunner:
         sample_rows: list[int] = []
         sample_reqs: list[Request] = []
         prompt_rows = []
+        pool_rows = []           # [(request, first position, first row, count)] of embedding requests
         self.prompt_logits = []  # [(request, first position, logits (k, V))] for prompt logprobs
+        self.pooled = []         # [(request, embedding (hidden,))] whose prompt is done this step
         for req, n in zip(batch.requests, batch.num_new_tokens):
             start = req.num_computed_tokens
             row = len(input_ids)
@@ -197,7 +225,9 @@ class ModelRunner:
             self.work.tokens += n
             self.work.context_reads += start + n
             self.work.attn_pairs += n * start + n * (n + 1) // 2  # causal (query, key) pairs
-            if start + n == req.num_tokens + k:
+            if req.params.pooling is not None:  # prefill only: its rows are pooled, nothing sampled
+                pool_rows.append((req, start, row, n))
+            elif start + n == req.num_tokens + k:
                 sample_rows.extend(range(row + n - 1 - k, row + n))
                 sample_reqs.append(req)
             if req.params.prompt_logprobs is not None and start < req.num_prompt_tokens - 1:
@@ -209,13 +239,16 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         # only the rows whose logits are read leave the model (the rest of a prompt chunk skips
         # the last layer past its keys and values): index[r] is row r's place in hidden
-        wanted = sorted(set(sample_rows).union(*(range(row, row + k) for _, _, row, k in prompt_rows)))
+        wanted = sorted(set(sample_rows).union(*(range(row, row + k) for _, _, row, k in prompt_rows),
+                                               *(_pool_rows(*p) for p in pool_rows)))
         index = {r: i for i, r in enumerate(wanted)}
         out_rows = None if len(wanted) == len(input_ids) else torch.tensor(wanted, dtype=torch.long)
         hidden = self.model(ids, pos, meta, self.kv_caches, out_rows)  # (len(wanted), hidden)
         for req, start, row, k in prompt_rows:
             first = index[row]
             self.prompt_logits.append((req, start, self.model.compute_logits(hidden[first:first + k])))
+        for req, start, row, n in pool_rows:
+            self._pool(req, start, row, n, hidden, index)
         if not sample_rows:
             return None, []
         self.work.logit_rows += len(sample_rows)

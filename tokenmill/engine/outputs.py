@@ -17,6 +17,7 @@ class CompletionOutput:
     finish_reason: str | None = None   # stop | length | abort
     stop_reason: int | str | None = None  # the stop string or stop token id that ended it
     raw_logits: list | None = None  # per output token, its raw logits row (V,): return_raw_logits
+    embedding: list[float] | None = None  # the pooled prompt (SamplingParams.pooling), not normalized
 
     @property
     def finished(self) -> bool:

@@ -70,6 +70,8 @@ class Request:
         self.logprobs: list[tuple[float, dict[int, float]]] = []
         self.raw_logits: list[torch.Tensor] = []  # (V,) per output token, only when asked for
         self.prompt_logprobs: list = [None] if params.prompt_logprobs is not None else []
+        self.pooled: torch.Tensor | None = None     # (hidden,) running sum (mean) or the row (cls, last)
+        self.embedding: list[float] | None = None   # the pooled prompt, once prefilled (params.pooling)
         self.metrics = RequestMetrics(arrival_time or time.time())
         # stateful processors (a grammar's matcher) are copied so that each sample has its own
         self.logits_processors = [p.clone() if index and hasattr(p, "clone") else p

@@ -35,6 +35,11 @@ def _recommend_sampling(state: ServerState, engine) -> None:
     from .reasoning import has_think_tokens
     choice = state.settings.reasoning_parser
     state.reasoning = choice == "think" or (choice == "auto" and has_think_tokens(engine.tokenizer))
+    if state.settings.embedding_pooling == "auto":
+        from ..model.loader.pooling import pooling_of
+        state.pooling = pooling_of(getattr(engine, "model_path", None))[0]
+    else:
+        state.pooling = state.settings.embedding_pooling
     state.sampling, state.sampling_source = recommended(engine.model_path)
     if state.settings.default_sampling:
         state.sampling = {**state.sampling, **parse(state.settings.default_sampling)}
@@ -55,6 +60,8 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     settings = settings or ServerSettings()
     if settings.generation_config not in ("none", "auto"):
         raise ValueError("--generation-config must be none or auto")
+    if settings.embedding_pooling not in ("auto", "mean", "last", "cls"):
+        raise ValueError("--embedding-pooling must be auto, mean, last or cls")
     if settings.reasoning_parser not in ("auto", "think", "none"):
         raise ValueError("--reasoning-parser must be auto, think or none")
     if settings.default_sampling:
@@ -119,7 +126,7 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    from . import anthropic, dashboard, explain, ollama, openai, responses, tgi
+    from . import anthropic, dashboard, embeddings, explain, ollama, openai, responses, tgi
     app.state.feed = dashboard.ServerFeed(state)
     app.include_router(dashboard.router)
     app.include_router(explain.router)
@@ -129,6 +136,7 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     app.include_router(tgi.router)
     app.include_router(anthropic.router)
     app.include_router(responses.router)
+    app.include_router(embeddings.router)
     keys = KeyRing({settings.api_key: "default"} if settings.api_key else None)
     app.add_middleware(Gate, rules=GateRules(
         tenant=keys.tenant, is_open=lambda method, path: path in _OPEN_PATHS or is_public(method, path),

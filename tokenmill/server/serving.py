@@ -38,6 +38,7 @@ class ServerSettings:
     default_sampling: str | None = None  # "temperature=0.7,top_p=0.9": over the model's recommended sampling
     generation_config: str = "none"      # auto: the API routes use the recommended sampling for unset fields
     responses_store: str | None = None   # SQLite file of stored Responses (default: the user's data directory)
+    embedding_pooling: str = "auto"      # auto (from the model's files) | mean | last | cls
     reasoning_parser: str = "auto"       # auto | think | none: split <think> reasoning out (server/reasoning.py)
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0        # on SIGTERM: running requests get this long to finish
@@ -54,6 +55,7 @@ class ServerState:
     load_error: str | None = None
     sampling: dict = field(default_factory=dict)  # recommended sampling (model/loader/sampling_defaults.py)
     sampling_source: str = ""
+    pooling: str = "mean"                # how /v1/embeddings pools (model/loader/pooling.py)
     reasoning: bool = False              # answers' <think> blocks are split out (server/reasoning.py)
     responses: "object" = None           # the ResponseStore, opened at the first Responses request
     explaining: int = 0                  # explain requests running (server/explain.py bounds them)
@@ -188,11 +190,12 @@ def _engine_error(e: BaseException, state: ServerState) -> APIError:
     return APIError(500, f"internal error: {type(e).__name__}: {e}")
 
 
-async def submit(state: ServerState, request: Request | None, gen: GenerationRequest
-                 ) -> AsyncIterator[RequestOutput]:
+async def submit(state: ServerState, request: Request | None, gen: GenerationRequest,
+                 watch: bool = True) -> AsyncIterator[RequestOutput]:
     """Admit one request; returns its stream of outputs once the first has come. While it
     waits in the queue or prefills, a client that leaves cancels it (never prefilled, if it
-    was still queued)."""
+    was still queued). watch=False: the caller watches the client itself (one watcher for
+    many requests of one HTTP request)."""
     engine = state.get_engine()
     if state.draining:
         raise APIError(503, "the server is shutting down", headers={"Retry-After": "1"})
@@ -212,7 +215,7 @@ async def submit(state: ServerState, request: Request | None, gen: GenerationReq
         request.state.prompt_tokens = getattr(request.state, "prompt_tokens", 0) + len(gen.prompt_token_ids)
     stream = engine.generate(gen.prompt_token_ids, p, gen.request_id, salt)
     try:
-        first = await (until_disconnect(request, anext(stream)) if request is not None else anext(stream))
+        first = await (until_disconnect(request, anext(stream)) if request is not None and watch else anext(stream))
     except BaseException as e:
         await stream.aclose()  # aborts it in the engine (or it never gets there)
         if isinstance(e, asyncio.CancelledError) or (isinstance(e, APIError) and e.status == 499):
