@@ -9,7 +9,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from server_process import free_port  # noqa: E402
+from server_process import Server, free_port  # noqa: E402
+
+# server subprocesses keep their data (stored Responses) in a directory of this run, never in
+# the user's own ~/.local/share
+if "TOKENMILL_TEST_DATA" not in os.environ:
+    import tempfile
+    os.environ["TOKENMILL_TEST_DATA"] = os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="tokenmill-data-")
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +83,19 @@ def portable_kernels(monkeypatch):
     if kernels() is None:
         pytest.skip("the C++ kernels could not be built here")
     monkeypatch.setenv("TOKENMILL_PORTABLE_KERNELS", "1")
+
+
+@pytest.fixture(scope="session")
+def thinking_model(tmp_path_factory):
+    """A tiny thinking model that answers `I think</think>Yes!` (tests/thinking_model.py)."""
+    from thinking_model import save_thinking_model
+    return save_thinking_model(str(tmp_path_factory.mktemp("thinking-model")))
+
+
+@pytest.fixture(scope="session")
+def thinking_server(thinking_model, tmp_path_factory):
+    """One server on the thinking model for the session (agent protocols, the chat page)."""
+    s = Server(["--model", thinking_model, "--served-model-name", "thinker", "--kv-cache-memory-gib", "0.02",
+                "--num-threads", "1"], str(tmp_path_factory.mktemp("logs") / "thinking.log"))
+    yield s
+    s.stop()

@@ -85,7 +85,7 @@ class _Common(_Strict):
         tools = [_tool(t, i) for i, t in enumerate(self.tools or [])]
         choice, parallel = _tool_choice(self.tool_choice)
         return ChatCall(messages, tools or None, choice if tools or choice != "auto" else None, parallel,
-                        self._format(), self._thinking_kwargs())
+                        self._format(), self._thinking_kwargs(), fit_max_tokens=True)
 
     def _format(self) -> GrammarSpec | None:
         oc = self.output_config or {}

@@ -30,6 +30,9 @@ class ChatCall:
     template_kwargs: dict = field(default_factory=dict)
     continue_final: bool = False
     add_generation_prompt: bool = True
+    # agent clients send a max_tokens far past a local model's context (32k and more): cut it to
+    # the room the context leaves, as llama.cpp's server does, instead of refusing (Anthropic, Responses)
+    fit_max_tokens: bool = False
 
 
 @dataclass
@@ -92,6 +95,9 @@ async def start_chat(state, request, call: ChatCall, params_for: Callable[[list]
     engine = state.get_engine()
     prompt = await render(state, call)
     params = params_for(await structured.processors(engine, prompt.grammar))
+    room = engine.max_model_len - len(prompt.ids)
+    if call.fit_max_tokens and params.max_tokens is not None and 1 <= room < params.max_tokens:
+        params.max_tokens = room
     reasoning = bool(getattr(state, "reasoning", False))
     in_thought = reasoning and prompt_opens_thought(engine.tokenizer, prompt.ids)
     out = await submit(state, request, GenerationRequest(prompt.ids, params, stream, request_id, cache_salt))

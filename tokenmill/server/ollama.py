@@ -16,6 +16,7 @@ from ..sampling_params import SamplingParams
 from . import structured, tools
 from ..api.errors import APIError
 from ..api.sse import ndjson, stream_error
+from .reasoning import prompt_opens_thought, split_stream
 from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, off_loop, submit
 
 router = APIRouter()
@@ -140,18 +141,22 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
     grammar = await structured.processors(engine, spec)
     params = _params(body.options, len(prompt_ids), engine.max_model_len, grammar)
     stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream))
+    if state.reasoning:  # a thinking model: its reasoning goes in `thinking`
+        stream = split_stream(stream, prompt_opens_thought(engine.tokenizer, prompt_ids))
     started = time.time()
     model = body.model
 
-    def piece(text: str, calls=None) -> dict:
+    def piece(text: str, calls=None, thinking: str = "") -> dict:
         if kind == "chat":
             message = {"role": "assistant", "content": text}
+            if thinking:
+                message["thinking"] = thinking
             if calls:  # Ollama's shape: arguments as an object
                 message["tool_calls"] = [{"function": {"name": c["function"]["name"],
                                                        "arguments": json.loads(c["function"]["arguments"])}}
                                          for c in calls]
             return {"model": model, "created_at": _now(), "message": message}
-        return {"model": model, "created_at": _now(), "response": text}
+        return {"model": model, "created_at": _now(), "response": text, **({"thinking": thinking} if thinking else {})}
 
     def calls_of(text):
         return tools.parse_calls(text, tool_schemas, "auto") if tool_schemas else None
@@ -164,6 +169,8 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
             try:
                 async for out in stream:
                     c = out.outputs[0]
+                    if getattr(c, "reasoning_delta", ""):
+                        yield ndjson({**piece("", thinking=c.reasoning_delta), "done": False})
                     if c.text_delta and not tool_schemas:  # with tools: known only at the end
                         counts = {"prompt_eval_count": len(prompt_ids), "eval_count": len(c.token_ids)} \
                             if counting else {}
@@ -180,14 +187,28 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
     final = await final_output(request, stream)
     text = final.outputs[0].text
     calls = calls_of(text)
-    return JSONResponse({**piece("" if calls else text, calls), **_final_stats(final, started)})
+    thinking = getattr(final.outputs[0], "reasoning", "")
+    return JSONResponse({**piece("" if calls else text, calls, thinking), **_final_stats(final, started)})
+
+
+def _think(state, body) -> dict:
+    """Ollama's `think`: true (or a level) asks a thinking model to think, false asks it not to
+    (enable_thinking for its template); a model that cannot think refuses true, as Ollama does."""
+    if body.think is None:
+        return {}
+    if body.think not in (True, False, "low", "medium", "high"):
+        raise APIError(400, "think must be true, false, or low, medium or high")
+    if body.think is not False and not state.reasoning:
+        raise APIError(400, f"\"{body.model}\" does not support thinking")
+    return {"enable_thinking": body.think is not False}
 
 
 @router.post("/api/chat")
 async def chat(body: ChatRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
-    _refuse_unsupported(body, ["think", "logprobs", "top_logprobs"])
+    _refuse_unsupported(body, ["logprobs", "top_logprobs"])
+    think = _think(state, body)
     for m in body.messages:
         if m.images:
             raise APIError(400, "images in messages are not supported yet")
@@ -206,7 +227,7 @@ async def chat(body: ChatRequest, request: Request):
                                  for c in m.tool_calls if isinstance(c, dict)]
         messages.append(msg)
     messages = tools.prompt_messages(messages, body.tools, "auto" if tool_schemas else "none")
-    ids = await off_loop(chat_prompt_ids, engine, messages)
+    ids = await off_loop(chat_prompt_ids, engine, messages, False, True, think)
     return await _respond(request, state, body, ids, "chat", tool_schemas)
 
 
@@ -214,8 +235,8 @@ async def chat(body: ChatRequest, request: Request):
 async def generate_route(body: GenerateRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
-    _refuse_unsupported(body, ["template", "context", "images", "suffix", "think", "logprobs",
-                               "top_logprobs"])
+    _refuse_unsupported(body, ["template", "context", "images", "suffix", "logprobs", "top_logprobs"])
+    think = _think(state, body)
     engine = state.get_engine()
     if not body.prompt:
         return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
@@ -226,7 +247,7 @@ async def generate_route(body: GenerateRequest, request: Request):
     else:
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + \
                    [{"role": "user", "content": body.prompt}]
-        ids = await off_loop(chat_prompt_ids, engine, messages)
+        ids = await off_loop(chat_prompt_ids, engine, messages, False, True, think)
     return await _respond(request, state, body, ids, "generate")
 
 
@@ -282,7 +303,8 @@ async def show(body: ShowRequest, request: Request):
                            f"{a}.embedding_length": cfg.hidden_size, f"{a}.block_count": cfg.num_layers,
                            f"{a}.attention.head_count": cfg.num_heads,
                            f"{a}.attention.head_count_kv": cfg.num_kv_heads},
-            "capabilities": ["completion"], "modified_at": _now()}
+            "capabilities": ["completion", "tools", "embedding"] + (["thinking"] if state.reasoning else []),
+            "modified_at": _now()}
 
 
 @router.get("/api/version")

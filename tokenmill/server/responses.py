@@ -113,7 +113,7 @@ async def create(body: ResponsesRequest, request: Request):
     system = [{"role": "system", "content": body.instructions}] if body.instructions else []
     tools, choice = body.chat_tools()
     call = ChatCall(system + history + new_messages, tools, choice, body.parallel_tool_calls is not False,
-                    body.grammar_spec(), body.enable_thinking())
+                    body.grammar_spec(), body.enable_thinking(), fit_max_tokens=True)
     pick = state.pick
 
     def params(grammar):

@@ -120,6 +120,13 @@ async function generate(opts) {
       if (ev.error) { failed = ev.error.message || JSON.stringify(ev.error); return; }
       if (ev.usage) usage = ev.usage;
       for (const ch of ev.choices || []) {
+        const thought = (ch.delta && ch.delta.reasoning_content) || "";
+        if (thought) {  // a thinking model's reasoning: kept apart, folded above the answer
+          if (first === null) first = performance.now();
+          const fresh = !msg.reasoning;
+          msg.reasoning = (msg.reasoning || "") + thought;
+          if (fresh) render(); else scheduleRender(view, msg);
+        }
         const text = (ch.delta && ch.delta.content) || "";
         if (text) {
           if (first === null) first = performance.now();
@@ -192,7 +199,12 @@ function scheduleRender(view, msg) {
   if (pending) return;
   pending = setTimeout(() => {
     pending = null;
-    if (view && view.isConnected) { view.innerHTML = markdown(msg.content); addCopyButtons(view); scrollDown(); }
+    const v = view && view.isConnected ? view : lastBody();
+    if (!v) return;
+    v.innerHTML = markdown(msg.content); addCopyButtons(v);
+    const thought = v.parentElement.querySelector("details.reasoning .thought");
+    if (thought) thought.textContent = msg.reasoning || "";
+    scrollDown();
   }, 80);
 }
 
@@ -225,8 +237,11 @@ function render() {
     const body = TM.el("div", {class: "body"});
     if (m.role === "assistant") { body.innerHTML = markdown(m.content); addCopyButtons(body); }
     else body.textContent = m.content;
+    const reasoning = m.role === "assistant" && m.reasoning ? TM.el("details", {class: "reasoning"},
+      TM.el("summary", {text: streaming && !m.content ? "Thinking…" : "Thought"}),
+      TM.el("div", {class: "thought", text: m.reasoning})) : null;
     box.append(TM.el("div", {class: `msg ${m.role}${streaming ? " streaming" : ""}`},
-      TM.el("div", {class: "who", text: m.role}), body,
+      TM.el("div", {class: "who", text: m.role}), reasoning, body,
       m.role === "assistant" && !streaming ? TM.el("div", {class: "stats", text: statsLine(m.stats)}) : null));
   });
   const last = messages[messages.length - 1];
@@ -287,7 +302,7 @@ function importFile(file) {
       for (const c of list) {
         if (!c || !Array.isArray(c.messages)) continue;
         const messages = c.messages.filter((m) => m && ["user", "assistant", "system"].includes(m.role) && typeof m.content === "string")
-          .map((m) => ({role: m.role, content: m.content, stats: m.stats}));
+          .map((m) => ({role: m.role, content: m.content, stats: m.stats, reasoning: typeof m.reasoning === "string" ? m.reasoning : undefined}));
         const id = chat.conversations.some((x) => x.id === c.id) || !c.id ? newId() : String(c.id);
         chat.conversations.unshift({id, title: String(c.title || "Imported"), created: c.created || new Date().toISOString(), messages});
         added += 1;
