@@ -31,6 +31,13 @@ REQUESTS = [
     ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "stream": False,
                    "options": {"num_predict": 12, "temperature": 0}}, lambda r: r["message"]["content"]),
     ("/generate", {"inputs": "Once upon", "parameters": {"max_new_tokens": 12}}, lambda r: r["generated_text"]),
+    ("/v1/responses", {"model": "tiny", "input": "Hi there", "max_output_tokens": 12, "temperature": 0},
+     lambda r: r["output"][0]["content"][0]["text"]),
+    ("/v1/messages", {"model": "tiny", "max_tokens": 12, "messages": [{"role": "user", "content": "Hi"}],
+                      "temperature": 0}, lambda r: r["content"][0]["text"]),
+    ("/v1/embeddings", {"model": "tiny", "input": ["Once upon", "a time"]},
+     lambda r: [[round(x, 4) for x in d["embedding"][:8]] for d in r["data"]]),
+    ("/api/embed", {"model": "tiny", "input": "Once upon"}, lambda r: [round(x, 4) for x in r["embeddings"][0][:8]]),
 ]
 
 
@@ -40,6 +47,22 @@ def test_same_greedy_answers_as_tokenmill_serve(tm_app, plain_server, path, body
     assert ray_answer.status_code == 200, ray_answer.text
     assert ray_answer.headers[REPLICA].startswith("SERVE_REPLICA::tokenmill#engine#")
     assert answer(ray_answer.json()) == answer(post(plain_server.url, path, body).json())
+
+
+def test_agent_protocols_stream_through_ray(tm_app):
+    import anthropic
+    import openai
+    with anthropic.Anthropic(base_url=tm_app, api_key="x", max_retries=0).messages.stream(
+            model="tiny", max_tokens=6, messages=[{"role": "user", "content": "Hi"}]) as s:
+        kinds = [e.type for e in s]
+        message = s.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 6
+    with openai.OpenAI(base_url=tm_app + "/v1", api_key="x", max_retries=0).responses.stream(
+            model="tiny", input="Hi", max_output_tokens=6) as s:
+        events = list(s)
+    assert events[0].type == "response.created" and events[-1].type == "response.incomplete"
+    assert events[-1].response.usage.output_tokens == 6
 
 
 def test_pages_and_metrics_come_through(tm_app):

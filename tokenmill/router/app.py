@@ -181,7 +181,8 @@ class Router:
         upstream = dict(body, model=upstream_model) if kind != "tgi" else dict(body)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         wants_continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
-        if stream and kind == "openai":  # ask for usage so that the ledger can count; dropped again if not asked for
+        if stream and path in ("/v1/chat/completions", "/v1/completions"):
+            # ask for usage so that the ledger can count; dropped again if not asked for
             upstream["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
         affinity = affinity_key(body, self.cfg.affinity_prefix_chars)
         candidates = pool.order(self.cfg.policy, affinity, self.cfg.affinity_max_imbalance)
@@ -358,13 +359,13 @@ def _with_prompt(usage: dict | None, resp) -> dict | None:
 
 
 def _tokenized(resp) -> dict | None:
-    """/tokenize answers a count; the explorer its tokens: billed as prompt tokens."""
+    """/tokenize and count_tokens answer a count; the explorer its tokens: billed as prompt tokens."""
     try:
         obj = resp.json()
     except ValueError:
         return None
-    if isinstance(obj, dict):
-        n = obj.get("count", len(obj["tokens"]) if isinstance(obj.get("tokens"), list) else None)
+    if isinstance(obj, dict):  # /tokenize: count; Anthropic's count_tokens: input_tokens
+        n = obj.get("count", obj.get("input_tokens", len(obj["tokens"]) if isinstance(obj.get("tokens"), list) else None))
         return {"prompt_tokens": n} if isinstance(n, int) else None
     return None
 
@@ -417,7 +418,8 @@ def create_router_app(cfg: RouterConfig, transports: dict | None = None, ledger=
         return route
 
     for path in ("/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate",
-                 "/generate", "/generate_stream", "/"):
+                 "/generate", "/generate_stream", "/", "/v1/responses", "/v1/messages", "/v1/embeddings",
+                 "/api/embed", "/api/embeddings"):
         app.post(path)(proxy(path))
 
     def metadata(path: str):
@@ -428,8 +430,15 @@ def create_router_app(cfg: RouterConfig, transports: dict | None = None, ledger=
 
     for path in ("/api/tags", "/api/ps", "/api/version", "/info", "/tokenmill/info"):
         app.get(path)(metadata(path))
-    for path in ("/api/show", "/tokenize", "/detokenize", "/tokenmill/explain"):
+    for path in ("/api/show", "/tokenize", "/detokenize", "/tokenmill/explain", "/v1/messages/count_tokens"):
         app.post(path)(metadata(path))
+
+    # stored Responses: every backend of one machine shares the store (server/response_store.py);
+    # the tenant's salt header tells the backend whose they are
+    async def stored_response(request: Request, rid: str):
+        return await router.passthrough(request, request.url.path)
+    app.api_route("/v1/responses/{rid}", methods=["GET", "DELETE"])(stored_response)
+    app.get("/v1/responses/{rid}/input_items")(stored_response)
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -22,12 +22,18 @@ REDIS_TIMEOUT_S = 2.0  # every Redis call: a router never hangs on a slow or los
 _DELIVERY_FIELDS = {"stream", "stream_options", "model"}
 
 
-def is_deterministic(body: dict) -> bool:
+def is_deterministic(body: dict, path: str = "/v1/chat/completions") -> bool:
+    """Embeddings always are; a Response is not cached at all (each one is stored under its own
+    id, which a cached copy would share)."""
+    if path == "/v1/embeddings":
+        return True
+    if path.startswith("/v1/responses"):
+        return False
     return body.get("temperature") == 0 or body.get("seed") is not None
 
 
 def cache_key(tenant: str, path: str, route: str, upstream_model: str | None, body: dict) -> str | None:
-    if not is_deterministic(body):
+    if not is_deterministic(body, path):
         return None
     canon = {k: v for k, v in body.items() if k not in _DELIVERY_FIELDS}
     blob = json.dumps({"tenant": tenant, "path": path, "route": route, "model": upstream_model, "body": canon},

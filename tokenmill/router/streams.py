@@ -1,12 +1,22 @@
 """What the router reads from the answers it passes on, in each protocol: usage for the ledger
-(OpenAI `usage`, Ollama `prompt_eval_count`/`eval_count`, TGI `details.generated_tokens`) and,
-for OpenAI streams, the whole answer for the response cache."""
+(OpenAI `usage`, Responses' and Anthropic's `input_tokens`/`output_tokens`, Ollama
+`prompt_eval_count`/`eval_count`, TGI `details.generated_tokens`) and, for OpenAI streams, the
+whole answer for the response cache."""
 from __future__ import annotations
 
 import json
 
 from ..api.errors import protocol_of
 from ..api.sse import SSE_DONE, ndjson, sse
+
+def _normal(usage) -> dict | None:
+    """Responses' and Anthropic's counts in OpenAI's names (Anthropic's input_tokens leave out
+    the prompt tokens read from its cache)."""
+    if isinstance(usage, dict) and "input_tokens" in usage:
+        return {"prompt_tokens": (usage.get("input_tokens") or 0) + (usage.get("cache_read_input_tokens") or 0),
+                "completion_tokens": usage.get("output_tokens") or 0}
+    return usage if isinstance(usage, dict) else None
+
 
 def _usage_from(obj: dict, kind: str) -> dict | None:
     if kind == "ollama":
@@ -19,7 +29,7 @@ def _usage_from(obj: dict, kind: str) -> dict | None:
         if isinstance(details, dict) and "generated_tokens" in details:
             return {"prompt_tokens": 0, "completion_tokens": details["generated_tokens"]}
         return None
-    return obj.get("usage")
+    return _normal(obj.get("usage"))
 
 
 def usage_of(content: bytes, path: str) -> dict | None:
@@ -40,6 +50,7 @@ class StreamAccumulator:
 
     def __init__(self, path: str, client_usage: bool = False, client_continuous: bool = False):
         self.kind = protocol_of(path)
+        self.events = self.kind == "anthropic" or path.startswith("/v1/responses")  # named-event streams
         self.chat = path.endswith("chat/completions")
         self.client_usage, self.client_continuous = client_usage, client_continuous
         self.texts: dict[int, str] = {}
@@ -50,6 +61,8 @@ class StreamAccumulator:
         self.meta: dict = {}
 
     def feed(self, line: str) -> str | None:
+        if self.events:
+            return self._feed_events(line)
         if self.kind != "openai":
             return self._feed_other(line)
         if not line.startswith("data:"):
@@ -84,6 +97,30 @@ class StreamAccumulator:
             else:
                 del event["usage"]
             return sse(event).rstrip("\n")
+        return line
+
+    def _feed_events(self, line: str) -> str:
+        """Responses: the usage is in response.completed (or .incomplete / .failed); Anthropic:
+        input tokens in message_start, output tokens in message_delta, message_stop ends it.
+        Every line passes unchanged; nothing is cached from these streams."""
+        self.cacheable = False
+        if not line.startswith("data:"):
+            return line
+        try:
+            event = json.loads(line[5:].strip())
+        except ValueError:
+            return line
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            self.usage = _normal((event.get("response") or {}).get("usage")) or self.usage
+            self.done = kind != "response.failed"
+        elif kind == "message_start":
+            self.usage = _normal((event.get("message") or {}).get("usage"))
+        elif kind == "message_delta":
+            prompt = (self.usage or {}).get("prompt_tokens", 0)
+            self.usage = {"prompt_tokens": prompt, "completion_tokens": (event.get("usage") or {}).get("output_tokens", 0)}
+        elif kind == "message_stop":
+            self.done = True
         return line
 
     def _feed_other(self, line: str) -> str:
