@@ -177,3 +177,21 @@ def test_a_first_chat_starts_from_the_recommended_sampling_and_sends_what_it_sho
     assert page.input_value("#p-temperature") == "0.9"
     page.click("#reset-settings")
     assert page.input_value("#p-temperature") == "0.3"
+
+
+def test_a_thinking_models_reasoning_is_folded_above_its_answer(thinking_server, new_page):
+    from thinking_model import ANSWER, REASONING
+    page = new_page()
+    open_chat(page, thinking_server, "thinker")
+    page.fill("#p-temperature", "0")
+    send(page, "Is it?")
+    done(page, 1)
+    assert page.evaluate(LAST_BODY).strip() == ANSWER
+    folded = page.evaluate("""(() => { const d = document.querySelector('#messages .msg.assistant details.reasoning');
+        return d && {open: d.open, text: d.querySelector('.thought').textContent,
+                     above: !!(d.compareDocumentPosition(d.parentElement.querySelector('.body')) & Node.DOCUMENT_POSITION_FOLLOWING)}; })()""")
+    assert folded == {"open": False, "text": REASONING, "above": True}
+    # reloaded from storage, the reasoning is still there, and only the answer goes back to the model
+    page.reload()
+    wait_page(page, "document.querySelector('#messages .msg.assistant details.reasoning .thought')")
+    assert page.evaluate("document.querySelector('#messages details.reasoning .thought').textContent") == REASONING

@@ -5,7 +5,8 @@ request -> API key, rate limit -> route (forced by model name, or the complexity
         policy; retried on another backend if it fails before the first byte) -> client,
         streamed through token by token -> ledger, metrics, cache.
 
-It proxies the three protocols a tokenmill server speaks (OpenAI, Ollama, TGI), so that
+It proxies every protocol a tokenmill server speaks (OpenAI chat, completions, Responses and
+embeddings, Anthropic Messages, Ollama, TGI), so that
 `serve --replicas N` serves all of them. A request holds its concurrency slot until its
 answer has ended (the whole stream); a non-streaming client that leaves cancels the upstream
 request.

@@ -1,4 +1,5 @@
-"""The FastAPI application: one engine client, three protocols, operations routes.
+"""The FastAPI application: one engine client, every protocol (OpenAI, Anthropic, Ollama, TGI),
+operations routes.
 
 The model loads in a background thread after the server starts listening, so /health can
 answer 503 while it loads and 200 once it is ready.
