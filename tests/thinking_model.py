@@ -32,8 +32,9 @@ def script_ids() -> list[int]:
     return [*REASONING.encode(), CLOSE_ID, *ANSWER.encode(), EOS]
 
 
-def save_thinking_model(path: str) -> str:
-    model = make_hf_model("llama", seed=3, vocab_size=VOCAB, num_hidden_layers=1)
+def save_thinking_model(path: str, endless: bool = False, context: int = 512) -> str:
+    """endless: `I think\nI think\n...` without end (its 'k' leads back to '\n'), for budgets."""
+    model = make_hf_model("llama", seed=3, vocab_size=VOCAB, num_hidden_layers=1, max_position_embeddings=context)
     chain = [ord("\n"), *script_ids()]
     with torch.no_grad():
         for layer in model.model.layers:
@@ -48,6 +49,8 @@ def save_thinking_model(path: str) -> str:
         head = model.lm_head.weight
         head.zero_()
         for cur, nxt in zip(chain, chain[1:]):
+            if endless and cur == ord("k"):
+                nxt = ord("\n")
             head[nxt] += 3.0 * emb[cur] / emb[cur].norm()
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)

@@ -96,3 +96,22 @@ def test_parser_off_keeps_the_text(thinking_model, tmp_path):
         assert httpx.post(s.url + "/api/chat", json={"model": "thinker", "messages": ASK, "think": True}).status_code == 400
     finally:
         s.stop()
+
+
+def test_anthropic_budget_tokens_closes_an_endless_thought(tmp_path):
+    """A model that would think forever: after budget_tokens of reasoning the block is closed
+    and the answer follows."""
+    from server_process import Server
+    from thinking_model import save_thinking_model
+    path = save_thinking_model(str(tmp_path / "endless"), endless=True, context=2048)
+    s = Server(["--model", path, "--served-model-name", "thinker", "--kv-cache-memory-gib", "0.02",
+                "--num-threads", "1"], str(tmp_path / "endless.log"))
+    try:
+        c = anthropic.Anthropic(base_url=s.url, api_key="x", max_retries=0)
+        m = c.messages.create(model="thinker", max_tokens=1100, messages=ASK,
+                              thinking={"type": "enabled", "budget_tokens": 1024})
+        assert [b.type for b in m.content] == ["thinking", "text"] and m.content[1].text == ANSWER
+        assert m.content[0].thinking.startswith("I think\nI think") and m.stop_reason == "end_turn"
+        assert m.usage.output_tokens == 1024 + 1 + len(ANSWER) + 1  # thought, </think>, answer, EOS
+    finally:
+        s.stop()

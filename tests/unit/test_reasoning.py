@@ -40,3 +40,17 @@ def test_nothing_is_held_longer_than_a_possible_tag():
     s = ReasoningSplitter(True)
     assert s.feed("abc </") == ("abc ", "")   # "</" may start </think>
     assert s.feed("b>") == ("</b>", "")        # it did not
+
+
+def test_thinking_budget_closes_the_block(thinking_model):
+    """The scripted model thinks `I think` (7 tokens); a budget of 3 closes the block after `I t`."""
+    from thinking_model import CLOSE_ID, OPEN_ID
+    from tokenmill import LLM, SamplingParams
+    from tokenmill.engine.thinking_budget import ThinkingBudget
+    llm = LLM(thinking_model, kv_cache_memory_gib=0.01, show_progress=False)
+    ask = [{"role": "user", "content": "Is it?"}]
+    free = llm.chat(ask, SamplingParams(temperature=0, max_tokens=20))[0].outputs[0].text
+    assert free == "I think</think>Yes!"
+    for budget, text in ((3, "I t</think>Yes!"), (7, "I think</think>Yes!"), (50, "I think</think>Yes!")):
+        p = SamplingParams(temperature=0, max_tokens=20, logits_processors=[ThinkingBudget(budget, OPEN_ID, CLOSE_ID, True)])
+        assert llm.chat(ask, p)[0].outputs[0].text == text

@@ -16,10 +16,12 @@ DEFAULT_COMPLETION_ESTIMATE = 256  # tokens reserved for a request that names no
 
 
 def estimate_tokens(body: dict) -> int:
-    """Prompt characters / 4, plus the request's token limit in whichever protocol it speaks."""
-    chars = len(str(body.get("messages") or body.get("prompt") or body.get("inputs") or ""))
+    """Prompt characters / 4 (messages, prompt, inputs or input, and a system prompt or
+    instructions), plus the request's token limit in whichever protocol it speaks."""
+    chars = len(str(body.get("messages") or body.get("prompt") or body.get("inputs") or body.get("input") or ""))
+    chars += len(str(body.get("system") or body.get("instructions") or ""))
     nested = [body.get("options"), body.get("parameters")]
-    candidates = [body.get("max_completion_tokens"), body.get("max_tokens")] + \
+    candidates = [body.get("max_completion_tokens"), body.get("max_tokens"), body.get("max_output_tokens")] + \
         [d.get(k) for d in nested if isinstance(d, dict) for k in ("num_predict", "max_new_tokens")]
     limit = next((c for c in candidates if isinstance(c, int) and c > 0), DEFAULT_COMPLETION_ESTIMATE)
     return chars // 4 + limit

@@ -84,8 +84,9 @@ class _Common(_Strict):
             messages.extend(_message(m, i))
         tools = [_tool(t, i) for i, t in enumerate(self.tools or [])]
         choice, parallel = _tool_choice(self.tool_choice)
+        budget = (self.thinking or {}).get("budget_tokens") if (self.thinking or {}).get("type") == "enabled" else None
         return ChatCall(messages, tools or None, choice if tools or choice != "auto" else None, parallel,
-                        self._format(), self._thinking_kwargs(), fit_max_tokens=True)
+                        self._format(), self._thinking_kwargs(), fit_max_tokens=True, thinking_budget=budget)
 
     def _format(self) -> GrammarSpec | None:
         oc = self.output_config or {}

@@ -16,7 +16,8 @@ from ..api.errors import APIError
 from ..engine.structured import GrammarSpec
 from ..sampling_params import SamplingParams
 from . import structured, tools
-from .reasoning import ReasoningSplitter, prompt_opens_thought, split_stream
+from ..engine.thinking_budget import ThinkingBudget
+from .reasoning import CLOSE, OPEN, ReasoningSplitter, prompt_opens_thought, split_stream
 from .serving import GenerationRequest, chat_prompt_ids, off_loop, submit
 
 
@@ -33,6 +34,7 @@ class ChatCall:
     # agent clients send a max_tokens far past a local model's context (32k and more): cut it to
     # the room the context leaves, as llama.cpp's server does, instead of refusing (Anthropic, Responses)
     fit_max_tokens: bool = False
+    thinking_budget: int | None = None   # reasoning tokens at most (engine/thinking_budget.py)
 
 
 @dataclass
@@ -94,12 +96,17 @@ async def start_chat(state, request, call: ChatCall, params_for: Callable[[list]
     SamplingParams. Errors are APIErrors (400 for what the request got wrong)."""
     engine = state.get_engine()
     prompt = await render(state, call)
-    params = params_for(await structured.processors(engine, prompt.grammar))
+    reasoning = bool(getattr(state, "reasoning", False))
+    in_thought = reasoning and prompt_opens_thought(engine.tokenizer, prompt.ids)
+    processors = await structured.processors(engine, prompt.grammar)
+    if call.thinking_budget is not None and reasoning:
+        tok = engine.tokenizer
+        (open_id,), (close_id,) = (tok.encode(t, add_special_tokens=False) for t in (OPEN, CLOSE))
+        processors = [ThinkingBudget(call.thinking_budget, open_id, close_id, in_thought), *processors]
+    params = params_for(processors)
     room = engine.max_model_len - len(prompt.ids)
     if call.fit_max_tokens and params.max_tokens is not None and 1 <= room < params.max_tokens:
         params.max_tokens = room
-    reasoning = bool(getattr(state, "reasoning", False))
-    in_thought = reasoning and prompt_opens_thought(engine.tokenizer, prompt.ids)
     out = await submit(state, request, GenerationRequest(prompt.ids, params, stream, request_id, cache_salt))
     return ChatRun(prompt.ids, params, out, prompt.mode, prompt.schemas, in_thought, reasoning)
 
