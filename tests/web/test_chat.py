@@ -195,3 +195,19 @@ def test_a_thinking_models_reasoning_is_folded_above_its_answer(thinking_server,
     page.reload()
     wait_page(page, "document.querySelector('#messages .msg.assistant details.reasoning .thought')")
     assert page.evaluate("document.querySelector('#messages details.reasoning .thought').textContent") == REASONING
+
+
+def test_settings_changed_before_the_server_answers_are_kept(tiny_web, new_page):
+    """The settings fields keep what is typed from the first moment, even while /tokenmill/info
+    (held back here) has not answered yet."""
+    page = new_page()
+    held = []
+    page.route("**/tokenmill/info", lambda route: held.append(route))
+    page.goto(tiny_web.url + "/")
+    wait_page(page, "document.querySelector('#model-name').textContent === 'tiny'")
+    page.fill("#p-temperature", "0.25")
+    page.focus("#input")  # the change is committed when the field loses focus
+    wait_page(page, "JSON.parse(localStorage.getItem('tokenmill.chatSettings') || '{}')['temperature'] === '0.25'",
+              timeout=30, what="the setting was not saved before the server answered")
+    for route in held:
+        route.continue_()

@@ -321,6 +321,16 @@ async function init() {
   TM.nav("/");
   load();
   render();
+  // settings are kept from the first moment, not once the server has answered below
+  for (const p of PARAMS) $("p-" + p).addEventListener("change", saveSettings);
+  $("p-stop").addEventListener("change", saveSettings);
+  $("system").addEventListener("change", saveSettings);
+  $("reset-settings").addEventListener("click", () => {
+    for (const p of PARAMS) $("p-" + p).value = "";
+    $("p-stop").value = ""; $("system").value = "";
+    applyRecommended(chat.recommended);
+    saveSettings();
+  });
   try {
     const models = await TM.api("/v1/models");
     chat.model = models.data[0].id;
@@ -369,15 +379,6 @@ async function init() {
   });
   $("export").addEventListener("click", exportAll);
   $("import").addEventListener("change", (ev) => { if (ev.target.files[0]) importFile(ev.target.files[0]); ev.target.value = ""; });
-  for (const p of PARAMS) $("p-" + p).addEventListener("change", saveSettings);
-  $("p-stop").addEventListener("change", saveSettings);
-  $("system").addEventListener("change", saveSettings);
-  $("reset-settings").addEventListener("click", () => {
-    for (const p of PARAMS) $("p-" + p).value = "";
-    $("p-stop").value = ""; $("system").value = "";
-    applyRecommended(chat.recommended);
-    saveSettings();
-  });
 }
 
 document.addEventListener("DOMContentLoaded", init);
