@@ -151,7 +151,7 @@ def test_tgi_prompt_tokens_are_billed(tenants, replicas):
     assert ledger(db, "api_key = 'carol'")[-1][1:3] == (count, 2)
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat", "/v1/messages", "/v1/responses"])
 def test_a_hang_up_after_n_tokens_is_billed_n(tenants, path):
     r, db = tenants
     n = 6
@@ -159,6 +159,8 @@ def test_a_hang_up_after_n_tokens_is_billed_n(tenants, path):
     body = {"model": "tiny", "messages": [{"role": "user", "content": f"Count {path}"}], "stream": True}
     if path.startswith("/api/"):
         body["options"] = {"num_predict": 200}
+    elif path == "/v1/responses":
+        body = {"model": "tiny", "input": f"Count {path}", "max_output_tokens": 200, "stream": True}
     else:
         body["max_tokens"] = 200
     got = 0
@@ -168,6 +170,11 @@ def test_a_hang_up_after_n_tokens_is_billed_n(tenants, path):
                 if path.startswith("/api/"):
                     got += bool(line and not json.loads(line).get("done"))
                     assert "eval_count" not in json.loads(line) or json.loads(line)["done"]  # not shown mid-stream
+                elif line.startswith(":"):
+                    raise AssertionError(f"the backend's token count reached the client: {line}")
+                elif line.startswith("data: {") and path in ("/v1/messages", "/v1/responses"):
+                    event = json.loads(line[6:])  # named events: text deltas
+                    got += event["type"] in ("content_block_delta", "response.output_text.delta")
                 elif line.startswith("data: {"):
                     event = json.loads(line[6:])
                     assert "usage" not in event  # the client did not ask for it

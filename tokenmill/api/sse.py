@@ -27,6 +27,13 @@ def sse_event(obj: dict) -> str:
     return f"event: {obj['type']}\ndata: {json.dumps(obj)}\n\n"
 
 
+def sse_count(tokens: int) -> str:
+    """An SSE comment with the tokens sent so far, for the router (which asks for counts in
+    every chunk with x-tokenmill-usage: continuous, and strips these): a named-event stream
+    (Anthropic, Responses) has no field of its own for them, and clients ignore comments."""
+    return f": tokens {tokens}\n\n"
+
+
 def ndjson(obj) -> str:
     return json.dumps(obj) + "\n"
 

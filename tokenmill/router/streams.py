@@ -102,8 +102,14 @@ class StreamAccumulator:
     def _feed_events(self, line: str) -> str:
         """Responses: the usage is in response.completed (or .incomplete / .failed); Anthropic:
         input tokens in message_start, output tokens in message_delta, message_stop ends it.
-        Every line passes unchanged; nothing is cached from these streams."""
+        The backend's token counts come as SSE comments, dropped here; every other line passes
+        unchanged; nothing is cached from these streams."""
         self.cacheable = False
+        if line.startswith(": tokens "):  # the backend's count so far (api/sse.py sse_count): ours only
+            if line[9:].strip().isdigit():
+                prompt = (self.usage or {}).get("prompt_tokens", 0)
+                self.usage = {"prompt_tokens": prompt, "completion_tokens": int(line[9:].strip())}
+            return None
         if not line.startswith("data:"):
             return line
         try:

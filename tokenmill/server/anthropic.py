@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..api.errors import APIError
-from ..api.sse import sse_event, stream_error
+from ..api.sse import sse_count, sse_event, stream_error
 from .anthropic_protocol import CountTokensRequest, MessagesRequest, tool_use_block
 from .chat_core import render, start_chat
 from .serving import final_output, make_params, new_id, off_loop
@@ -53,7 +53,8 @@ async def messages(body: MessagesRequest, request: Request):
     run = await start_chat(state, request, call, params, body.stream, mid)
     head = {"id": mid, "type": "message", "role": "assistant", "model": body.model}
     if body.stream:
-        return StreamingResponse(_events(run, head), media_type="text/event-stream")
+        counting = request.headers.get("x-tokenmill-usage") == "continuous"
+        return StreamingResponse(_events(run, head, counting), media_type="text/event-stream")
     final = await final_output(request, run.stream)
 
     def answer() -> dict:
@@ -71,7 +72,7 @@ async def messages(body: MessagesRequest, request: Request):
     return JSONResponse(await off_loop(answer))
 
 
-async def _events(run, head):
+async def _events(run, head, counting: bool = False):
     """The stream, one content block at a time: thinking, then text or tool_use blocks."""
     block = {"index": -1, "kind": None}
     out = None
@@ -122,6 +123,8 @@ async def _events(run, head):
                     yield close_block()
                     yield open_block("text", {"type": "text", "text": ""})
                 yield delta({"type": "text_delta", "text": c.text_delta})
+            if counting:
+                yield sse_count(len(c.token_ids))
         c = out.outputs[0]
         if block["index"] < 0:  # an empty answer still has its (empty) text block
             yield open_block("text", {"type": "text", "text": ""})

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..api.errors import APIError
-from ..api.sse import sse_event
+from ..api.sse import sse_count, sse_event
 from .chat_core import ChatCall, start_chat
 from .reasoning import CLOSE
 from .response_store import ResponseStore
@@ -133,7 +133,8 @@ async def create(body: ResponsesRequest, request: Request):
         return response
 
     if body.stream:
-        return StreamingResponse(_events(run, answer, finish), media_type="text/event-stream")
+        counting = request.headers.get("x-tokenmill-usage") == "continuous"
+        return StreamingResponse(_events(run, answer, finish, counting), media_type="text/event-stream")
     final = await final_output(request, run.stream)
 
     def build() -> dict:
@@ -146,7 +147,7 @@ async def create(body: ResponsesRequest, request: Request):
     return JSONResponse(await off_loop(build))
 
 
-async def _events(run, answer: _Answer, finish):
+async def _events(run, answer: _Answer, finish, counting: bool = False):
     seq = iter(range(1 << 62))
     output: list[dict] = []
     cur: dict = {}  # the item being streamed: {"item", "index", "text"}
@@ -230,6 +231,8 @@ async def _events(run, answer: _Answer, finish):
                     yield ev("response.content_part.added", item_id=item["id"], output_index=cur["index"],
                              content_index=0, part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
                 yield add("message", c.text_delta)
+            if counting:
+                yield sse_count(len(c.token_ids))
         c = out.outputs[0]
         if not output:  # an empty answer is still a message
             item = _message_item("", "in_progress")
