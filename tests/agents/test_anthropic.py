@@ -126,3 +126,18 @@ def test_unknown_model_404(smol_agents):
     with pytest.raises(anthropic.NotFoundError) as e:
         client(smol_agents).messages.create(model="claude-nope", max_tokens=5, messages=ASK)
     assert e.value.body["error"]["type"] == "not_found_error"
+
+
+def test_assistant_prefill_is_continued(smol_agents):
+    """A last assistant message is the start of the answer (as Anthropic has it): the same
+    continuation as OpenAI chat's continue_final_message, without the prefill itself."""
+    turns = [{"role": "user", "content": "What is the capital of France?"},
+             {"role": "assistant", "content": "The capital of France is"}]
+    m = client(smol_agents).messages.create(model=smol_agents.model, max_tokens=8, messages=turns, **GREEDY)
+    r = httpx.post(smol_agents.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json={
+        "model": smol_agents.model, "messages": turns, "max_tokens": 8, "temperature": 0,
+        "continue_final_message": True}).json()
+    assert m.content[0].text == r["choices"][0]["message"]["content"] and m.content[0].text
+    bad = httpx.post(smol_agents.url + "/v1/messages", headers={"Authorization": f"Bearer {KEY}"}, json={
+        "model": smol_agents.model, "max_tokens": 5, "messages": [turns[0], {"role": "assistant", "content": "Paris "}]})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"  # (Bearer works too)

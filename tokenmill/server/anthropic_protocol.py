@@ -85,8 +85,15 @@ class _Common(_Strict):
         tools = [_tool(t, i) for i, t in enumerate(self.tools or [])]
         choice, parallel = _tool_choice(self.tool_choice)
         budget = (self.thinking or {}).get("budget_tokens") if (self.thinking or {}).get("type") == "enabled" else None
+        # a last assistant turn with text is a prefill: the answer goes on from it (Anthropic's
+        # way to start an answer, e.g. with "{"); trailing whitespace is refused there, as Anthropic does
+        last = messages[-1]
+        prefill = last["role"] == "assistant" and not last.get("tool_calls") and bool(last["content"])
+        if prefill and last["content"] != last["content"].rstrip():
+            raise APIError(400, "final assistant content cannot end with trailing whitespace", param="messages")
         return ChatCall(messages, tools or None, choice if tools or choice != "auto" else None, parallel,
-                        self._format(), self._thinking_kwargs(), fit_max_tokens=True, thinking_budget=budget)
+                        self._format(), self._thinking_kwargs(), continue_final=prefill,
+                        add_generation_prompt=not prefill, fit_max_tokens=True, thinking_budget=budget)
 
     def _format(self) -> GrammarSpec | None:
         oc = self.output_config or {}
