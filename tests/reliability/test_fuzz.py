@@ -12,7 +12,7 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from .conftest import LONG, tracebacks
 
-CASES_PER_OPERATION = 2500 if LONG else 150
+CASES_PER_OPERATION = 2500 if LONG else 120
 MIN_CASES = 20000 if LONG else 2000
 stats = {"cases": 0, "streams": 0, "server_errors": 0}
 
