@@ -30,6 +30,15 @@ class APIError(Exception):
         self.headers = headers
 
 
+def refuse_fields(body, names) -> None:
+    """A 400 naming the first of `names` that the body sets to anything but its neutral value
+    (None, false, 0, empty): fields a protocol has that this server does not honour are refused
+    by name, never silently ignored."""
+    for name in names:
+        if getattr(body, name, None) not in (None, False, [], "", {}):
+            raise APIError(400, f"`{name}` is not supported by this server", param=name)
+
+
 def protocol_of(path: str) -> str:
     """Which protocol a path speaks: "ollama", "tgi", "anthropic" or "openai" (everything else)."""
     if path.startswith("/api/"):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..api.errors import APIError
+from ..api.errors import APIError, refuse_fields
 from ..engine.structured import GrammarError, GrammarSpec
 from .chat_core import ChatCall
 
@@ -70,13 +70,8 @@ class _Common(_Strict):
     mcp_servers: Any = None
     context_management: Any = None
 
-    def refuse_unsupported(self) -> None:
-        for name in _REFUSED:
-            if getattr(self, name, None) not in (None, [], {}):
-                raise APIError(400, f"`{name}` is not supported by this server", param=name)
-
     def chat_call(self) -> ChatCall:
-        self.refuse_unsupported()
+        refuse_fields(self, _REFUSED)
         messages = []
         if self.system:
             messages.append({"role": "system", "content": _text_of(self.system, "system")})

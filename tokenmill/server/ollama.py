@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__
 from ..sampling_params import SamplingParams
 from . import structured, tools
-from ..api.errors import APIError
+from ..api.errors import APIError, refuse_fields
 from ..api.sse import ndjson, stream_error
 from .reasoning import prompt_opens_thought, split_stream
 from .serving import GenerationRequest, chat_prompt_ids, final_output, make_params, off_loop, submit
@@ -92,12 +92,6 @@ def _state(request):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _refuse_unsupported(body, names):
-    for name in names:
-        if getattr(body, name, None) not in (None, False, [], "", {}):
-            raise APIError(400, f"`{name}` is not supported by this server yet")
 
 
 def _params(o: Options | None, num_prompt: int, max_model_len: int, processors=()) -> SamplingParams:
@@ -207,7 +201,7 @@ def _think(state, body) -> dict:
 async def chat(body: ChatRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
-    _refuse_unsupported(body, ["logprobs", "top_logprobs"])
+    refuse_fields(body, ["logprobs", "top_logprobs"])
     think = _think(state, body)
     for m in body.messages:
         if m.images:
@@ -235,7 +229,7 @@ async def chat(body: ChatRequest, request: Request):
 async def generate_route(body: GenerateRequest, request: Request):
     state = _state(request)
     state.check_model(body.model)
-    _refuse_unsupported(body, ["template", "context", "images", "suffix", "logprobs", "top_logprobs"])
+    refuse_fields(body, ["template", "context", "images", "suffix", "logprobs", "top_logprobs"])
     think = _think(state, body)
     engine = state.get_engine()
     if not body.prompt:

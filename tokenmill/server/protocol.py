@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..api.errors import APIError
+from ..api.errors import APIError, refuse_fields
 
 
 class _Strict(BaseModel):
@@ -82,10 +82,7 @@ class _SamplingFields(_Strict):
     _unsupported: ClassVar[tuple[str, ...]] = ()
 
     def check_unsupported(self) -> None:
-        for name in self._unsupported:
-            value = getattr(self, name, None)
-            if value not in (None, False, [], {}):
-                raise APIError(400, f"`{name}` is not supported by this server yet", param=name)
+        refuse_fields(self, self._unsupported)
 
 
 class ChatCompletionRequest(_SamplingFields):

@@ -250,28 +250,28 @@ async def _events(run, answer: _Answer, finish, counting: bool = False):
             "code": "server_error", "message": e.message}))
 
 
-@router.get("/v1/responses/{rid}")
-async def retrieve(rid: str, request: Request):
-    state = request.app.state.tm
-    found = await off_loop(_store(state).get, _owner(request), rid)
-    if found is None:
+async def _stored(request: Request, what: str, rid: str):
+    """The owner's stored response (get), its input items or its deletion; 404 for anything
+    another owner has, as for anything that does not exist."""
+    found = await off_loop(getattr(_store(request.app.state.tm), what), _owner(request), rid)
+    if found is None or found is False:
         raise APIError(404, f"Response with id '{rid}' not found.", param="response_id")
     return found
 
 
+@router.get("/v1/responses/{rid}")
+async def retrieve(rid: str, request: Request):
+    return await _stored(request, "get", rid)
+
+
 @router.get("/v1/responses/{rid}/input_items")
 async def input_items(rid: str, request: Request):
-    state = request.app.state.tm
-    items = await off_loop(_store(state).input_items, _owner(request), rid)
-    if items is None:
-        raise APIError(404, f"Response with id '{rid}' not found.", param="response_id")
+    items = await _stored(request, "input_items", rid)
     return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
             "last_id": items[-1]["id"] if items else None, "has_more": False}
 
 
 @router.delete("/v1/responses/{rid}")
 async def delete(rid: str, request: Request):
-    state = request.app.state.tm
-    if not await off_loop(_store(state).delete, _owner(request), rid):
-        raise APIError(404, f"Response with id '{rid}' not found.", param="response_id")
+    await _stored(request, "delete", rid)
     return {"id": rid, "object": "response", "deleted": True}

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..api.errors import APIError
+from ..api.errors import APIError, refuse_fields
 from ..engine.structured import GrammarError, GrammarSpec
 
 # set to anything but their neutral value, these get a 400 that names them
@@ -58,9 +58,7 @@ class ResponsesRequest(BaseModel):
     top_logprobs: int | None = None
 
     def refuse_unsupported(self) -> None:
-        for name in _REFUSED:
-            if getattr(self, name, None) not in (None, False, 0, [], {}):
-                raise APIError(400, f"`{name}` is not supported by this server", param=name)
+        refuse_fields(self, _REFUSED)
         if self.include:
             raise APIError(400, f"include `{self.include[0]}` is not supported by this server", param="include")
 
