@@ -1,4 +1,5 @@
 """A real `tokenmill serve` subprocess on loopback, for tests."""
+import os
 import socket
 import subprocess
 import sys
@@ -31,7 +32,8 @@ class Server:
     """`tokenmill serve` (or another subcommand, e.g. router) as a subprocess; ready when
     /health says 200."""
 
-    def __init__(self, args: list[str], log_path: str, command: str = "serve", port: int | None = None):
+    def __init__(self, args: list[str], log_path: str, command: str = "serve", port: int | None = None,
+                 env: dict | None = None):
         self.args, self.command = args, command
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,7 +42,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokenmill.cli", command, "--port", str(self.port),
              "--log-level", "warning", *args],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -15,7 +15,7 @@ import typing
 from .config import EngineConfig
 
 # fields that are not useful as flags
-_SKIP = {"show_progress", "model", "skip_special_tokens", "logits_processors", "return_raw_logits",
+_SKIP = {"show_progress", "model", "named_models", "skip_special_tokens", "logits_processors", "return_raw_logits",
          "price_in", "price_out"}
 
 
@@ -50,10 +50,15 @@ def _pick(args: argparse.Namespace, cls) -> dict:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
-def _engine_parser() -> argparse.ArgumentParser:
+def _engine_parser(several: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", "-m", default=None,
-                   help="a .gguf file or a Hugging Face model directory (default: bundled SmolLM2-135M-Instruct)")
+    if several:  # serve: the default model, and more by name (the model store)
+        p.add_argument("--model", "-m", action="append", default=None,
+                       help="a .gguf file or a Hugging Face model directory (default: bundled SmolLM2-135M-"
+                       "Instruct); NAME=PATH (repeatable) adds a model to the store under NAME")
+    else:
+        p.add_argument("--model", "-m", default=None,
+                       help="a .gguf file or a Hugging Face model directory (default: bundled SmolLM2-135M-Instruct)")
     g = p.add_argument_group("engine")
     add_dataclass_flags(g, EngineConfig)
     return p
@@ -226,8 +231,29 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def _split_models(args) -> None:
+    """serve's --model list -> args.model (the default model's path, or None: bundled),
+    args.named_models (NAME=PATH) and, when only named models are given, the first one's name
+    as the served name."""
+    items = args.model or []
+    plain = [i for i in items if "=" not in i or os.path.exists(os.path.expanduser(i))]
+    named = [i for i in items if i not in plain]
+    if len(plain) > 1:
+        raise ValueError("give one --model PATH (the default model); name the others: --model NAME=PATH")
+    if not plain and named and not args.models:
+        name, _, path = named[0].partition("=")
+        plain = [path]
+        if not getattr(args, "served_model_name", None):
+            args.served_model_name = name
+        named = named[1:]
+    args.model = plain[0] if plain else None
+    args.named_models = named or None
+
+
 def cmd_serve(args) -> int:
     import uvicorn
+
+    _split_models(args)
 
     if args.ray:
         from .cluster.launch import serve_on_ray
@@ -411,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(func=cmd_chat)
 
     from .server.serving import ServerSettings
-    s = sub.add_parser("serve", help="HTTP server: OpenAI, Ollama and TGI APIs",
-                       parents=[_engine_parser()])
+    s = sub.add_parser("serve", help="HTTP server: OpenAI, Anthropic, Ollama and TGI APIs",
+                       parents=[_engine_parser(several=True)])
     add_dataclass_flags(s.add_argument_group("server"), ServerSettings,
                         {f.name: f.default for f in dataclasses.fields(ServerSettings)})
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -458,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     est.add_argument("--no-measure", action="store_true", help="skip measuring memory bandwidth")
     est.add_argument("--json", action="store_true", help="print JSON instead of a table")
     est.set_defaults(func=cmd_estimate)
+
+    from .store import cli as store_cli
+    store_cli.add_parsers(sub)
 
     u = sub.add_parser("usage", help="cost and tokens per key / route / day from the router's ledger")
     u.add_argument("--ledger", default="tokenmill-usage.sqlite")

@@ -33,8 +33,9 @@ def test_default_sampling_flag_is_parsed_strictly():
 def test_openai_routes_keep_their_documented_defaults_unless_told(mode, expected):
     from tokenmill.server.openai import _common_params
     from tokenmill.server.protocol import ChatCompletionRequest
-    from tokenmill.server.serving import ServerSettings, ServerState
-    state = ServerState(settings=ServerSettings(generation_config=mode), metrics=None, sampling=dict(DEFAULTS))
+    from tokenmill.server.model_pool import ModelSlot
+    from tokenmill.server.serving import ServerSettings
+    state = ModelSlot("m", "", ServerSettings(generation_config=mode), sampling=dict(DEFAULTS))
     body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}])
     p = _common_params(state, body, None, None)
     assert (p.temperature, p.top_p, p.top_k) == expected

@@ -17,6 +17,10 @@ def serve_on_ray(args, config, settings) -> int:
     server = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("host", "port")}
     spec = {"engine": engine, "server": server, "num_cpus": args.ray_num_cpus, "num_gpus": args.ray_num_gpus,
             "ingress_replicas": args.ingress_replicas}
+    if settings.models or settings.named_models:  # a store: one engine deployment per model
+        from ..server.app import build_store, served_name
+        store = build_store(config, settings, served_name(config, settings))
+        spec["models"] = {m.name: m.path for m in store.list()}
     if args.autoscale:
         spec["autoscale"] = args.autoscale
     else:

@@ -18,9 +18,10 @@ class EngineReplica:
         threads = num_threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 1
         torch.set_num_threads(threads)
         config = EngineConfig(**dict(engine_args, num_threads=threads, show_progress=False))
-        settings = ServerSettings(**{k: v for k, v in server_args.items() if k not in ("host", "port", "api_key")})
+        settings = ServerSettings(**{k: v for k, v in server_args.items()
+                                     if k not in ("host", "port", "api_key", "models", "named_models")})
         engine = AsyncLLMEngine.from_config(config, settings.max_queue)
-        self.app = create_app(config, settings, engine=engine)
+        self.app = create_app(config, settings, engine=engine, scan_store=False)  # its one model
         self.name = _replica_name()
         self._lifespan = None
 

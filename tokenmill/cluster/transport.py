@@ -16,6 +16,12 @@ from ..api.errors import is_streaming
 from ..api.affinity import PREFIX_CHARS, affinity_key
 
 ENGINE_URL = "http://tokenmill-engine"
+
+
+def engine_url(i: int) -> str:
+    """The router's URL for the i-th model's engine deployment (a host of its own: httpx
+    mounts a transport per host)."""
+    return ENGINE_URL if i == 0 else f"{ENGINE_URL}-{i}"
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 

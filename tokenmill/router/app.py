@@ -73,13 +73,20 @@ class Router:
 
     def choose_route(self, body: dict) -> tuple[str, str]:
         model = body.get("model")
-        if not self.hybrid:
-            return next(iter(self.pools)), "single"
+        if not isinstance(model, str):
+            model = None
         if model in self.pools:
             return model, "forced"
-        for name, pool in self.pools.items():
-            if model and (model == pool.route.model or any(model == b.model for b in pool.backends)):
-                return name, "forced"
+        for name, pool in self.pools.items():  # a model one of its backends has (its store)
+            if model and (model == pool.route.model or pool.serves(model)):
+                return name, "forced" if self.hybrid else "model"
+        if model not in (None, "", "auto") and all(p.knows_models() for p in self.pools.values()):
+            names = sorted({m for p in self.pools.values() for b in p.healthy() for m in b.models})
+            raise APIError(404, f"The model `{model}` does not exist. The backends serve: {', '.join(names)}"
+                                + (f"; or use `auto` or a route name ({', '.join(self.pools)})" if self.hybrid else "")
+                                + ".", param="model", code="model_not_found")
+        if not self.hybrid:
+            return next(iter(self.pools)), "single"
         if model in (None, "", "auto"):
             decision = classify(body, self.cfg.classifier)
             route = decision.route if decision.route in self.pools else next(iter(self.pools))
@@ -132,6 +139,7 @@ class Router:
                            status=status, cost=cost)
         _settle(self.limiter, reservation, p + c)
         self.metrics.requests.labels(route, backend or "cache", str(status)).inc()
+        self.metrics.model_requests.labels(backend or "cache", model or "").inc()
         self.metrics.latency.labels(route).observe(time.time() - started)
         self.recent.append({"t": time.time(), "latency": time.time() - started, "backend": backend, "cost": cost})
         self.metrics.tokens.labels(route, "prompt").inc(p)
@@ -160,8 +168,10 @@ class Router:
         route, reason = self.choose_route(body)
         self.metrics.decisions.labels(route, reason).inc()
         pool = self.pools[route]
-        live = pool.healthy()
-        upstream_model = pool.route.model or (live[0].model if live else None) or body.get("model")
+        wanted = body.get("model") if isinstance(body.get("model"), str) else None
+        live = pool.healthy(wanted)
+        upstream_model = pool.route.model or (wanted if pool.serves(wanted) else None) or \
+            (live[0].model if live else None) or wanted
         stream = is_streaming(path, body)
         headers = {"x-tokenmill-route": route}
         done = dict(key=key, route=route, model=upstream_model, started=started, reservation=reservation)
@@ -186,7 +196,7 @@ class Router:
             # ask for usage so that the ledger can count; dropped again if not asked for
             upstream["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
         affinity = affinity_key(body, self.cfg.affinity_prefix_chars)
-        candidates = pool.order(self.cfg.policy, affinity, self.cfg.affinity_max_imbalance)
+        candidates = pool.order(self.cfg.policy, affinity, self.cfg.affinity_max_imbalance, upstream_model)
         if not candidates:
             raise APIError(503, f"no healthy backend for route `{route}`", headers={"Retry-After": "1"})
         await self.acquire_slot()
@@ -261,12 +271,16 @@ class Router:
         except ValueError as e:
             raise APIError(400, f"the request body is not valid JSON: {e}") from e
         reservation = await self.admit(tenant, estimate_tokens(body) if isinstance(body, dict) and body else 0)
-        route = next(iter(self.pools))
-        live = self.pools[route].healthy()
-        done = dict(key=tenant, route=route, model=None, started=started, reservation=reservation)
+        model = (body.get("model") or body.get("name")) if isinstance(body, dict) else None
+        model = model if isinstance(model, str) else None
+        route = next((n for n, p in self.pools.items() if p.serves(model)), next(iter(self.pools)))
+        live = self.pools[route].healthy(model)
+        done = dict(key=tenant, route=route, model=model, started=started, reservation=reservation)
         if not live:
             self.record(backend=None, usage=None, cache_hit=False, status=503, **done)
             raise APIError(503, "no healthy backend", headers={"Retry-After": "1"})
+        if path in ("/api/tags", "/api/ps"):  # the models of every backend
+            return await self._merged(path, tenant, done)
         b = live[0]
         try:
             resp = await self.client.request(request.method, b.url + path, content=content,
@@ -280,6 +294,25 @@ class Router:
                     status=resp.status_code, **done)
         return Response(resp.content, status_code=resp.status_code,
                         media_type=resp.headers.get("content-type", "application/json"))
+
+
+    async def _merged(self, path: str, tenant: str, done: dict):
+        backends = [b for p in self.pools.values() for b in p.healthy()]
+
+        async def one(b):
+            try:
+                r = await self.client.get(b.url + path, headers=self.upstream_headers(b, tenant))
+                return r.json().get("models") or [] if r.status_code == 200 else []
+            except (httpx.HTTPError, ValueError, AttributeError):
+                return []
+        seen, models = set(), []
+        for listed in await asyncio.gather(*(one(b) for b in backends)):
+            for m in listed:
+                if isinstance(m, dict) and m.get("name") not in seen:
+                    seen.add(m.get("name"))
+                    models.append(m)
+        self.record(backend="all", usage=None, cache_hit=False, status=200, **done)
+        return JSONResponse({"models": models})
 
 
 class _Relay:
@@ -446,7 +479,7 @@ def create_router_app(cfg: RouterConfig, transports: dict | None = None, ledger=
         data = [{"id": name, "object": "model", "owned_by": "tokenmill-router"} for name in router.pools]
         if router.hybrid:
             data.insert(0, {"id": "auto", "object": "model", "owned_by": "tokenmill-router"})
-        served = {b.model for p in router.pools.values() for b in p.backends if b.model}
+        served = {m for p in router.pools.values() for b in p.healthy() for m in (b.models or {b.model}) if m}
         data += [{"id": m, "object": "model", "owned_by": "tokenmill-router"} for m in sorted(served)
                  if m not in router.pools]
         return {"object": "list", "data": data}

@@ -17,7 +17,8 @@ class Backend:
         self.api_key = api_key
         self.healthy = False
         self.outstanding = 0
-        self.model: str | None = None  # what /v1/models says it serves
+        self.model: str | None = None  # what /v1/models says it serves first (its default model)
+        self.models: set[str] = set()  # every model it can serve (a tokenmill server: its store)
         self.last_error: str | None = None
         self.last_check = 0.0
         self.health_path = "/health"  # becomes /v1/models for upstreams without one
@@ -33,11 +34,13 @@ class Backend:
                 r = await client.get(self.url + "/health", headers=self.headers(), timeout=timeout)
                 if r.status_code == 404:
                     self.health_path = "/v1/models"
-            if self.health_path == "/v1/models" or self.model is None:
+            if self.health_path == "/v1/models" or r.status_code == 200:
+                # every check: a store's models come and go (pulls, deletes)
                 models = await client.get(self.url + "/v1/models", headers=self.headers(), timeout=timeout)
                 if models.status_code == 200:
                     data = models.json().get("data") or []
                     self.model = data[0]["id"] if data else self.model
+                    self.models = {m["id"] for m in data if isinstance(m, dict) and "id" in m}
                 if self.health_path == "/v1/models":
                     r = models
             ok = r.status_code == 200
@@ -61,12 +64,24 @@ class Pool:
         self.backends = [Backend(u, route.api_key) for u in route.urls]
         self._rr = itertools.count()
 
-    def healthy(self) -> list[Backend]:
-        return [b for b in self.backends if b.healthy]
+    def healthy(self, model: str | None = None) -> list[Backend]:
+        """Live backends; those that serve `model`, when one is named and any of them has it."""
+        live = [b for b in self.backends if b.healthy]
+        having = [b for b in live if model and model in b.models]
+        return having or live
 
-    def order(self, policy: str, affinity_key: str | None, max_imbalance: int) -> list[Backend]:
-        """Healthy backends, best first, for this request."""
+    def serves(self, model: str | None) -> bool:
+        return bool(model) and any(model in b.models for b in self.backends if b.healthy)
+
+    def knows_models(self) -> bool:
+        """Every live backend said which models it has (so a name none has is unknown)."""
         live = self.healthy()
+        return bool(live) and all(b.models for b in live)
+
+    def order(self, policy: str, affinity_key: str | None, max_imbalance: int,
+              model: str | None = None) -> list[Backend]:
+        """Healthy backends (those that have the model), best first, for this request."""
+        live = self.healthy(model)
         if not live:
             return []
         start = next(self._rr) % len(live)

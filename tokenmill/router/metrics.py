@@ -30,6 +30,8 @@ class RouterMetrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("tokenmill_router:requests", "Requests by route, backend and status.",
                                 ["route", "backend", "status"], registry=r)
+        self.model_requests = Counter("tokenmill_router:model_requests", "Requests by backend and the "
+                                      "model sent upstream.", ["backend", "model"], registry=r)
         self.cache = Counter("tokenmill_router:cache_lookups", "Cache lookups by result.",
                              ["result"], registry=r)
         self.retries = Counter("tokenmill_router:retries", "Requests retried on another backend.",

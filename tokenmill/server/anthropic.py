@@ -13,6 +13,7 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from .model_pool import use_model
 from ..api.errors import APIError
 from ..api.sse import sse_count, sse_event, stream_error
 from .anthropic_protocol import CountTokensRequest, MessagesRequest, tool_use_block
@@ -39,8 +40,7 @@ def _usage(prompt: int, output: int, cached: int) -> dict:
 
 @router.post("/v1/messages")
 async def messages(body: MessagesRequest, request: Request):
-    state = request.app.state.tm
-    state.check_model(body.model)
+    state = await use_model(request, body.model)
     call = body.chat_call()
     pick = state.pick
 
@@ -140,7 +140,6 @@ async def _events(run, head, counting: bool = False):
 
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, request: Request):
-    state = request.app.state.tm
-    state.check_model(body.model)
+    state = await use_model(request, body.model)
     prompt = await render(state, body.chat_call())
     return {"input_tokens": len(prompt.ids)}

@@ -22,42 +22,50 @@ from ..api.errors import install_error_handlers
 from ..api.gate import Gate, GateRules
 from .lifecycle import watch_engine
 from .metrics import Metrics, watch_loop_lag
+from .keep_alive import parse_keep_alive
+from .model_pool import ModelLeases, ModelPool
 from .serving import ServerSettings, ServerState
+from ..store.catalog import ModelStore
 from ..web import is_public, mount_pages
 
 _OPEN_PATHS = {"/health"}
 _OPERATIONS = {"/health", "/metrics", "/version"}  # answered while draining
 
 
-def _recommend_sampling(state: ServerState, engine) -> None:
-    """The model's recommended sampling, under serve --default-sampling; and whether its
-    answers carry reasoning to split out (a vocabulary with think tags, or --reasoning-parser)."""
-    from ..model.loader.sampling_defaults import parse, recommended
-    from .reasoning import has_think_tokens
-    choice = state.settings.reasoning_parser
-    state.reasoning = choice == "think" or (choice == "auto" and has_think_tokens(engine.tokenizer))
-    if state.settings.embedding_pooling == "auto":
-        from ..model.loader.pooling import pooling_of
-        state.pooling = pooling_of(getattr(engine, "model_path", None))[0]
-    else:
-        state.pooling = state.settings.embedding_pooling
-    state.sampling, state.sampling_source = recommended(engine.model_path)
-    if state.settings.default_sampling:
-        state.sampling = {**state.sampling, **parse(state.settings.default_sampling)}
-        state.sampling_source = "serve --default-sampling"
-
-
 def served_name(config: EngineConfig, settings: ServerSettings) -> str:
     if settings.served_model_name:
         return settings.served_model_name
     from ..model.loader import default_model_path
-    path = config.model or default_model_path()
+    try:
+        path = config.model or default_model_path()
+    except FileNotFoundError:  # no bundled model: a store of --models alone
+        return ""
     name = os.path.basename(os.path.normpath(path))
     return name[:-5] if name.endswith(".gguf") else name
 
 
-def create_app(config: EngineConfig, settings: ServerSettings | None = None, engine=None) -> FastAPI:
-    """engine: an already-built EngineClient (tests, embedding); else one is loaded from config."""
+def build_store(config: EngineConfig, settings: ServerSettings, default_name: str,
+                default_path: str | None = None, engine_given: bool = False, scan: bool = True) -> ModelStore:
+    """The store's directory, the model of --model (or the bundled one; or the engine handed
+    to create_app) under its served name, and the NAME=PATH models of --model."""
+    named = {}
+    try:
+        from ..model.loader import default_model_path
+        path = default_path if engine_given else config.model or default_model_path()
+        if path:
+            named[default_name] = path
+    except FileNotFoundError:  # no bundled model: the store's directory alone
+        pass
+    for item in settings.named_models or []:
+        name, _, path = item.partition("=")
+        named.setdefault(name, os.path.expanduser(path))
+    return ModelStore(settings.models, named, scan)
+
+
+def create_app(config: EngineConfig, settings: ServerSettings | None = None, engine=None,
+               scan_store: bool = True) -> FastAPI:
+    """engine: an already-built EngineClient (tests, embedding, a Ray replica); else the default
+    model is loaded from config. scan_store=False: no models but that one (a Ray replica)."""
     settings = settings or ServerSettings()
     if settings.generation_config not in ("none", "auto"):
         raise ValueError("--generation-config must be none or auto")
@@ -70,49 +78,49 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
         parse(settings.default_sampling)  # refused at start, not at the first request
     state = ServerState(settings=settings, metrics=None)
     state.metrics = Metrics(state)
-    state.model_name = served_name(config, settings)
+    state.default_model = served_name(config, settings)
+    store = build_store(config, settings, state.default_model, getattr(engine, "model_path", None),
+                        engine_given=engine is not None, scan=scan_store)
+    state.pool = ModelPool(state, store, config, settings.max_loaded_bytes, parse_keep_alive(settings.keep_alive))
+    if engine is not None:  # handed in: it cannot be reloaded, so it is never unloaded
+        state.pool.add_loaded(state.default_model, getattr(engine, "model_path", "") or "", engine, pinned=True)
+    load_error: list[str] = []
+    preloaded = asyncio.Event()
 
-    def load():
-        from ..engine.async_engine import AsyncLLMEngine
+    async def preload():
+        """The default model loads at start, as before the store: /health is 200 once it has."""
         try:
-            engine = AsyncLLMEngine.from_config(config, settings.max_queue, settings.max_unread_tokens)
-            _recommend_sampling(state, engine)
-            state.engine = engine
-            w = state.engine.weights
-            print(f"tokenmill: {state.model_name}: weights {w['summary']}; KV cache {w['kv_cache_dtype']}", flush=True)
-        except Exception as e:  # /health and every route report it
-            state.load_error = f"{type(e).__name__}: {e}"
-            print(f"tokenmill: model failed to load: {state.load_error}", flush=True)
+            if engine is None and state.default_model in store.paths():
+                slot = await state.pool.acquire(state.default_model)
+                slot.keep_alive_s = None  # kept until a request says otherwise or room is needed
+                state.pool.release(slot)
+        except Exception as e:  # /health reports it
+            load_error.append(getattr(e, "message", None) or f"{type(e).__name__}: {e}")
+            print(f"tokenmill: model failed to load: {load_error[0]}", flush=True)
+        finally:
+            preloaded.set()
 
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app):
-        if state.engine is None:
-            threading.Thread(target=load, name="tokenmill-load", daemon=True).start()
-        watcher = asyncio.create_task(watch_engine(app))
-        feed = asyncio.create_task(app.state.feed.feed.run())
-        lag = asyncio.create_task(watch_loop_lag(state.metrics))
+        tasks = [asyncio.create_task(preload()), asyncio.create_task(watch_engine(app)), asyncio.create_task(app.state.feed.feed.run()),
+                  asyncio.create_task(watch_loop_lag(state.metrics)), asyncio.create_task(state.pool.reap())]
         yield
-        lag.cancel()
-        feed.cancel()
-        watcher.cancel()
-        if state.engine is not None and hasattr(state.engine, "shutdown"):
-            state.engine.shutdown()
+        for t in tasks:
+            t.cancel()
+        await state.pool.shutdown()
 
     app = FastAPI(title="tokenmill", version=__version__, lifespan=lifespan)
     app.state.tm = state
-    state.engine = engine
-    if engine is not None and getattr(engine, "model_path", None):
-        _recommend_sampling(state, engine)
 
     install_error_handlers(app, on_error=lambda request, e: traceback.print_exception(e))
 
     @app.get("/health")
     async def health():
-        if state.engine is None:
-            return JSONResponse({"status": "error" if state.load_error else "loading",
-                                 "error": state.load_error}, status_code=503)
+        if not preloaded.is_set() or load_error:
+            return JSONResponse({"status": "error" if load_error else "loading",
+                                 "error": load_error[0] if load_error else None}, status_code=503)
         if state.engine_error:  # the process exits soon, so that a supervisor restarts it
             return JSONResponse({"status": "error", "error": state.engine_error}, status_code=503)
         if state.draining:
@@ -127,18 +135,20 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    from . import anthropic, dashboard, embeddings, explain, ollama, openai, responses, tgi
+    from . import anthropic, dashboard, embeddings, explain, ollama, ollama_store, openai, responses, tgi
     app.state.feed = dashboard.ServerFeed(state)
     app.include_router(dashboard.router)
     app.include_router(explain.router)
     mount_pages(app)
     app.include_router(openai.router)
     app.include_router(ollama.router)
+    app.include_router(ollama_store.router)
     app.include_router(tgi.router)
     app.include_router(anthropic.router)
     app.include_router(responses.router)
     app.include_router(embeddings.router)
     keys = KeyRing({settings.api_key: "default"} if settings.api_key else None)
+    app.add_middleware(ModelLeases, pool_of=lambda: state.pool)
     app.add_middleware(Gate, rules=GateRules(
         tenant=keys.tenant, is_open=lambda method, path: path in _OPEN_PATHS or is_public(method, path),
         max_body_bytes=settings.max_body_bytes, draining=lambda: state.draining,

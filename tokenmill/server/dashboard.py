@@ -45,6 +45,19 @@ def _gpu() -> dict:
         return {}
 
 
+def _loaded_models(pool) -> list[dict]:
+    """The loaded models: memory, requests, and seconds until keep_alive unloads them (None:
+    kept until room is needed)."""
+    out = []
+    for slot in pool.loaded():
+        s = slot.engine.get_stats()
+        left = None if slot.expires_at is None else max(0.0, slot.expires_at - time.monotonic())
+        out.append({"name": slot.name, "size_bytes": slot.size_bytes, "requests": slot.leases,
+                    "running": s.num_running, "waiting": s.num_waiting, "kv_usage": s.kv_cache_usage,
+                    "expires_in_s": left, "busy": slot.leases > 0, "stats": s})
+    return out
+
+
 class ServerFeed:
     def __init__(self, state: ServerState):
         self.state = state
@@ -82,19 +95,21 @@ class ServerFeed:
             series[f"{key}_p95"] = quantile(values, 0.95)
         series["cost_per_hour"] = series.pop("cost_per_s") * 3600
         series["cost_per_request"] = (sum(w["cost"] for w in window) / len(window)) if window else 0.0
-        engine = st.engine
-        if engine is not None:
-            s = engine.get_stats()
-            series.update(running=s.num_running, waiting=s.num_waiting, kv_usage=s.kv_cache_usage,
-                          prefix_hit_rate=(s.prefix_cache_hits / s.prefix_cache_queries)
-                          if s.prefix_cache_queries else 0.0)
+        models = _loaded_models(st.pool)
+        if models:  # every loaded model's engine, summed (the busiest KV cache)
+            stats = [m.pop("stats") for m in models]
+            queries = sum(s.prefix_cache_queries for s in stats)
+            series.update(running=sum(s.num_running for s in stats), waiting=sum(s.num_waiting for s in stats),
+                          kv_usage=max(s.kv_cache_usage for s in stats), loaded_models=len(models),
+                          loaded_mb=sum(m["size_bytes"] for m in models) / 2**20,
+                          prefix_hit_rate=sum(s.prefix_cache_hits for s in stats) / queries if queries else 0.0)
         wall, cpu = time.monotonic(), time.process_time()
         series["cpu_percent"] = 100.0 * (cpu - self._cpu[1]) / max(1e-6, wall - self._cpu[0])
         self._cpu = (wall, cpu)
         rss = _rss_bytes()
         series["rss_mb"] = rss / 2**20 if rss else None
         series.update(_gpu())
-        return {"series": series, "detail": {"totals": totals, "http": http}}
+        return {"series": series, "detail": {"totals": totals, "http": http, "models": models}}
 
     async def hello(self) -> dict:
         st = self.state

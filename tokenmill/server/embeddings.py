@@ -18,6 +18,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from .model_pool import use_model
 from ..api.errors import APIError
 from .disconnect import until_disconnect
 from .serving import GenerationRequest, make_params, off_loop, submit
@@ -111,8 +112,7 @@ async def _tokenize(engine, texts: list[str]) -> list[list[int]]:
 
 @router.post("/v1/embeddings")
 async def openai_embeddings(body: EmbeddingRequest, request: Request):
-    state = request.app.state.tm
-    state.check_model(body.model)
+    state = await use_model(request, body.model)
     engine = state.get_engine()
     x = body.input
     if isinstance(x, str):
@@ -136,8 +136,7 @@ async def openai_embeddings(body: EmbeddingRequest, request: Request):
 
 @router.post("/api/embed")
 async def ollama_embed(body: OllamaEmbedRequest, request: Request):
-    state = request.app.state.tm
-    state.check_model(body.model)
+    state = await use_model(request, body.model)
     engine = state.get_engine()
     started = time.perf_counter_ns()
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
@@ -157,8 +156,7 @@ async def ollama_embed(body: OllamaEmbedRequest, request: Request):
 
 @router.post("/api/embeddings")
 async def ollama_embeddings(body: OllamaLegacyRequest, request: Request):
-    state = request.app.state.tm
-    state.check_model(body.model)
+    state = await use_model(request, body.model)
     if not body.prompt:
         return {"embedding": []}
     prompts = await _tokenize(state.get_engine(), [body.prompt])

@@ -18,6 +18,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from .model_pool import use_model
 from ..engine import explain as ex
 from ..api.errors import APIError
 from .protocol import ChatMessage
@@ -76,8 +77,7 @@ def _describe(tok, ids: list[int]) -> list[dict]:
 
 @router.post("/tokenmill/explain")
 async def explain(body: ExplainRequest, request: Request):
-    state = request.app.state.tm
-    state.check_model(body.model, required=False)
+    state = await use_model(request, body.model, required=False)
     engine = state.get_engine()
     prompt_ids = await off_loop(_prompt_ids, engine, body)
     replay = bool(body.output_token_ids)
@@ -135,14 +135,19 @@ async def _explain(body, request, state, engine, prompt_ids, replay):
 
 
 @router.get("/tokenmill/info")
-async def info(request: Request):
-    """What a page needs to know about this server: the model, its context, prices."""
+async def info(request: Request, model: str | None = None):
+    """What a page needs to know about this server: the model (the default one, or `model` once
+    it is loaded), its context, prices, and the store's models for the chat page's picker."""
     state = request.app.state.tm
-    engine = state.engine
-    return {"model": state.model_name, "max_model_len": getattr(engine, "max_model_len", None),
+    slot = state.pool.slots.get(model or state.default_model) or state.default_slot
+    engine = slot.engine if slot is not None else None
+    sampling = (slot.sampling, slot.sampling_source) if slot is not None else ({}, "")
+    return {"model": slot.name if slot is not None else state.default_model, "models": state.pool.names(),
+            "loaded": [s.name for s in state.pool.loaded()],
+            "max_model_len": getattr(engine, "max_model_len", None),
             "ready": engine is not None, "price": {"in": state.settings.price_in, "out": state.settings.price_out},
             "weights": getattr(engine, "weights", None), "kernels": kernel_status(),
             # what the chat page starts from; the API routes use it only with --generation-config auto
-            "sampling": {"params": state.sampling, "source": state.sampling_source,
+            "sampling": {"params": sampling[0], "source": sampling[1],
                          "api_routes": state.settings.generation_config == "auto"}}
 

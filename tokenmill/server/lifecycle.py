@@ -53,15 +53,17 @@ class ServingProcess(uvicorn.Server):
 
 async def drain(process: ServingProcess) -> None:
     state = process.app.state.tm
-    engine = state.engine
+    engines = state.pool.engines()
     timeout = state.settings.drain_timeout_s
     log.warning("tokenmill: draining: new requests get 503; running ones have %.0f s to finish", timeout)
     deadline = time.monotonic() + timeout
-    while engine is not None and engine.has_work() and time.monotonic() < deadline:
+    while any(e.has_work() for e in engines) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    if engine is not None and engine.has_work():
+    busy = [e for e in engines if e.has_work()]
+    for engine in busy:
         engine.fail_all(EngineDeadError(f"the server shut down before the request finished "
                                         f"(drain timeout {timeout:.0f} s)"))
+    if busy:
         await asyncio.sleep(_ERROR_FLUSH_S)
     process.stop(0)
 

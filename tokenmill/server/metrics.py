@@ -23,40 +23,50 @@ class _EngineCollector:
         self.state = state
 
     def collect(self):
-        engine = self.state.engine
-        if engine is None:
-            return
-        s = engine.get_stats()
-        name = self.state.model_name
+        """One sample per loaded model, labelled with its name."""
+        pool = self.state.pool
+        slots = [s for s in list(pool.slots.values()) if s.engine is not None] if pool is not None else []
+        families: dict[str, object] = {}
 
-        def gauge(metric, doc, value):
-            g = GaugeMetricFamily(metric, doc, labels=["model_name"])
-            g.add_metric([name], value)
-            return g
+        def add(kind, metric, doc, name, value):
+            if metric not in families:
+                families[metric] = kind(metric, doc, labels=["model_name"])
+            families[metric].add_metric([name], value)
 
-        def counter(metric, doc, value):
-            c = CounterMetricFamily(metric, doc, labels=["model_name"])
-            c.add_metric([name], value)
-            return c
+        for slot in slots:
+            for kind, metric, doc, value in _engine_samples(slot.engine.get_stats()):
+                add(kind, metric, doc, slot.name, value)
+        if pool is not None:
+            for slot in slots:
+                add(GaugeMetricFamily, "tokenmill:model_loaded_bytes", "Memory a loaded model holds "
+                    "(weights and KV cache, measured at load).", slot.name, slot.size_bytes)
+        yield from families.values()
+        if pool is not None:
+            yield CounterMetricFamily("tokenmill:model_loads", "Models loaded on demand.", value=pool.loads)
+            yield CounterMetricFamily("tokenmill:model_unloads", "Models unloaded (idle, keep_alive or "
+                                      "for room).", value=pool.unloads)
 
-        yield gauge("tokenmill:num_requests_running", "Requests in the running batch.", s.num_running)
-        yield gauge("tokenmill:num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting)
-        yield gauge("tokenmill:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1).",
-                    s.kv_cache_usage)
-        yield gauge("tokenmill:num_kv_blocks", "KV cache blocks in all.", s.num_kv_blocks)
-        yield counter("tokenmill:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-                      s.prefix_cache_queries)
-        yield counter("tokenmill:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
-                      s.prefix_cache_hits)
-        yield counter("tokenmill:num_preemptions", "Requests preempted (freed and recomputed later).",
-                      s.num_preemptions)
-        for what, doc, value in (
-                ("drafts", "drafts verified (one per request and step)", s.spec_num_drafts),
-                ("draft_tokens", "draft tokens proposed", s.spec_num_draft_tokens),
-                ("accepted_tokens", "draft tokens accepted", s.spec_num_accepted_tokens)):
-            yield counter(f"tokenmill:spec_decode_num_{what}", f"Speculative decoding: {doc}.", value)
-        yield counter("tokenmill:prompt_tokens", "Prompt tokens computed.", s.num_prompt_tokens)
-        yield counter("tokenmill:generation_tokens", "Tokens generated.", s.num_generation_tokens)
+
+
+def _engine_samples(s) -> list:
+    """(metric kind, name, doc, value) of one engine's stats."""
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    return [(gauge, *g) for g in (
+        ("tokenmill:num_requests_running", "Requests in the running batch.", s.num_running),
+        ("tokenmill:num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting),
+        ("tokenmill:kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1).", s.kv_cache_usage),
+        ("tokenmill:num_kv_blocks", "KV cache blocks in all.", s.num_kv_blocks))] + [(counter, *c) for c in (
+        ("tokenmill:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries),
+        ("tokenmill:prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits),
+        ("tokenmill:num_preemptions", "Requests preempted (freed and recomputed later).", s.num_preemptions),
+        ("tokenmill:spec_decode_num_drafts", "Speculative decoding: drafts verified (one per request and step).",
+         s.spec_num_drafts),
+        ("tokenmill:spec_decode_num_draft_tokens", "Speculative decoding: draft tokens proposed.",
+         s.spec_num_draft_tokens),
+        ("tokenmill:spec_decode_num_accepted_tokens", "Speculative decoding: draft tokens accepted.",
+         s.spec_num_accepted_tokens),
+        ("tokenmill:prompt_tokens", "Prompt tokens computed.", s.num_prompt_tokens),
+        ("tokenmill:generation_tokens", "Tokens generated.", s.num_generation_tokens))]
 
 
 RECENT_MAX = 200_000
@@ -111,8 +121,7 @@ class Metrics:
             self._recent.popleft()
         return [r for r in self._recent if now - r["t"] <= window_s]
 
-    def observe_finished(self, out: RequestOutput) -> None:
-        name = self.state.model_name
+    def observe_finished(self, out: RequestOutput, name: str) -> None:
         m = out.metrics
         for c in out.outputs:
             self.request_success.labels(name, c.finish_reason or "abort").inc()
@@ -139,8 +148,8 @@ class Metrics:
                 seen["tpot"] = (m.finish_time - m.first_token_time) / (n - 1)
                 self.tpot.labels(name).observe(seen["tpot"])
 
-    def observe_aborted(self, num_outputs: int) -> None:
-        self.request_success.labels(self.state.model_name, "abort").inc(num_outputs)
+    def observe_aborted(self, num_outputs: int, name: str) -> None:
+        self.request_success.labels(name, "abort").inc(num_outputs)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,6 @@
 """Ollama-compatible routes: /api/chat, /api/generate (NDJSON streams by default, as Ollama
-does), /api/tags, /api/show, /api/version, /api/ps."""
+does), /api/version; the store's routes (/api/tags, /api/ps, /api/show, ...) are in
+ollama_store.py."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from .keep_alive import parse_keep_alive
+from .model_pool import use_model
+from ..store.catalog import canonical
 from .. import __version__
 from ..sampling_params import SamplingParams
 from . import structured, tools
@@ -185,6 +189,21 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
     return JSONResponse({**piece("" if calls else text, calls, thinking), **_final_stats(final, started)})
 
 
+async def _unload_asked(request, body):
+    """An empty request with keep_alive 0 unloads the model (at once, or when its running
+    requests end), as Ollama's does; None when that is not what was asked."""
+    if body.keep_alive is None or parse_keep_alive(body.keep_alive) != 0:
+        return None
+    pool = request.app.state.tm.pool
+    if canonical(body.model) not in pool.names():
+        raise APIError(404, f"model '{body.model}' not found", param="model")
+    await pool.unload(body.model)
+    done = {"model": body.model, "created_at": _now(), "done": True, "done_reason": "unload"}
+    if isinstance(body, ChatRequest):
+        return JSONResponse({**done, "message": {"role": "assistant", "content": ""}})
+    return JSONResponse({**done, "response": ""})
+
+
 def _think(state, body) -> dict:
     """Ollama's `think`: true (or a level) asks a thinking model to think, false asks it not to
     (enable_thinking for its template); a model that cannot think refuses true, as Ollama does."""
@@ -199,8 +218,9 @@ def _think(state, body) -> dict:
 
 @router.post("/api/chat")
 async def chat(body: ChatRequest, request: Request):
-    state = _state(request)
-    state.check_model(body.model)
+    if not body.messages and (unloaded := await _unload_asked(request, body)):
+        return unloaded
+    state = await use_model(request, body.model, body.keep_alive)
     refuse_fields(body, ["logprobs", "top_logprobs"])
     think = _think(state, body)
     for m in body.messages:
@@ -227,8 +247,9 @@ async def chat(body: ChatRequest, request: Request):
 
 @router.post("/api/generate")
 async def generate_route(body: GenerateRequest, request: Request):
-    state = _state(request)
-    state.check_model(body.model)
+    if not body.prompt and (unloaded := await _unload_asked(request, body)):
+        return unloaded
+    state = await use_model(request, body.model, body.keep_alive)
     refuse_fields(body, ["template", "context", "images", "suffix", "logprobs", "top_logprobs"])
     think = _think(state, body)
     engine = state.get_engine()
@@ -243,62 +264,6 @@ async def generate_route(body: GenerateRequest, request: Request):
                    [{"role": "user", "content": body.prompt}]
         ids = await off_loop(chat_prompt_ids, engine, messages, False, True, think)
     return await _respond(request, state, body, ids, "generate")
-
-
-def _details(engine) -> dict:
-    cfg = engine.model_config
-    n = engine.num_parameters
-    size = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
-    return {"parent_model": "", "format": "gguf" if engine.model_path.endswith(".gguf") else "safetensors",
-            "family": cfg.architecture, "families": [cfg.architecture], "parameter_size": size,
-            "quantization_level": engine.quantization}
-
-
-async def _model_entry(state, engine) -> dict:
-    digest = await off_loop(lambda: engine.digest)  # the first one reads the whole file
-    return {"name": state.model_name, "model": state.model_name,
-            "modified_at": datetime.fromtimestamp(state.started, timezone.utc).isoformat(),
-            "size": engine.file_size, "digest": digest, "details": _details(engine)}
-
-
-@router.get("/api/tags")
-async def tags(request: Request):
-    state = _state(request)
-    return {"models": [await _model_entry(state, state.get_engine())]}
-
-
-@router.get("/api/ps")
-async def ps(request: Request):
-    state = _state(request)
-    engine = state.get_engine()
-    return {"models": [{**(await _model_entry(state, engine)), "expires_at": "2999-01-01T00:00:00Z",
-                        "size_vram": 0}]}
-
-
-class ShowRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    name: str | None = None  # older clients
-    verbose: bool | None = None
-
-
-@router.post("/api/show")
-async def show(body: ShowRequest, request: Request):
-    state = _state(request)
-    state.check_model(body.model or body.name)
-    engine = state.get_engine()
-    cfg = engine.model_config
-    a = cfg.architecture
-    tmpl = engine.tokenizer.chat_template
-    return {"modelfile": f"FROM {engine.model_path}\n", "parameters": "", "license": "",
-            "template": tmpl.source if tmpl else "", "details": _details(engine),
-            "model_info": {"general.architecture": a, "general.parameter_count": engine.num_parameters,
-                           f"{a}.context_length": engine.max_model_len,
-                           f"{a}.embedding_length": cfg.hidden_size, f"{a}.block_count": cfg.num_layers,
-                           f"{a}.attention.head_count": cfg.num_heads,
-                           f"{a}.attention.head_count_kv": cfg.num_kv_heads},
-            "capabilities": ["completion", "tools", "embedding"] + (["thinking"] if state.reasoning else []),
-            "modified_at": _now()}
 
 
 @router.get("/api/version")

@@ -9,6 +9,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from .model_pool import use_model
 from ..engine.outputs import CompletionOutput
 from ..engine.sampler import LOGPROB_FLOOR
 from . import structured
@@ -174,8 +175,7 @@ async def _merge(streams):
 # ---- chat ------------------------------------------------------------------------------
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    state = _state(request)
-    state.check_model(body.model)
+    state = await use_model(request, body.model)
     body.check_unsupported()
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
@@ -272,8 +272,7 @@ async def _chat_stream(stream, rid, created, model, tok, params, num_prompt, inc
 # ---- completions -----------------------------------------------------------------------
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    state = _state(request)
-    state.check_model(body.model)
+    state = await use_model(request, body.model)
     body.check_unsupported()
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
@@ -397,17 +396,22 @@ async def completions(body: CompletionRequest, request: Request):
 # ---- models, tokenizer ----------------------------------------------------------------
 @router.get("/v1/models")
 async def models(request: Request):
+    """The store's models (loaded or not); max_model_len where the file says or it is loaded."""
     state = _state(request)
-    engine = state.get_engine()
-    return {"object": "list", "data": [{"id": state.model_name, "object": "model",
-                                        "created": int(state.started), "owned_by": "tokenmill",
-                                        "max_model_len": engine.max_model_len}]}
+    listed = await off_loop(state.pool.store.list)
+    data = []
+    for m in listed:
+        slot = state.pool.slots.get(m.name)
+        engine = slot.engine if slot is not None else None
+        data.append({"id": m.name, "object": "model", "created": int(m.modified_at), "owned_by": "tokenmill",
+                     "max_model_len": engine.max_model_len if engine is not None else
+                     (m.info.get("context_length") or None), "loaded": engine is not None})
+    return {"object": "list", "data": data}
 
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request):
-    state = _state(request)
-    state.check_model(body.model, required=False)
+    state = await use_model(request, body.model, required=False)
     engine = state.get_engine()
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give exactly one of prompt or messages", param="prompt")
@@ -420,8 +424,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request):
-    state = _state(request)
-    state.check_model(body.model, required=False)
+    state = await use_model(request, body.model, required=False)
     engine = state.get_engine()
     vocab = engine.model_config.vocab_size
     bad = [t for t in body.tokens if not 0 <= t < vocab]

@@ -16,6 +16,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from .model_pool import use_model
 from ..api.errors import APIError
 from ..api.sse import sse_count, sse_event
 from .chat_core import ChatCall, start_chat
@@ -97,8 +98,7 @@ def _reasoning_tokens(tok, c, reasoning: str) -> int:
 
 @router.post("/v1/responses")
 async def create(body: ResponsesRequest, request: Request):
-    state = request.app.state.tm
-    state.check_model(body.model)
+    state = await use_model(request, body.model)
     body.refuse_unsupported()
     store, owner = _store(state), _owner(request)
     history: list[dict] = []

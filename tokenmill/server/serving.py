@@ -40,6 +40,10 @@ class ServerSettings:
     responses_store: str | None = None   # SQLite file of stored Responses (default: the user's data directory)
     embedding_pooling: str = "auto"      # auto (from the model's files) | mean | last | cls
     reasoning_parser: str = "auto"       # auto | think | none: split <think> reasoning out (server/reasoning.py)
+    models: str | None = None            # the model store's directory (default: tokenmill/models in the user's data directory)
+    keep_alive: str = "5m"               # a model stays loaded this long after its last request (0: unload; negative: keep)
+    named_models: list[str] | None = None  # NAME=PATH: more models (serve --model NAME=PATH, repeatable)
+    max_loaded_bytes: int | None = None  # loaded models' memory at most (default: 3/4 of the machine's)
     retry_after_s: int = 1
     drain_timeout_s: float = 30.0        # on SIGTERM: running requests get this long to finish
     dashboard_window_s: float = 60.0     # the dashboard's latency percentiles cover this long
@@ -49,55 +53,41 @@ class ServerSettings:
 
 @dataclass
 class ServerState:
+    """The server's own state; each model's lives in its ModelSlot (server/model_pool.py), and a
+    route reads both through use_model's view."""
     settings: ServerSettings
     metrics: "object"
-    engine: "EngineClient | None" = None  # once the model has loaded (engine/async_engine.py)
-    load_error: str | None = None
-    sampling: dict = field(default_factory=dict)  # recommended sampling (model/loader/sampling_defaults.py)
-    sampling_source: str = ""
-    pooling: str = "mean"                # how /v1/embeddings pools (model/loader/pooling.py)
-    reasoning: bool = False              # answers' <think> blocks are split out (server/reasoning.py)
+    pool: "object" = None                # ModelPool: the store's models, loaded on demand
+    default_model: str = "model"         # the model of routes that name none (and of /health)
     responses: "object" = None           # the ResponseStore, opened at the first Responses request
     explaining: int = 0                  # explain requests running (server/explain.py bounds them)
     started: float = field(default_factory=time.time)
-    model_name: str = "model"
     draining: bool = False               # SIGTERM received: new work gets 503
     exit_code: int = 0
 
     @property
+    def default_slot(self):
+        return self.pool.slots.get(self.default_model) if self.pool is not None else None
+
+    @property
+    def engine(self) -> "EngineClient | None":
+        """The default model's engine, else any loaded one (dashboard, /tokenmill/info)."""
+        slot = self.default_slot
+        if slot is not None and slot.engine is not None:
+            return slot.engine
+        engines = self.pool.engines() if self.pool is not None else []
+        return engines[0] if engines else None
+
+    @property
+    def model_name(self) -> str:
+        return self.default_model
+
+    @property
     def engine_error(self) -> str | None:
-        dead = getattr(self.engine, "dead", None)
-        return f"{type(dead).__name__}: {dead}" if dead is not None else None
-
-    def get_engine(self):
-        if self.engine is None:
-            if self.load_error:
-                raise APIError(503, f"the model failed to load: {self.load_error}")
-            raise APIError(503, "the model is still loading; retry shortly", headers={"Retry-After": "1"})
-        if self.engine_error:
-            raise APIError(503, f"the engine failed and the server is restarting: {self.engine_error}")
-        return self.engine
-
-    def pick(self, name: str, value, default=None):
-        """A sampling field: the request's value; else the model's recommended one under
-        serve --generation-config auto (as vLLM names it); else the protocol's default."""
-        if value is not None:
-            return value
-        if self.settings.generation_config == "auto":
-            return self.sampling.get(name, default)
-        return default
-
-    def model_names(self) -> set[str]:
-        return {self.model_name, f"{self.model_name}:latest"}
-
-    def check_model(self, name: str | None, required: bool = True) -> None:
-        if name is None or name == "":
-            if required:
-                raise APIError(400, "you must give a model name", param="model")
-            return
-        if name not in self.model_names():
-            raise APIError(404, f"The model `{name}` does not exist. This server serves "
-                                f"`{self.model_name}`.", param="model", code="model_not_found")
+        for slot in list(self.pool.slots.values()) if self.pool is not None else []:
+            if slot.engine_error:
+                return f"{slot.name}: {slot.engine_error}"
+        return None
 
 
 @dataclass
@@ -219,7 +209,7 @@ async def submit(state: ServerState, request: Request | None, gen: GenerationReq
     except BaseException as e:
         await stream.aclose()  # aborts it in the engine (or it never gets there)
         if isinstance(e, asyncio.CancelledError) or (isinstance(e, APIError) and e.status == 499):
-            state.metrics.observe_aborted(p.n)  # its client left while it waited or prefilled
+            state.metrics.observe_aborted(p.n, state.model_name)  # its client left while it waited or prefilled
         if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt, StopAsyncIteration)):
             raise
         raise _engine_error(e, state) from e
@@ -237,9 +227,9 @@ async def _with_metrics(state, first, stream):
     finally:
         await stream.aclose()  # aborts the request if it did not finish
         if out.finished:
-            state.metrics.observe_finished(out)
+            state.metrics.observe_finished(out, state.model_name)
         else:
-            state.metrics.observe_aborted(len(out.outputs))
+            state.metrics.observe_aborted(len(out.outputs), state.model_name)
 
 
 async def final_output(request: Request, stream) -> RequestOutput:

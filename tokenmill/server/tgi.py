@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from .model_pool import use_model
 from .. import __version__
 from . import structured
 from ..api.errors import APIError
@@ -47,10 +48,6 @@ class GenerateRequest(BaseModel):
     inputs: str = Field(min_length=1)
     parameters: Parameters = Field(default_factory=Parameters)
     stream: bool = False
-
-
-def _state(request):
-    return request.app.state.tm
 
 
 async def _prepare(state, body: GenerateRequest):
@@ -93,7 +90,7 @@ def _top(tok, top: dict) -> list[dict]:
 
 async def _start(body: GenerateRequest, request: Request):
     """(tokenizer, parameters, engine output stream, text to put before the answer)"""
-    state = _state(request)
+    state = await use_model(request, None, required=False)  # TGI names no model: the default one
     engine, ids, params = await _prepare(state, body)
     p = body.parameters
     stream = await submit(state, request, GenerationRequest(ids, params, body.stream))
@@ -166,7 +163,7 @@ async def compat(body: GenerateRequest, request: Request):
 
 @router.get("/info")
 async def info(request: Request):
-    state = _state(request)
+    state = await use_model(request, None, required=False)
     engine = state.get_engine()
     return {"model_id": state.model_name, "model_sha": None, "model_dtype": str(engine.dtype).removeprefix("torch."),
             "model_device_type": engine.device_type, "model_pipeline_tag": "text-generation",

@@ -133,6 +133,12 @@ function tables() {
     else
       box.append(TM.el("div", {class: "table muted", id: "cost-key", text: "Cost by API key: shown to an admin key only."}));
   }
+  if (d.models) {
+    const until = (m) => m.busy ? "in use" : m.expires_in_s === null ? "kept" : TM.fmt(m.expires_in_s, 0) + " s";
+    box.append(table("Loaded models", ["model", "memory", "requests", "running", "waiting", "KV in use", "unloads in"],
+      d.models.map((m) => [m.name, gib(m.size_bytes), m.requests, m.running, m.waiting, pct(m.kv_usage), until(m)]),
+      "models"));
+  }
   const e = h.estimate;
   if (e && e.formats) {
     box.append(table(`Memory and speed estimate for ${e.model.name} (${(e.model.params / 1e6).toFixed(0)}M parameters, context ${e.context})`,

@@ -1,0 +1,328 @@
+"""Models loaded on demand, kept while used, unloaded when idle (Ollama's scheduler, in small).
+
+A request names its model; `use_model` leases it for the request's whole life (streams
+included: the lease is returned by the ASGI middleware below when the response has ended).
+A model not loaded is loaded (one load at a time, in a thread: requests for loaded models
+keep flowing). Once its last lease is returned a model stays for its keep_alive (the request's
+or --keep-alive; 0 unloads at once; negative keeps it). Loading one more model that would go
+past --max-loaded-bytes first unloads the least recently used idle ones; when every loaded
+model is busy the request gets 503 + Retry-After, and a model larger than the whole budget 507.
+Each loaded model is its own AsyncLLMEngine: its own thread, its own batch, its own KV cache.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import os
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from ..api.errors import APIError
+from ..store.catalog import ModelStore, StoreError, StoredModel, canonical
+from .keep_alive import parse_keep_alive
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _trim_heap() -> None:
+    """Freed tensors below glibc's mmap threshold stay in its heap unless trimmed."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def default_budget() -> int:
+    """Three quarters of the machine's memory."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
+
+
+@dataclass
+class ModelSlot:
+    """One model of the store, loaded or loading: what the routes read of 'the model'."""
+    name: str
+    path: str
+    settings: object
+    engine: object = None
+    load_error: str | None = None
+    sampling: dict = field(default_factory=dict)  # recommended sampling (model/loader/sampling_defaults.py)
+    sampling_source: str = ""
+    pooling: str = "mean"                # how /v1/embeddings pools (model/loader/pooling.py)
+    reasoning: bool = False              # answers' <think> blocks are split out (server/reasoning.py)
+    leases: int = 0                      # requests using it now
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: float | None = None      # monotonic; None: kept until room is needed
+    keep_alive_s: float | None = None    # after the last lease ends
+    size_bytes: int = 0                  # memory it holds (estimate, then measured at load)
+    loaded_at: float = 0.0
+    pinned: bool = False                 # an engine handed to create_app: never unloaded
+    unloading: bool = False
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    @property
+    def engine_error(self) -> str | None:
+        dead = getattr(self.engine, "dead", None)
+        return f"{type(dead).__name__}: {dead}" if dead is not None else None
+
+    def get_engine(self):
+        if self.engine is None:
+            if self.load_error:
+                raise APIError(503, f"the model failed to load: {self.load_error}")
+            raise APIError(503, "the model is still loading; retry shortly", headers={"Retry-After": "1"})
+        if self.engine_error:
+            raise APIError(503, f"the engine failed and the server is restarting: {self.engine_error}")
+        return self.engine
+
+    def pick(self, name: str, value, default=None):
+        """A sampling field: the request's value; else the model's recommended one under
+        serve --generation-config auto (as vLLM names it); else the protocol's default."""
+        if value is not None:
+            return value
+        if self.settings.generation_config == "auto":
+            return self.sampling.get(name, default)
+        return default
+
+    def configure(self, engine) -> None:
+        """The model's recommended sampling, under serve --default-sampling; and whether its
+        answers carry reasoning to split out (think tags in the vocabulary, or --reasoning-parser)."""
+        from ..model.loader.sampling_defaults import parse, recommended
+        from .reasoning import has_think_tokens
+        s = self.settings
+        self.reasoning = s.reasoning_parser == "think" or \
+            (s.reasoning_parser == "auto" and has_think_tokens(engine.tokenizer))
+        if s.embedding_pooling == "auto":
+            from ..model.loader.pooling import pooling_of
+            self.pooling = pooling_of(getattr(engine, "model_path", None))[0]
+        else:
+            self.pooling = s.embedding_pooling
+        self.sampling, self.sampling_source = recommended(engine.model_path)
+        if s.default_sampling:
+            self.sampling = {**self.sampling, **parse(s.default_sampling)}
+            self.sampling_source = "serve --default-sampling"
+
+
+class Served:
+    """One request's view: the server's state, with the request's model in place of 'the model'
+    (engine, pick, reasoning, model_name, ...). What a route sets goes to the server state."""
+    _SLOT = {f for f in ModelSlot.__dataclass_fields__} | {"model_name", "engine_error", "get_engine", "pick"}
+
+    def __init__(self, state, slot: ModelSlot):
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "slot", slot)
+
+    def __getattr__(self, name):
+        return getattr(self.slot if name in Served._SLOT else self._state, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._state, name, value)
+
+
+class ModelPool:
+    def __init__(self, state, store: ModelStore, config, budget_bytes: int | None = None,
+                 keep_alive_s: float | None = 300.0):
+        self.state, self.store, self.config = state, store, config
+        self.budget = budget_bytes or default_budget()
+        self.keep_alive_s = keep_alive_s
+        self.slots: dict[str, ModelSlot] = {}
+        self._load_lock: asyncio.Lock | None = None
+        self.loads = 0
+        self.unloads = 0
+
+    # ---- what is loaded ------------------------------------------------------------------
+    def loaded(self) -> list[ModelSlot]:
+        return [s for s in self.slots.values() if s.engine is not None and not s.unloading]
+
+    def engines(self) -> list:
+        return [s.engine for s in self.slots.values() if s.engine is not None]
+
+    def used_bytes(self) -> int:
+        return sum(s.size_bytes for s in self.slots.values())
+
+    def add_loaded(self, name: str, path: str, engine, pinned: bool = False) -> ModelSlot:
+        slot = ModelSlot(canonical(name), path, self.state.settings, pinned=pinned,
+                         loaded_at=time.time())
+        slot.configure(engine)
+        slot.engine = engine
+        slot.size_bytes = getattr(engine, "file_size", 0)
+        self.slots[slot.name] = slot
+        return slot
+
+    def estimate(self, m: StoredModel) -> int:
+        """Memory a model will hold: its weights at their file's bits (GGUF; an HF directory's
+        float weights are quantized to int8 on CPU) and its KV cache."""
+        weights = m.size if m.info.get("format") == "gguf" else m.size // (4 if m.info.get("quantization") == "F32" else 2)
+        return int(weights + self.config.kv_cache_memory_gib * 2**30 + 64 * 2**20)
+
+    # ---- leases --------------------------------------------------------------------------
+    async def acquire(self, name: str, keep_alive=None) -> ModelSlot:
+        keep = self._keep(keep_alive)
+        try:
+            m = self.store.resolve(name) if canonical(name) not in self.slots else None
+        except StoreError as e:
+            raise APIError(e.status, f"The model `{name}` does not exist. This server has: "
+                                     f"{', '.join(self.names()) or 'no models'}.",
+                           param="model", code="model_not_found") from e
+        slot = self._ready(canonical(name))
+        if slot is None:
+            slot = await self._load(m or self.store.resolve(name))
+        slot.leases += 1
+        slot.last_used = time.monotonic()
+        slot.expires_at = None
+        if keep is not _UNSET:
+            slot.keep_alive_s = keep
+        return slot
+
+    def release(self, slot: ModelSlot) -> None:
+        slot.leases -= 1
+        slot.last_used = time.monotonic()
+        if slot.leases > 0 or slot.pinned:
+            return
+        keep = slot.keep_alive_s
+        if keep is None:
+            slot.expires_at = None
+        elif keep <= 0:
+            asyncio.get_running_loop().create_task(self.unload(slot.name))
+        else:
+            slot.expires_at = time.monotonic() + keep
+
+    def _keep(self, keep_alive):
+        if keep_alive is None:
+            return _UNSET
+        return parse_keep_alive(keep_alive)
+
+    def _ready(self, name: str) -> ModelSlot | None:
+        slot = self.slots.get(name)
+        if slot is not None and slot.engine is not None and not slot.unloading:
+            return slot
+        return None
+
+    def names(self) -> list[str]:
+        return list(self.store.paths())
+
+    # ---- load and unload -----------------------------------------------------------------
+    async def _load(self, m: StoredModel) -> ModelSlot:
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:  # one load at a time; a waiter may find it loaded
+            slot = self._ready(m.name)
+            if slot is not None:
+                return slot
+            need = self.estimate(m)
+            if need > self.budget:
+                raise APIError(507, f"model '{m.name}' needs about {need / 2**30:.2f} GiB (weights and KV "
+                                    f"cache) and the server's --max-loaded-bytes is {self.budget / 2**30:.2f} GiB",
+                               param="model")
+            while self.used_bytes() + need > self.budget:
+                idle = [s for s in self.slots.values() if s.leases == 0 and not s.pinned and not s.unloading]
+                if not idle:
+                    raise APIError(503, f"model '{m.name}' does not fit beside the loaded models, and every "
+                                        "one of them is busy; retry shortly",
+                                   headers={"Retry-After": str(self.state.settings.retry_after_s)})
+                await self.unload(min(idle, key=lambda s: s.last_used).name)
+            slot = ModelSlot(m.name, m.path, self.state.settings, size_bytes=need, keep_alive_s=self.keep_alive_s)
+            self.slots[m.name] = slot
+            try:
+                engine, measured = await asyncio.to_thread(self._build, m.path)
+            except Exception as e:
+                del self.slots[m.name]
+                raise APIError(400, f"model '{m.name}' failed to load: {type(e).__name__}: {e}",
+                               param="model") from e
+            slot.configure(engine)
+            slot.engine, slot.loaded_at = engine, time.time()
+            slot.size_bytes = max(measured, 0) or need
+            self.loads += 1
+            w = engine.weights
+            print(f"tokenmill: loaded {m.name} ({slot.size_bytes / 2**20:.0f} MiB): weights {w['summary']}; "
+                  f"KV cache {w['kv_cache_dtype']}", flush=True)
+            return slot
+
+    def _build(self, path: str):
+        import dataclasses
+        from ..engine.async_engine import AsyncLLMEngine
+        s = self.state.settings
+        before = rss_bytes()
+        config = dataclasses.replace(self.config, model=path, show_progress=False)
+        engine = AsyncLLMEngine.from_config(config, s.max_queue, s.max_unread_tokens)
+        return engine, rss_bytes() - before
+
+    async def unload(self, name: str) -> bool:
+        """Frees a model now (its requests, if any, are finished first: an unload asked for
+        while requests run happens when the last one ends)."""
+        slot = self.slots.get(canonical(name))
+        if slot is None or slot.engine is None or slot.pinned or slot.unloading:
+            return False
+        if slot.leases > 0:
+            slot.keep_alive_s, slot.expires_at = 0.0, None
+            return False
+        slot.unloading = True
+        engine = slot.engine
+
+        slot.engine = None
+        await asyncio.to_thread(engine.shutdown)
+        del engine
+        await asyncio.to_thread(_trim_heap)  # its tensors are gone with the last reference
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+        self.unloads += 1
+        print(f"tokenmill: unloaded {slot.name}", flush=True)
+        return True
+
+    async def reap(self, tick_s: float = 0.25) -> None:
+        """Forever: unload models whose keep_alive has run out."""
+        while True:
+            await asyncio.sleep(tick_s)
+            now = time.monotonic()
+            for slot in list(self.slots.values()):
+                if slot.leases == 0 and slot.expires_at is not None and slot.expires_at <= now:
+                    await self.unload(slot.name)
+
+    async def shutdown(self) -> None:
+        for slot in list(self.slots.values()):
+            if slot.engine is not None and hasattr(slot.engine, "shutdown"):
+                await asyncio.to_thread(slot.engine.shutdown)
+
+
+_UNSET = object()
+
+
+async def use_model(request: Request, name: str | None, keep_alive=None, required: bool = True) -> Served:
+    """The request's model, leased until its response ends (ModelLeases returns it)."""
+    state = request.app.state.tm
+    if not name:
+        if required:
+            raise APIError(400, "you must give a model name", param="model")
+        name = state.default_model or next(iter(state.pool.names()), "")
+    pool: ModelPool = state.pool
+    slot = await pool.acquire(name, keep_alive)
+    leases = request.scope.setdefault("tm_leases", [])
+    leases.append(slot)
+    return Served(state, slot)
+
+
+class ModelLeases:
+    """ASGI middleware: returns a request's model leases once its response has ended (a
+    stream's too: the app returns only after the last chunk, or when the client has gone)."""
+
+    def __init__(self, app, pool_of):
+        self.app, self.pool_of = app, pool_of
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        scope["tm_leases"] = []
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            pool = self.pool_of()
+            for slot in scope.get("tm_leases", []):
+                pool.release(slot)
