@@ -24,5 +24,15 @@ def hub():
     h.close()
 
 
+@pytest.fixture(scope="session")
+def store(store_dir, hub, tmp_path_factory):
+    """`tokenmill serve --models DIR` (with the bundled model by default): three models."""
+    from server_process import Server
+    log = str(tmp_path_factory.mktemp("store-log") / "server.log")
+    s = Server(["--models", store_dir, "--kv-cache-memory-gib", "0.1"], log, env={"HF_ENDPOINT": hub.url})
+    yield s
+    s.stop()
+
+
 def loaded(server) -> set[str]:
     return {m["name"] for m in httpx.get(server.url + "/api/ps", timeout=30).json()["models"]}

@@ -10,18 +10,10 @@ import ollama
 import openai
 import pytest
 
-from server_process import Server, rss_kb, wait_for
+from server_process import rss_kb, wait_for
 from store.conftest import loaded
 
 MSGS = [{"role": "user", "content": "Say hello."}]
-
-
-@pytest.fixture(scope="module")
-def store(store_dir, hub, tmp_path_factory):
-    log = str(tmp_path_factory.mktemp("store-log") / "server.log")
-    s = Server(["--models", store_dir, "--kv-cache-memory-gib", "0.1"], log, env={"HF_ENDPOINT": hub.url})
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,13 @@ def refuse_fields(body, names) -> None:
             raise APIError(400, f"`{name}` is not supported by this server", param=name)
 
 
+def _route_path(request) -> str:
+    """The path the app routes on: without the prefix it is mounted under (a Ray Serve
+    route_prefix), which request.url.path keeps."""
+    path, root = request.url.path, request.scope.get("root_path") or ""
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def protocol_of(path: str) -> str:
     """Which protocol a path speaks: "ollama", "tgi", "anthropic" or "openai" (everything else)."""
     if path.startswith("/api/"):
@@ -98,20 +105,20 @@ def install_error_handlers(app: FastAPI, on_error=None) -> None:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
-        return error_response(request.url.path, e.status, e.message, e.param, e.code, e.headers)
+        return error_response(_route_path(request), e.status, e.message, e.param, e.code, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError):
         message, param = pydantic_message(e.errors())
-        return error_response(request.url.path, 400, message, param)
+        return error_response(_route_path(request), 400, message, param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
         message = e.detail if e.status_code != 404 else f"no route {request.method} {request.url.path}"
-        return error_response(request.url.path, e.status_code, str(message))
+        return error_response(_route_path(request), e.status_code, str(message))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception):
         if on_error is not None:
             on_error(request, e)
-        return error_response(request.url.path, 500, f"internal error: {type(e).__name__}: {e}")
+        return error_response(_route_path(request), 500, f"internal error: {type(e).__name__}: {e}")
