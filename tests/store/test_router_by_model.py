@@ -60,3 +60,20 @@ def test_a_model_no_backend_has_is_a_404_in_each_protocol(front):
     with pytest.raises(anthropic.NotFoundError):
         anthropic.Anthropic(base_url=front.url, api_key="x", max_retries=0).messages.create(
             model="no-such-model", max_tokens=2, messages=MSGS)
+
+
+def test_hybrid_routes_name_a_small_and_a_large_model_of_one_store(store, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("router-hybrid-store")
+    r = router(["--route", f"small={store.url}", "--route", f"large={store.url}",
+                "--route-model", "small=tiny-qwen2", "--route-model", "large=smollm2-q8_0",
+                "--ledger", str(logs / "ledger.db"), "--no-cache"], logs, "hybrid-store")
+    try:
+        client = openai.OpenAI(base_url=r.url + "/v1", api_key="x", max_retries=0)
+        easy = client.chat.completions.with_raw_response.create(model="auto", messages=MSGS, max_tokens=2)
+        assert easy.headers["x-tokenmill-route"] == "small" and easy.parse().model == "tiny-qwen2"
+        hard = [{"role": "user", "content": "Analyze step by step and prove rigorously: " + "why? " * 400 +
+                 "\n```python\ndef f(x):\n    return x\n```\n1. first\n2. second\n3. third"}]
+        raw = client.chat.completions.with_raw_response.create(model="auto", messages=hard, max_tokens=2)
+        assert raw.headers["x-tokenmill-route"] == "large" and raw.parse().model == "smollm2-q8_0"
+    finally:
+        r.stop()

@@ -169,3 +169,21 @@ def test_metrics_and_dashboard_carry_the_model(store, three):
         latest = httpx.get(store.url + "/tokenmill/dashboard").json()["latest"]
         return latest and {m["name"] for m in latest["detail"]["models"]} == loaded(store)
     wait_for(shown, 60, "the dashboard does not show the loaded models")
+
+
+def test_cli_pull_list_and_ps(store, store_dir, hub, tmp_path):
+    import subprocess
+    import sys
+    hub.add("test/tiny-GGUF", {"tiny-Q8_0.gguf": os.path.join(store_dir, "tiny-qwen2.gguf")})
+    d = str(tmp_path / "cli-store")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "tokenmill.cli", *args], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "HF_ENDPOINT": hub.url})
+    r = cli("pull", "hf.co/test/tiny-GGUF", "--models", d)
+    assert r.returncode == 0 and r.stdout.strip().endswith("success"), r.stdout + r.stderr
+    assert "hf.co/test/tiny-GGUF" in cli("list", "--models", d).stdout
+    r = cli("pull", "hf.co/test/tiny-GGUF:Q2_K", "--models", d)
+    assert r.returncode == 1 and "matches 'Q2_K'" in r.stderr
+    ps = cli("ps", "--url", store.url).stdout.splitlines()
+    assert ps[0].split() == ["NAME", "SIZE", "CONTEXT", "UNTIL"] and len(ps) == 1 + len(loaded(store))

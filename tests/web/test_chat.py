@@ -202,7 +202,7 @@ def test_settings_changed_before_the_server_answers_are_kept(tiny_web, new_page)
     (held back here) has not answered yet."""
     page = new_page()
     held = []
-    page.route("**/tokenmill/info", lambda route: held.append(route))
+    page.route("**/tokenmill/info*", lambda route: held.append(route))
     page.goto(tiny_web.url + "/")
     wait_page(page, "document.querySelector('#model-name').textContent === 'tiny'")
     page.fill("#p-temperature", "0.25")
@@ -211,3 +211,22 @@ def test_settings_changed_before_the_server_answers_are_kept(tiny_web, new_page)
               timeout=30, what="the setting was not saved before the server answered")
     for route in held:
         route.continue_()
+
+
+def test_the_model_picker_sends_to_the_picked_model(store, new_page):
+    """A server with a store: the page lists its models, and the one picked answers (loaded on
+    demand) and is remembered."""
+    bundled = httpx.get(store.url + "/v1/models").json()["data"][0]["id"]
+    page = new_page()
+    open_chat(page, store, bundled)
+    options = page.eval_on_selector_all("#model-pick option", "os => os.map((o) => o.value)")
+    assert {bundled, "smollm2-q8_0", "tiny-qwen2"} <= set(options) and page.is_visible("#model-pick")
+    before = store.metric("tokenmill:request_success_total", label='model_name="tiny-qwen2"')
+    page.select_option("#model-pick", "tiny-qwen2")
+    wait_page(page, "document.querySelector('#model-name').textContent === 'tiny-qwen2'")
+    page.fill("#p-max_tokens", "3")
+    send(page, "Hi")
+    done(page, 1)
+    assert store.metric("tokenmill:request_success_total", label='model_name="tiny-qwen2"') == before + 1
+    page.reload()
+    wait_page(page, "document.querySelector('#model-name').textContent === 'tiny-qwen2'")

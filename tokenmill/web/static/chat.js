@@ -3,6 +3,7 @@
 "use strict";
 
 const STORE = "tokenmill.conversations";
+const MODEL_KEY = "tokenmill.model";
 const SETTINGS = "tokenmill.chatSettings";
 const PARAMS = ["temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "frequency_penalty",
                 "presence_penalty", "repetition_penalty"];
@@ -316,6 +317,25 @@ function importFile(file) {
   reader.readAsText(file);
 }
 
+// The model the chat talks to: its context (from /v1/models, or /tokenmill/info once it is
+// loaded) and its recommended sampling for the fields left empty.
+async function useModel(id, models) {
+  chat.model = id;
+  $("model-name").textContent = id;
+  const listed = models.find((m) => m.id === id);
+  chat.maxModelLen = listed && listed.max_model_len ? listed.max_model_len : null;
+  render();
+  try {
+    const info = await TM.api("/tokenmill/info?model=" + encodeURIComponent(id));
+    // a store's other model answers until this one is loaded; a router's route names pass
+    if (info.model === id || !(info.models || []).includes(id)) {
+      chat.maxModelLen = info.max_model_len || chat.maxModelLen;
+      applyRecommended(info.sampling);
+    }
+    render();
+  } catch (e) { /* an upstream without /tokenmill/info: no context bar */ }
+}
+
 // ---- wiring ------------------------------------------------------------------------------
 async function init() {
   TM.nav("/");
@@ -332,19 +352,24 @@ async function init() {
     saveSettings();
   });
   try {
-    const models = await TM.api("/v1/models");
-    chat.model = models.data[0].id;
-    $("model-name").textContent = chat.model;
+    const models = (await TM.api("/v1/models")).data;
+    const ids = models.map((m) => m.id);
+    const saved = localStorage.getItem(MODEL_KEY);
+    const pick = $("model-pick");
+    if (ids.length > 1) {  // a store: the server loads the model picked on demand
+      pick.replaceChildren(...ids.map((id) => TM.el("option", {value: id, text: id})));
+      pick.value = ids.includes(saved) ? saved : ids[0];
+      pick.classList.remove("hidden");
+      pick.addEventListener("change", () => {
+        localStorage.setItem(MODEL_KEY, pick.value);
+        useModel(pick.value, models);
+      });
+    }
+    await useModel(ids.includes(saved) ? saved : ids[0], models);
   } catch (e) {
     $("model-name").textContent = "(no model)";
     $("error").textContent = e.message + (e.status === 401 ? " (set the API key: top right)" : "");
   }
-  try {
-    const info = await TM.api("/tokenmill/info");
-    chat.maxModelLen = info.max_model_len;
-    applyRecommended(info.sampling);
-    render();
-  } catch (e) { /* an upstream without /tokenmill/info: no context bar */ }
 
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();
