@@ -116,3 +116,17 @@ def test_router_dashboard_backends_split_and_cost_by_key(routed, new_page):
     wait_page(tenant, f"{LATEST} !== null")
     assert tenant.evaluate(f"{LATEST}.detail.cost_by_key") is None
     assert tenant.evaluate("document.querySelector('#cost-key table')") is None
+
+
+def test_the_dashboard_lists_the_loaded_models(store, new_page):
+    """A store: the Loaded models table shows each loaded model with its memory."""
+    from store.conftest import loaded
+    httpx.post(store.url + "/api/generate", json={"model": "tiny-qwen2", "keep_alive": "10m"}, timeout=300)
+    page = new_page()
+    page.goto(store.url + "/dashboard")
+    want = loaded(store)
+    wait_page(page, "document.querySelectorAll('#models tbody tr').length === %d" % len(want))
+    rows = page.eval_on_selector_all("#models tbody tr", "rs => rs.map((r) => [...r.cells].map((c) => c.textContent))")
+    assert {r[0] for r in rows} == want
+    tiny = next(r for r in rows if r[0] == "tiny-qwen2")
+    assert tiny[1].endswith("MiB") and tiny[6].endswith(" s")  # memory; unloads in ~10 minutes

@@ -92,7 +92,8 @@ def create_app(config: EngineConfig, settings: ServerSettings | None = None, eng
         try:
             if engine is None and state.default_model in store.paths():
                 slot = await state.pool.acquire(state.default_model)
-                slot.keep_alive_s = None  # kept until a request says otherwise or room is needed
+                # kept until a request says otherwise or room is needed
+                slot.keep_alive_s = slot.base_keep_alive_s = None
                 state.pool.release(slot)
         except Exception as e:  # /health reports it
             load_error.append(getattr(e, "message", None) or f"{type(e).__name__}: {e}")

@@ -59,7 +59,8 @@ class ModelSlot:
     leases: int = 0                      # requests using it now
     last_used: float = field(default_factory=time.monotonic)
     expires_at: float | None = None      # monotonic; None: kept until room is needed
-    keep_alive_s: float | None = None    # after the last lease ends
+    keep_alive_s: float | None = None    # after the last lease ends (the last request's, else base)
+    base_keep_alive_s: float | None = None  # a request that names none: --keep-alive (None: kept)
     size_bytes: int = 0                  # memory it holds (estimate, then measured at load)
     loaded_at: float = 0.0
     pinned: bool = False                 # an engine handed to create_app: never unloaded
@@ -166,20 +167,20 @@ class ModelPool:
     # ---- leases --------------------------------------------------------------------------
     async def acquire(self, name: str, keep_alive=None) -> ModelSlot:
         keep = self._keep(keep_alive)
-        try:
-            m = self.store.resolve(name) if canonical(name) not in self.slots else None
-        except StoreError as e:
-            raise APIError(e.status, f"The model `{name}` does not exist. This server has: "
-                                     f"{', '.join(self.names()) or 'no models'}.",
-                           param="model", code="model_not_found") from e
         slot = self._ready(canonical(name))
-        if slot is None:
-            slot = await self._load(m or self.store.resolve(name))
+        if slot is None:  # the store's files are read off the event loop
+            try:
+                m = await asyncio.to_thread(self.store.resolve, name)
+            except StoreError as e:
+                names = await asyncio.to_thread(self.names)
+                raise APIError(e.status, f"The model `{name}` does not exist. This server has: "
+                                         f"{', '.join(names) or 'no models'}.",
+                               param="model", code="model_not_found") from e
+            slot = await self._load(m)
         slot.leases += 1
         slot.last_used = time.monotonic()
         slot.expires_at = None
-        if keep is not _UNSET:
-            slot.keep_alive_s = keep
+        slot.keep_alive_s = slot.base_keep_alive_s if keep is _UNSET else keep
         return slot
 
     def release(self, slot: ModelSlot) -> None:
@@ -229,7 +230,8 @@ class ModelPool:
                                         "one of them is busy; retry shortly",
                                    headers={"Retry-After": str(self.state.settings.retry_after_s)})
                 await self.unload(min(idle, key=lambda s: s.last_used).name)
-            slot = ModelSlot(m.name, m.path, self.state.settings, size_bytes=need, keep_alive_s=self.keep_alive_s)
+            slot = ModelSlot(m.name, m.path, self.state.settings, size_bytes=need, keep_alive_s=self.keep_alive_s,
+                             base_keep_alive_s=self.keep_alive_s)
             self.slots[m.name] = slot
             try:
                 engine, measured = await asyncio.to_thread(self._build, m.path)

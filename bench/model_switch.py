@@ -1,0 +1,114 @@
+"""Time to switch models: `tokenmill serve --models DIR` loading a real-shape GGUF on demand,
+against reading the same file.
+
+    python bench/model_switch.py [--shape 1b] [--repeats 3] [--kv-cache-memory-gib 0.25]
+
+The file: random weights in llama.cpp's Q4_K_M layout at the Llama-3.2-1B shape (bench/shapes.py
+writes it once into ~/.cache/tokenmill/shapes). The server starts with the bundled model loaded;
+each round an empty /api/generate naming the 1B model loads it (Ollama's way to load), timed from
+the request to the answer, then `keep_alive: 0` unloads it. Cold rounds drop the page cache first
+(root only: drop_caches), as the file read they are compared with does; warm rounds do not.
+Prints the file's size, the reads, the loads, and each load against the read of the same kind.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shapes import cold_read_s, model_file  # noqa: E402
+
+
+def warm_read_s(path: str) -> float:
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(64 << 20)
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - t
+
+
+def drop_cache() -> bool:
+    try:
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="1b", choices=["1b", "3b", "8b"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kv-cache-memory-gib", default="0.25")
+    ap.add_argument("--port", type=int, default=8123)
+    args = ap.parse_args()
+
+    path = model_file(args.shape)
+    name = f"llama-{args.shape}"
+    store = tempfile.mkdtemp(prefix="tokenmill-switch-")
+    os.symlink(path, os.path.join(store, name + ".gguf"))
+    size = os.path.getsize(path)
+    print(f"file: {path} ({size / 1e9:.2f} GB)")
+    reads_cold = [r for r in (cold_read_s(path) for _ in range(args.repeats)) if r is not None]
+    reads_warm = [warm_read_s(path) for _ in range(args.repeats)]
+
+    url = f"http://127.0.0.1:{args.port}"
+    log = open(os.path.join(store, "server.log"), "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tokenmill.cli", "serve", "--models", store, "--port",
+                             str(args.port), "--kv-cache-memory-gib", args.kv_cache_memory_gib,
+                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise SystemExit(open(log.name).read()[-2000:])
+            time.sleep(0.1)
+        loads = {"cold": [], "warm": []}
+        held = []
+        for _ in range(args.repeats):
+            for kind in ("cold", "warm"):
+                if kind == "cold" and not drop_cache():
+                    continue
+                t = time.perf_counter()
+                r = httpx.post(url + "/api/generate", json={"model": name}, timeout=900)
+                loads[kind].append(time.perf_counter() - t)
+                assert r.status_code == 200 and r.json()["done_reason"] == "load", r.text
+                held.append(next(m["size"] for m in httpx.get(url + "/api/ps").json()["models"]
+                                 if m["name"] == name))
+                httpx.post(url + "/api/generate", json={"model": name, "keep_alive": 0}, timeout=300)
+                while name in {m["name"] for m in httpx.get(url + "/api/ps").json()["models"]}:
+                    time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    def row(label, reads, loaded):
+        if not reads or not loaded:
+            print(f"{label:5s}  (not measured: dropping the page cache needs root)")
+            return
+        r, ld = statistics.median(reads), statistics.median(loaded)
+        print(f"{label:5s}  read {r:6.2f} s ({size / r / 1e9:5.2f} GB/s)   load on demand {ld:6.2f} s   "
+              f"load / read {ld / r:5.2f}x   (loads: {', '.join(f'{x:.2f}' for x in loaded)})")
+    print(f"medians of {args.repeats}; memory the loaded model held (RSS, as /api/ps): "
+          f"{statistics.median(held) / 2**20:.0f} MiB (KV cache {args.kv_cache_memory_gib} GiB)")
+    row("cold", reads_cold, loads["cold"])
+    row("warm", reads_warm, loads["warm"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
