@@ -23,26 +23,7 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shapes import cold_read_s, model_file  # noqa: E402
-
-
-def warm_read_s(path: str) -> float:
-    t = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(64 << 20)
-        while f.readinto(buf):
-            pass
-    return time.perf_counter() - t
-
-
-def drop_cache() -> bool:
-    try:
-        subprocess.run(["sync"], check=True)
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        return True
-    except OSError:
-        return False
+from shapes import cold_read_s, drop_page_cache, model_file  # noqa: E402
 
 
 def main() -> int:
@@ -60,7 +41,7 @@ def main() -> int:
     size = os.path.getsize(path)
     print(f"file: {path} ({size / 1e9:.2f} GB)")
     reads_cold = [r for r in (cold_read_s(path) for _ in range(args.repeats)) if r is not None]
-    reads_warm = [warm_read_s(path) for _ in range(args.repeats)]
+    reads_warm = [cold_read_s(path, cold=False) for _ in range(args.repeats)]
 
     url = f"http://127.0.0.1:{args.port}"
     log = open(os.path.join(store, "server.log"), "w")
@@ -81,7 +62,7 @@ def main() -> int:
         held = []
         for _ in range(args.repeats):
             for kind in ("cold", "warm"):
-                if kind == "cold" and not drop_cache():
+                if kind == "cold" and not drop_page_cache():
                     continue
                 t = time.perf_counter()
                 r = httpx.post(url + "/api/generate", json={"model": name}, timeout=900)

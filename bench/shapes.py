@@ -78,13 +78,21 @@ def measure_peaks(threads: int) -> dict:
             "int8_gop_s": peaks["int8"], "fp32_gflop_s": peaks["fp32"]}
 
 
-def cold_read_s(path: str) -> float | None:
-    """Seconds to read the file after dropping the page cache (None where that is not allowed)."""
+def drop_page_cache() -> bool:
+    """Drop the page cache (root only); whether it was dropped."""
     try:
         subprocess.run(["sync"], check=True)
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
+        return True
     except OSError:
+        return False
+
+
+def cold_read_s(path: str, cold: bool = True) -> float | None:
+    """Seconds to read the file after dropping the page cache (None where that is not allowed);
+    cold=False: as it is (a warm read, once the file is in the page cache)."""
+    if cold and not drop_page_cache():
         return None
     t = time.perf_counter()
     with open(path, "rb", buffering=0) as f:

@@ -73,7 +73,7 @@ def _file_info(path: str) -> dict:
     from gguf import LlamaFileType
     from ..estimate import _prod
     from ..model.loader.gguf_header import read_header
-    meta, tensors, buf = read_header(path)
+    meta, tensors, buf = read_header(path, big_arrays=False)
     buf.close()
     arch = meta.get("general.architecture", "unknown")
     ft = meta.get("general.file_type")

@@ -24,6 +24,9 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     return torch.where(mid, blended, scaled)
 
 
+_EAGER_POSITIONS = 8192
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_position: int, theta: float, scaling: dict | None = None):
         super().__init__()
@@ -37,17 +40,27 @@ class RotaryEmbedding(nn.Module):
             inv_freq = inv_freq / scaling["factor"]
         elif kind not in (None, "default"):
             raise ValueError(f"unsupported rope scaling {kind!r} (supported: llama3, linear, GGUF rope_freqs)")
-        t = torch.arange(max_position, dtype=torch.float32)
-        freqs = torch.outer(t, inv_freq)  # (max_position, head_dim/2)
-        emb = torch.cat([freqs, freqs], dim=-1)  # (max_position, head_dim)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.inv_freq, self.max_position = inv_freq, max_position
+        # tables for the first positions now; the engine sizes them to its context (trim):
+        # a Llama 3 GGUF says 131,072 positions, 134 MB of tables at head_dim 128
+        cos, sin = self._tables(min(max_position, _EAGER_POSITIONS), inv_freq.device)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        # row t depends on t alone, so tables of any length agree on the rows they share
+        t = torch.arange(n, dtype=torch.float32, device=device)
+        freqs = torch.outer(t, self.inv_freq.to(device))  # (n, head_dim/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (n, head_dim)
+        return emb.cos(), emb.sin()
 
     def trim(self, max_position: int) -> None:
-        """Keep the tables for positions below max_position only (a Llama 3 GGUF says 131,072:
-        134 MB of tables at head_dim 128, for a context the KV cache may never hold)."""
-        if max_position < self.cos.shape[0]:
-            self.cos, self.sin = self.cos[:max_position].clone(), self.sin[:max_position].clone()
+        """Tables for exactly the positions below max_position (at most the model's own)."""
+        n = min(max_position, self.max_position)
+        if n < self.cos.shape[0]:
+            self.cos, self.sin = self.cos[:n].clone(), self.sin[:n].clone()
+        elif n > self.cos.shape[0]:
+            self.cos, self.sin = self._tables(n, self.cos.device)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # q: (T, n_heads, head_dim), k: (T, n_kv_heads, head_dim), positions: (T,)

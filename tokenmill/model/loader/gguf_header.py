@@ -17,6 +17,8 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
+_SMALL = 1024  # string arrays up to this long are read even when big ones are skipped
 
 
 @dataclass
@@ -29,8 +31,8 @@ class TensorInfo:
 
 
 class _Cursor:
-    def __init__(self, buf):
-        self.buf, self.pos = buf, 0
+    def __init__(self, buf, big_arrays: bool = True):
+        self.buf, self.pos, self.big_arrays = buf, 0, big_arrays
 
     def unpack(self, fmt: str):
         v = struct.unpack_from(fmt, self.buf, self.pos)[0]
@@ -43,6 +45,23 @@ class _Cursor:
         self.pos += n
         return s
 
+    def _strings(self, count: int) -> list[str]:
+        buf, pos, length = self.buf, self.pos, _U64.unpack_from
+        out = [b""] * count
+        for i in range(count):
+            n = length(buf, pos)[0]
+            pos += 8
+            out[i] = buf[pos:pos + n]
+            pos += n
+        self.pos = pos
+        return [b.decode("utf-8", errors="replace") for b in out]
+
+    def _skip(self, count: int) -> None:
+        buf, pos, length = self.buf, self.pos, _U64.unpack_from
+        for _ in range(count):
+            pos += 8 + length(buf, pos)[0]
+        self.pos = pos
+
     def value(self, vtype: int):
         if vtype == _STRING:
             return self.string()
@@ -53,18 +72,21 @@ class _Cursor:
                 arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos)
                 self.pos += dt.itemsize * count
                 return arr.tolist()
+            if etype == _STRING:  # a vocabulary or merges: 50k-250k strings, one tight loop
+                return self._strings(count) if self.big_arrays or count <= _SMALL else self._skip(count)
             return [self.value(etype) for _ in range(count)]
         if vtype not in _SCALARS:
             raise ValueError(f"unknown GGUF value type {vtype}")
         return self.unpack(_SCALARS[vtype])
 
 
-def read_header(path: str) -> tuple[dict, list[TensorInfo], mmap.mmap]:
-    """Returns (metadata, tensors, the mapped file)."""
+def read_header(path: str, big_arrays: bool = True) -> tuple[dict, list[TensorInfo], mmap.mmap]:
+    """Returns (metadata, tensors, the mapped file). big_arrays=False: string arrays longer than
+    1024 (the vocabulary, the merges) are skipped and read as None (facts about a file, fast)."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     with open(path, "rb") as f:
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    c = _Cursor(buf)
+    c = _Cursor(buf, big_arrays)
     try:
         if bytes(buf[:4]) != b"GGUF":
             raise ValueError("bad magic (not a GGUF file)")

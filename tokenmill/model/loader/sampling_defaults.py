@@ -44,7 +44,7 @@ def recommended(model_path: str) -> tuple[dict, str]:
             source = "generation_config.json"
     elif model_path.endswith(".gguf"):
         from .gguf import _open
-        meta = _open(model_path)[0]
+        meta = _open(model_path, big_arrays=False)[0]
         found = {name: meta[key] for key, name in _GGUF_KEYS.items() if isinstance(meta.get(key), (int, float))}
         source = "the GGUF file's general.sampling keys"
     if not found:
