@@ -275,6 +275,11 @@ def cmd_serve(args) -> int:
     if settings.api_key is not None and not settings.api_key.strip():
         raise SystemExit("tokenmill serve: --api-key is empty (an empty key would let in every request)")
     auth = " -H \"Authorization: Bearer $KEY\"" if settings.api_key else ""  # never the key itself
+    store = app.state.tm.pool.store
+    names = store.paths()
+    if len(names) > 1:
+        print(f"tokenmill: model store {store.directory}: {len(names)} models ({', '.join(list(names)[:8])}"
+              f"{', ...' if len(names) > 8 else ''}); each loads when a request names it", flush=True)
     print(f"tokenmill: serving {name} on {base} (OpenAI /v1, Ollama /api, TGI /generate); "
           f"the model loads in the background, GET {base}/health says when it is ready.\n"
           f"  curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' "

@@ -161,7 +161,10 @@ class ModelPool:
     def estimate(self, m: StoredModel) -> int:
         """Memory a model will hold: its weights at their file's bits (GGUF; an HF directory's
         float weights are quantized to int8 on CPU) and its KV cache."""
-        weights = m.size if m.info.get("format") == "gguf" else m.size // (4 if m.info.get("quantization") == "F32" else 2)
+        if m.info.get("format") == "gguf":
+            weights = m.size
+        else:  # float32 (4 bytes) or 16-bit (2) weights -> int8
+            weights = m.size // (4 if m.info.get("quantization") == "F32" else 2)
         return int(weights + self.config.kv_cache_memory_gib * 2**30 + 64 * 2**20)
 
     # ---- leases --------------------------------------------------------------------------
