@@ -104,8 +104,9 @@ def test_keep_alive_runs_out(store):
     o = ollama.Client(host=store.url)
     o.chat(model="tiny-qwen2", messages=MSGS, options={"num_predict": 2}, keep_alive="1s")
     wait_for(lambda: "tiny-qwen2" not in loaded(store), 120, "keep_alive never unloaded the model")
-    o.chat(model="tiny-qwen2", messages=MSGS, options={"num_predict": 2})  # loads again on demand
-    assert "tiny-qwen2" in loaded(store)
+    again = o.chat(model="tiny-qwen2", messages=MSGS, options={"num_predict": 2})  # loads again on demand
+    assert "tiny-qwen2" in loaded(store) and again.load_duration > 0
+    assert o.chat(model="tiny-qwen2", messages=MSGS, options={"num_predict": 2}).load_duration == 0
 
 
 def test_copy_and_delete(store, store_dir):

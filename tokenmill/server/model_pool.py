@@ -308,7 +308,10 @@ async def use_model(request: Request, name: str | None, keep_alive=None, require
             raise APIError(400, "you must give a model name", param="model")
         name = state.default_model or next(iter(state.pool.names()), "")
     pool: ModelPool = state.pool
+    asked = time.time()
     slot = await pool.acquire(name, keep_alive)
+    if slot.loaded_at >= asked:  # this request waited for its model to load (Ollama's load_duration)
+        request.state.load_duration = time.time() - asked
     leases = request.scope.setdefault("tm_leases", [])
     leases.append(slot)
     return Served(state, slot)

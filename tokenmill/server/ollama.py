@@ -117,14 +117,14 @@ def _params(o: Options | None, num_prompt: int, max_model_len: int, processors=(
                        stop=[o.stop] if isinstance(o.stop, str) else o.stop, logits_processors=list(processors))
 
 
-def _final_stats(out, started: float) -> dict:
+def _final_stats(out, started: float, load_s: float = 0.0) -> dict:
     m = out.metrics
     now = time.time()
     first = m.first_token_time or now
     sched = m.first_scheduled_time or m.arrival_time
     c = out.outputs[0]
     return {"done": True, "done_reason": c.finish_reason, "total_duration": int((now - started) * 1e9),
-            "load_duration": 0, "prompt_eval_count": len(out.prompt_token_ids),
+            "load_duration": int(load_s * 1e9), "prompt_eval_count": len(out.prompt_token_ids),
             "prompt_eval_duration": int(max(0.0, first - sched) * 1e9),
             "eval_count": len(c.token_ids), "eval_duration": int(max(0.0, now - first) * 1e9)}
 
@@ -142,6 +142,7 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
     if state.reasoning:  # a thinking model: its reasoning goes in `thinking`
         stream = split_stream(stream, prompt_opens_thought(engine.tokenizer, prompt_ids))
     started = time.time()
+    load_s = getattr(request.state, "load_duration", 0.0)
     model = body.model
 
     def piece(text: str, calls=None, thinking: str = "") -> dict:
@@ -177,7 +178,7 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
                         calls = calls_of(c.text)
                         if tool_schemas:
                             yield ndjson({**piece("" if calls else c.text, calls), "done": False})
-                        yield ndjson({**piece(""), **_final_stats(out, started)})
+                        yield ndjson({**piece(""), **_final_stats(out, started, load_s)})
             except APIError as e:
                 yield stream_error("/api/chat", e.status, e.message)
         return StreamingResponse(lines(), media_type="application/x-ndjson")
@@ -186,7 +187,7 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
     text = final.outputs[0].text
     calls = calls_of(text)
     thinking = getattr(final.outputs[0], "reasoning", "")
-    return JSONResponse({**piece("" if calls else text, calls, thinking), **_final_stats(final, started)})
+    return JSONResponse({**piece("" if calls else text, calls, thinking), **_final_stats(final, started, load_s)})
 
 
 async def _unload_asked(request, body):
@@ -198,7 +199,14 @@ async def _unload_asked(request, body):
     if canonical(body.model) not in pool.names():
         raise APIError(404, f"model '{body.model}' not found", param="model")
     await pool.unload(body.model)
-    done = {"model": body.model, "created_at": _now(), "done": True, "done_reason": "unload"}
+    return _empty_answer(request, body, "unload")
+
+
+def _empty_answer(request, body, reason: str) -> JSONResponse:
+    """The answer to an empty chat or prompt: the model was loaded (with the time it took, if
+    this request waited for it) or unloaded."""
+    done = {"model": body.model, "created_at": _now(), "done": True, "done_reason": reason,
+            "load_duration": int(getattr(request.state, "load_duration", 0.0) * 1e9)}
     if isinstance(body, ChatRequest):
         return JSONResponse({**done, "message": {"role": "assistant", "content": ""}})
     return JSONResponse({**done, "response": ""})
@@ -229,9 +237,7 @@ async def chat(body: ChatRequest, request: Request):
     tool_schemas = tools.check_tools(body.tools)
     engine = state.get_engine()
     if not body.messages:  # Ollama answers an empty chat by loading the model
-        return JSONResponse({"model": body.model, "created_at": _now(),
-                             "message": {"role": "assistant", "content": ""}, "done": True,
-                             "done_reason": "load"})
+        return _empty_answer(request, body, "load")
     messages = []
     for m in body.messages:
         msg = {"role": m.role, "content": m.content}
@@ -253,9 +259,8 @@ async def generate_route(body: GenerateRequest, request: Request):
     refuse_fields(body, ["template", "context", "images", "suffix", "logprobs", "top_logprobs"])
     think = _think(state, body)
     engine = state.get_engine()
-    if not body.prompt:
-        return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
-                             "done_reason": "load"})
+    if not body.prompt:  # and an empty prompt likewise
+        return _empty_answer(request, body, "load")
     tok = engine.tokenizer
     if body.raw:
         ids = await off_loop(tok.encode, body.prompt)
