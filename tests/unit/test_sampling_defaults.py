@@ -33,7 +33,7 @@ def test_default_sampling_flag_is_parsed_strictly():
 def test_openai_routes_keep_their_documented_defaults_unless_told(mode, expected):
     from tokenmill.server.openai import _common_params
     from tokenmill.server.protocol import ChatCompletionRequest
-    from tokenmill.server.model_pool import ModelSlot
+    from tokenmill.server.model_slot import ModelSlot
     from tokenmill.server.serving import ServerSettings
     state = ModelSlot("m", "", ServerSettings(generation_config=mode), sampling=dict(DEFAULTS))
     body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}])
