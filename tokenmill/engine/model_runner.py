@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..config import EngineConfig
 from ..model.layers.attention import AttentionMetadata, cache_row_bytes, cache_row_width
-from ..model.layers.hugepages import huge_zeros, move_packed_weights
+from ..model.layers.hugepages import huge_zeros_begin, move_packed_weights
 from ..model.layers.native import kernels
 from ..model.layers.quantized import _native as native_int8
 from ..model.layers.linear import weights_on_meta
@@ -117,16 +117,6 @@ class ModelRunner:
                     self.model = LlamaForCausalLM(cfg).eval()
         finally:
             torch.set_default_dtype(default_dtype)
-        weights = tqdm(checkpoint.native_weights() if native else checkpoint.weights(),
-                       total=checkpoint.num_tensors(), unit="tensor", desc=f"Loading {cfg.name}",
-                       disable=not config.show_progress, leave=False)
-        self.model.load_weights(weights, quantize_as_loaded(self.model, self.quantization) if streamed else None)
-        if not native:
-            quantize_model(self.model, self.quantization)
-        if self.device.type == "cpu" and not native:  # (native weights are read into huge pages)
-            move_packed_weights(self.model)  # huge pages: fewer TLB misses a step (hugepages.py)
-        _return_freed_memory()
-
         self.block_size = config.block_size
         # With quantized weights on CPU the K/V rows are int8 with a scale each (attention.py):
         # 0.53x the bytes of float16 that decode reads per token and that the cache holds, for
@@ -153,9 +143,21 @@ class ModelRunner:
         # slots are multiplied by 0.
         kv_shape = (cfg.num_layers, 2, *shape)
         if self.device.type == "cpu":  # in huge pages: attention reads blocks all over it
-            self._kv = huge_zeros(kv_shape, self.kv_dtype)
+            # faulted in by a thread while the weights are read (both are the kernel's work)
+            self._kv, kv_faulted = huge_zeros_begin(kv_shape, self.kv_dtype)
         else:
-            self._kv = torch.zeros(kv_shape, dtype=self.kv_dtype, device=self.device)
+            self._kv, kv_faulted = torch.zeros(kv_shape, dtype=self.kv_dtype, device=self.device), lambda: None
+        weights = tqdm(checkpoint.native_weights() if native else checkpoint.weights(),
+                       total=checkpoint.num_tensors(), unit="tensor", desc=f"Loading {cfg.name}",
+                       disable=not config.show_progress, leave=False)
+        self.model.load_weights(weights, quantize_as_loaded(self.model, self.quantization) if streamed else None)
+        if not native:
+            quantize_model(self.model, self.quantization)
+        if self.device.type == "cpu" and not native:  # (native weights are read into huge pages)
+            move_packed_weights(self.model)  # huge pages: fewer TLB misses a step (hugepages.py)
+        _return_freed_memory()
+        kv_faulted()
+
         self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
         self._block_offsets = torch.arange(config.block_size)
         self.work = WorkCounter()
