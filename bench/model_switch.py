@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ import time
 import httpx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from shapes import cold_read_s, drop_page_cache, model_file  # noqa: E402
+from shapes import cold_read_s, drop_page_cache, model_file, sampled_ready  # noqa: E402
 
 
 def main() -> int:
@@ -44,20 +43,10 @@ def main() -> int:
     reads_warm = [cold_read_s(path, cold=False) for _ in range(args.repeats)]
 
     url = f"http://127.0.0.1:{args.port}"
-    log = open(os.path.join(store, "server.log"), "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tokenmill.cli", "serve", "--models", store, "--port",
-                             str(args.port), "--kv-cache-memory-gib", args.kv_cache_memory_gib,
-                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    proc, _, _ = sampled_ready([sys.executable, "-m", "tokenmill.cli", "serve", "--models", store,
+                                "--kv-cache-memory-gib", args.kv_cache_memory_gib, "--log-level", "warning"],
+                               args.port)
     try:
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(open(log.name).read()[-2000:])
-            time.sleep(0.1)
         loads = {"cold": [], "warm": []}
         held = []
         for _ in range(args.repeats):
