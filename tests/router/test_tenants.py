@@ -156,11 +156,16 @@ def test_a_hang_up_after_n_tokens_is_billed_n(tenants, path):
     r, db = tenants
     n = 6
     before = len(ledger(db, "api_key = 'bob'"))
-    body = {"model": "tiny", "messages": [{"role": "user", "content": f"Count {path}"}], "stream": True}
+    # greedy: the tiny model's EOS logit is zeroed, so only a greedy answer surely runs past what
+    # the client reads (a sampled EOS soon after the hang-up would end the answer as a 200)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": f"Count {path}"}], "stream": True,
+            "temperature": 0}
     if path.startswith("/api/"):
-        body["options"] = {"num_predict": 200}
+        body["options"] = {"num_predict": 200, "temperature": 0}
+        del body["temperature"]
     elif path == "/v1/responses":
-        body = {"model": "tiny", "input": f"Count {path}", "max_output_tokens": 200, "stream": True}
+        body = {"model": "tiny", "input": f"Count {path}", "max_output_tokens": 200, "stream": True,
+                "temperature": 0}
     else:
         body["max_tokens"] = 200
     got = 0
@@ -181,6 +186,7 @@ def test_a_hang_up_after_n_tokens_is_billed_n(tenants, path):
                     got += bool(event["choices"] and event["choices"][0]["delta"].get("content"))
                 if got >= n:
                     break
+    assert got >= n, f"the answer ended after {got} tokens, before the client hung up"
     wait_for(lambda: len(ledger(db, "api_key = 'bob'")) > before, 60, "no ledger row for the hang-up")
     _, prompt, completion, status = ledger(db, "api_key = 'bob'")[-1]
     assert status == 499

@@ -324,7 +324,7 @@ class _Relay:
         self.router, self.resp, self.first, self.upstream = router, resp, first, lines
         self.backend, self.path, self.ckey, self.acc, self.done = backend, path, ckey, acc, done
         self.finished = False
-        self.client_left = False
+        self.upstream_failed = False
 
     async def lines(self):
         acc = self.acc
@@ -337,13 +337,12 @@ class _Relay:
                 try:
                     line = await anext(self.upstream)
                 except StopAsyncIteration:
+                    self.upstream_failed = not acc.done  # ended without its last chunk
                     break
         except httpx.HTTPError as e:
+            self.upstream_failed = True
             self.backend.mark_failed(f"{type(e).__name__}: {e}")
             yield stream_error(self.path, 502, "the backend failed mid-stream")
-        except (GeneratorExit, asyncio.CancelledError):
-            self.client_left = True
-            raise
         finally:
             await self.finish()
 
@@ -356,8 +355,10 @@ class _Relay:
         r.slots.release()
         await self.resp.aclose()
         ok = self.acc.done
-        # a client that left is billed the tokens it was sent (the counts in the last chunk)
-        status = 200 if ok else 499 if self.client_left else 502
+        # a stream that neither ended nor failed upstream was cut by its client; the client is
+        # billed the tokens it was sent (the counts in the last chunk). The disconnect may cancel
+        # the response while it awaits send, outside this generator, so it is not seen here.
+        status = 200 if ok else 502 if self.upstream_failed else 499
         r.record(backend=self.backend.url, usage=_with_prompt(self.acc.usage, self.resp), cache_hit=False,
                  status=status, **self.done)
         if ok and self.ckey and self.acc.cacheable:
