@@ -8,7 +8,11 @@ writes it once into ~/.cache/tokenmill/shapes). The server starts with the bundl
 each round an empty /api/generate naming the 1B model loads it (Ollama's way to load), timed from
 the request to the answer, then `keep_alive: 0` unloads it. Cold rounds drop the page cache first
 (root only: drop_caches), as the file read they are compared with does; warm rounds do not.
-Prints the file's size, the reads, the loads, and each load against the read of the same kind.
+Each round also times a one-token answer to a short prompt with the model unloaded (it loads on
+demand) and again once it is loaded: the difference is what switching adds to a real answer,
+whatever of the load goes on after the model is declared ready (its KV cache's pages are faulted
+in by a thread while the first requests run). Prints the file's size, the reads, and both
+measures against the read of the same kind.
 """
 from __future__ import annotations
 
@@ -46,37 +50,64 @@ def main() -> int:
     proc, _, _ = sampled_ready([sys.executable, "-m", "tokenmill.cli", "serve", "--models", store,
                                 "--kv-cache-memory-gib", args.kv_cache_memory_gib, "--log-level", "warning"],
                                args.port)
+    rounds = iter(range(10**6))
+
+    def ask() -> dict:
+        # raw prompts that differ from their first token: no answer finds another's blocks in the
+        # prefix cache, so the two answers of a round do the same work
+        return {"model": name, "prompt": f"{next(rounds)} Name a colour.", "raw": True, "stream": False,
+                "options": {"num_predict": 1, "temperature": 0}}
+
+    def timed(body) -> float:
+        t = time.perf_counter()
+        r = httpx.post(url + "/api/generate", json=body, timeout=900)
+        assert r.status_code == 200, r.text
+        return time.perf_counter() - t, r.json()
+
+    def unload():
+        httpx.post(url + "/api/generate", json={"model": name, "keep_alive": 0}, timeout=300)
+        while name in {m["name"] for m in httpx.get(url + "/api/ps").json()["models"]}:
+            time.sleep(0.05)
+
     try:
         loads = {"cold": [], "warm": []}
+        firsts = {"cold": [], "warm": []}  # first answer on demand, less the same answer once loaded
         held = []
         for _ in range(args.repeats):
             for kind in ("cold", "warm"):
                 if kind == "cold" and not drop_page_cache():
                     continue
-                t = time.perf_counter()
-                r = httpx.post(url + "/api/generate", json={"model": name}, timeout=900)
-                loads[kind].append(time.perf_counter() - t)
-                assert r.status_code == 200 and r.json()["done_reason"] == "load", r.text
+                took, answer = timed({"model": name})
+                assert answer["done_reason"] == "load", answer
+                loads[kind].append(took)
                 held.append(next(m["size"] for m in httpx.get(url + "/api/ps").json()["models"]
                                  if m["name"] == name))
-                httpx.post(url + "/api/generate", json={"model": name, "keep_alive": 0}, timeout=300)
-                while name in {m["name"] for m in httpx.get(url + "/api/ps").json()["models"]}:
-                    time.sleep(0.05)
+                unload()
+                if kind == "cold":
+                    drop_page_cache()
+                on_demand, answer = timed(ask())
+                assert answer["load_duration"] > 0, answer
+                loaded, answer = timed(ask())
+                assert answer["load_duration"] == 0, answer
+                firsts[kind].append(on_demand - loaded)
+                unload()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
-    def row(label, reads, loaded):
+    def row(label, reads, loaded, what):
         if not reads or not loaded:
             print(f"{label:5s}  (not measured: dropping the page cache needs root)")
             return
         r, ld = statistics.median(reads), statistics.median(loaded)
-        print(f"{label:5s}  read {r:6.2f} s ({size / r / 1e9:5.2f} GB/s)   load on demand {ld:6.2f} s   "
-              f"load / read {ld / r:5.2f}x   (loads: {', '.join(f'{x:.2f}' for x in loaded)})")
+        print(f"{label:5s}  read {r:5.2f} s ({size / r / 1e9:5.2f} GB/s)   {what} {ld:5.2f} s = {ld / r:4.2f}x read"
+              f"   ({', '.join(f'{x:.2f}' for x in loaded)})")
     print(f"medians of {args.repeats}; memory the loaded model held (RSS, as /api/ps): "
           f"{statistics.median(held) / 2**20:.0f} MiB (KV cache {args.kv_cache_memory_gib} GiB)")
-    row("cold", reads_cold, loads["cold"])
-    row("warm", reads_warm, loads["warm"])
+    for kind, reads in (("cold", reads_cold), ("warm", reads_warm)):
+        row(kind, reads, loads[kind], "load (empty request)")
+        row(kind, reads, firsts[kind], "first answer, added")
+    return 0
     return 0
 
 

@@ -137,13 +137,13 @@ class ModelRunner:
             raise ValueError("kv_cache_memory_gib is too small for a single KV block")
         # heads first; the last dim is head_dim, or head_dim + 4 for int8 rows and their scale
         shape = (cfg.num_kv_heads, self.num_blocks, config.block_size, cache_row_width(self.kv_dtype, cfg.head_dim))
-        # One allocation for all layers, written once now: every page is faulted in at start,
-        # so RSS shows the real footprint from the first request and a machine without the
-        # memory fails here, not mid-traffic. Zeros matter too: padded reads of unwritten
-        # slots are multiplied by 0.
+        # One allocation for all layers, every page faulted in at start: RSS shows the real
+        # footprint from the first request, and a machine without the memory fails here, not
+        # mid-traffic. Zeros matter too: padded reads of unwritten slots are multiplied by 0.
         kv_shape = (cfg.num_layers, 2, *shape)
         if self.device.type == "cpu":  # in huge pages: attention reads blocks all over it
-            # faulted in by a thread while the weights are read (both are the kernel's work)
+            # faulted in by a thread while the weights are read (both are the kernel's work; at
+            # 1 GiB it takes about as long as mapping a 1B model's weights)
             self._kv, kv_faulted = huge_zeros_begin(kv_shape, self.kv_dtype)
         else:
             self._kv, kv_faulted = torch.zeros(kv_shape, dtype=self.kv_dtype, device=self.device), lambda: None
@@ -155,7 +155,8 @@ class ModelRunner:
             quantize_model(self.model, self.quantization)
         if self.device.type == "cpu" and not native:  # (native weights are read into huge pages)
             move_packed_weights(self.model)  # huge pages: fewer TLB misses a step (hugepages.py)
-        _return_freed_memory()
+        if not native:  # native weights free nothing: the trim would only wait on the KV thread
+            _return_freed_memory()
         kv_faulted()
 
         self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
@@ -236,6 +237,7 @@ class ModelRunner:
                 # rows at positions start.. predict prompt tokens start+1..: (first row, count)
                 last = min(start + n, req.num_prompt_tokens - 1)
                 prompt_rows.append((req, start, row, last - start))
+        self.model.rope.cover(max(positions) + 1)
         meta = AttentionMetadata.build(seqs, self.device, self.block_size, self.use_native)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)

@@ -55,12 +55,18 @@ class RotaryEmbedding(nn.Module):
         return emb.cos(), emb.sin()
 
     def trim(self, max_position: int) -> None:
-        """Tables for exactly the positions below max_position (at most the model's own)."""
-        n = min(max_position, self.max_position)
-        if n < self.cos.shape[0]:
-            self.cos, self.sin = self.cos[:n].clone(), self.sin[:n].clone()
-        elif n > self.cos.shape[0]:
-            self.cos, self.sin = self._tables(n, self.cos.device)
+        """The engine's context: tables never grow past it (nor past the model's own), and
+        grow to it only as positions are used (cover): 61k positions of tables took 0.04 s of
+        a 1B model's 0.2 s load."""
+        self.max_position = min(max_position, self.max_position)
+        if self.max_position < self.cos.shape[0]:
+            self.cos, self.sin = self.cos[:self.max_position].clone(), self.sin[:self.max_position].clone()
+
+    def cover(self, n: int) -> None:
+        """Tables for at least positions 0..n-1 (doubling, so that a growing chat rebuilds them
+        a few times at most)."""
+        if n > self.cos.shape[0]:
+            self.cos, self.sin = self._tables(min(max(n, 2 * self.cos.shape[0]), self.max_position), self.cos.device)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         # q: (T, n_heads, head_dim), k: (T, n_kv_heads, head_dim), positions: (T,)

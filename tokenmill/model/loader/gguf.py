@@ -62,11 +62,48 @@ def _parsed(path: str) -> list:
         return entry
 
 
+def header_metadata(path: str) -> dict:
+    """A file's metadata: the kept header where the file was parsed lately (the model just
+    loaded), else the header read without its vocabulary and merges (0.04 s at 49k tokens)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    with _PARSED_LOCK:
+        if key in _PARSED:
+            return _PARSED[key][0]
+    meta, _, buf = _open(path, big_arrays=False)
+    buf.close()
+    return meta
+
+
+def _resident_share(path: str) -> float:
+    """The share of a file's pages in the page cache (mincore over a mapping of it, which
+    faults nothing in); 0.0 where that cannot be asked."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        with open(path, "rb") as f:
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            view = np.frombuffer(m, dtype=np.uint8)
+            vec = np.zeros(-(-len(m) // mmap.PAGESIZE), dtype=np.uint8)
+            ok = libc.mincore(view.ctypes.data, len(m), vec.ctypes.data) == 0
+            del view
+            return float((vec & 1).mean()) if ok else 0.0
+        finally:
+            m.close()
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+
+
 def _read_ahead(path: str) -> None:
     """Read the whole file once in a thread of its own (reads release the GIL), so that from a
     cold page cache the disk works while the header, the tokenizer and the model are built,
     and the mapping's populate (_populate) then finds the pages in memory. (posix_fadvise's
     WILLNEED read almost nothing ahead on the filesystems of our test machines.)"""
+    if _resident_share(path) > 0.9:  # in the page cache already: reading it again only takes a core
+        return
+
     def read():
         try:
             with open(path, "rb", buffering=0) as f:

@@ -14,8 +14,8 @@ _ST = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "poo
 def pooling_of(model_path: str | None) -> tuple[str, str]:
     """(mean | cls | last, where that comes from)."""
     if model_path and model_path.endswith(".gguf") and os.path.isfile(model_path):
-        from .gguf import _open
-        meta = _open(model_path, big_arrays=False)[0]
+        from .gguf import header_metadata
+        meta = header_metadata(model_path)
         arch = meta.get("general.architecture")
         kind = _GGUF.get(meta.get(f"{arch}.pooling_type"))
         if kind:

@@ -43,8 +43,8 @@ def recommended(model_path: str) -> tuple[dict, str]:
             found = {k: cfg[k] for k in FIELDS if isinstance(cfg.get(k), (int, float))}
             source = "generation_config.json"
     elif model_path.endswith(".gguf"):
-        from .gguf import _open
-        meta = _open(model_path, big_arrays=False)[0]
+        from .gguf import header_metadata
+        meta = header_metadata(model_path)
         found = {name: meta[key] for key, name in _GGUF_KEYS.items() if isinstance(meta.get(key), (int, float))}
         source = "the GGUF file's general.sampling keys"
     if not found:
