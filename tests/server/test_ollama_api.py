@@ -26,6 +26,8 @@ def test_chat_stream_and_not(client, tiny_server):
     parts = list(client.chat(model="tiny", messages=MSGS, options=OPTS, stream=True))
     assert parts[-1].done and not any(p.done for p in parts[:-1])
     assert "".join(p.message.content for p in parts) == whole.message.content
+    for done in (whole, parts[-1]):  # the whole request's time holds the prompt's and the answer's
+        assert done.total_duration >= done.prompt_eval_duration + done.eval_duration > 0
 
 
 def test_generate_stream_and_not(client):

@@ -130,6 +130,8 @@ def _final_stats(out, started: float, load_s: float = 0.0) -> dict:
 
 
 async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=None):
+    load_s = getattr(request.state, "load_duration", 0.0)
+    started = time.time() - load_s  # total_duration: the load, the queue, the prompt, the answer
     engine = state.get_engine()
     spec = structured.ollama_spec(body.format)
     if tool_schemas:
@@ -141,8 +143,6 @@ async def _respond(request, state, body, prompt_ids, kind: str, tool_schemas=Non
     stream = await submit(state, request, GenerationRequest(prompt_ids, params, body.stream))
     if state.reasoning:  # a thinking model: its reasoning goes in `thinking`
         stream = split_stream(stream, prompt_opens_thought(engine.tokenizer, prompt_ids))
-    started = time.time()
-    load_s = getattr(request.state, "load_duration", 0.0)
     model = body.model
 
     def piece(text: str, calls=None, thinking: str = "") -> dict:
