@@ -103,5 +103,5 @@ def test_unsupported_architecture_and_corrupt_file(tmp_path):
     d = tmp_path / "gpt2dir"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ValueError, match="supports: llama, qwen2"):
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'; tokenmill supports: llama, .*qwen3"):
         load_checkpoint(str(d))

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+from .families import FAMILIES
+
+SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
 
 
 @dataclass
@@ -24,6 +26,21 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     name: str = "model"
     extra: dict = field(default_factory=dict)
+    # a family's switches over the llama decoder (families/), all off for llama itself
+    qk_norm: str | None = None            # "head": RMSNorm per head of q and k; "full": over each projection
+    post_norms: bool = False              # norms on the attention's and MLP's outputs, none before them
+    embedding_scale: float = 1.0          # the embeddings are multiplied by it
+    attention_scale: float | None = None  # in place of head_dim ** -0.5
+    residual_scale: float = 1.0           # each branch's output is multiplied by it before the add
+    logit_scale: float = 1.0              # the logits are divided by it
+    rope_layers: tuple | None = None      # per layer, False where it has no rotary
+
+    @property
+    def plain_llama(self) -> bool:
+        """No switch set: the C++ decode loop runs it."""
+        return (self.qk_norm is None and not self.post_norms and self.embedding_scale == 1.0
+                and self.attention_scale is None and self.residual_scale == 1.0 and self.logit_scale == 1.0
+                and (self.rope_layers is None or all(self.rope_layers)))
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -42,5 +59,6 @@ class ModelConfig:
         layer = H * (q + 2 * kv) + q * H + 3 * H * self.intermediate_size + 2 * H
         if self.attention_bias:
             layer += q + 2 * kv
+        layer += {"head": 2 * self.head_dim, "full": q + kv}.get(self.qk_norm, 0)
         embed = self.vocab_size * H * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * layer + embed + H

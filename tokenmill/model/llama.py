@@ -1,5 +1,6 @@
-"""Llama-family decoder (llama, qwen2): token ids + positions + attention metadata -> hidden
-states -> logits. One class for both: qwen2 differs only by q/k/v biases."""
+"""The decoder every family runs (families/): token ids + positions + attention metadata ->
+hidden states -> logits. Llama as written; each other family is llama plus the switches its
+ModelConfig carries (q/k norms, norms after the branches, multipliers, layers without rotary)."""
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,7 @@ from .layers.rope import RotaryEmbedding
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
@@ -25,13 +26,31 @@ class Attention(nn.Module):
                                      bias=cfg.attention_bias)
         self.o_proj = Linear(q_size, cfg.hidden_size)
         self.split = (q_size, kv_size, kv_size)
-        self.scale = cfg.head_dim ** -0.5
+        self.scale = cfg.attention_scale or cfg.head_dim ** -0.5
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm is not None:  # "head": over each head's D values; "full": over all of q (of k)
+            per_head = cfg.qk_norm == "head"
+            self.q_norm = RMSNorm(cfg.head_dim if per_head else q_size, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim if per_head else kv_size, cfg.rms_norm_eps)
+        self.rotary = cfg.rope_layers is None or bool(cfg.rope_layers[layer])
+
+    def _norm_qk(self, qkv: torch.Tensor) -> torch.Tensor:
+        # qkv: (T, (Hq + 2 Hkv) * D) -> the same with q and k normed
+        q, k, v = qkv.split(self.split, dim=-1)
+        if self.qk_norm == "head":
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(q.shape)  # (T * Hq, D) rows
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(k.shape)
+        else:
+            q, k = self.q_norm(q.contiguous()), self.k_norm(k.contiguous())
+        return torch.cat([q, k, v], dim=-1)
 
     def forward(self, x, positions, rope, meta, k_cache, v_cache):
         T = x.shape[0]
         qkv = self.qkv_proj(x)                           # (T, (Hq + 2 Hkv) * D)
+        if self.qk_norm is not None:
+            qkv = self._norm_qk(qkv)
         kern = fused_ops(qkv)
-        fused = kern is not None and k_cache.dtype in (torch.float32, torch.float16, torch.int8)
+        fused = self.rotary and kern is not None and k_cache.dtype in (torch.float32, torch.float16, torch.int8)
         if fused:
             # rotary in place and the new k, v into the cache: one call
             kern.rope_and_cache(qkv, positions, rope.cos, rope.sin, k_cache, v_cache,
@@ -41,7 +60,8 @@ class Attention(nn.Module):
         k = k.view(T, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
         v = v.view(T, self.num_kv_heads, self.head_dim)
         if not fused:
-            q, k = rope(positions, q, k)
+            if self.rotary:
+                q, k = rope(positions, q, k)
             write_cache(k, v, k_cache, v_cache, meta)
         o = paged_attention(q, k_cache, v_cache, meta, self.scale)
         return self.o_proj(o.reshape(T, -1))
@@ -64,24 +84,36 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.post_norms, self.residual_scale = cfg.post_norms, cfg.residual_scale
+        if not cfg.post_norms:
+            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer)
+        # llama: the norm before the MLP (Hugging Face's name); post_norms: the attention's output norm
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if cfg.post_norms:
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
     def forward(self, x, residual, positions, rope, meta, kv):
         # x: the previous layer's output (for layer 0, the embeddings, and residual None);
         # residual: the stream before it. Returns this layer's (output, residual).
+        if self.post_norms:  # h += norm(attn(h)); h += norm(mlp(h))
+            h = x if residual is None else x + residual
+            h = h + self.post_attention_layernorm(self.self_attn(h, positions, rope, meta, *kv))
+            return self.post_feedforward_layernorm(self.mlp(h)), h
         if residual is None:
             residual = x
             x = self.input_layernorm(x)
         else:
             x, residual = self.input_layernorm(x, residual)
         x = self.self_attn(x, positions, rope, meta, *kv)
+        if self.residual_scale != 1.0:
+            x = x * self.residual_scale
         x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+        x = self.mlp(x)
+        return (x * self.residual_scale if self.residual_scale != 1.0 else x), residual
 
 
 # Hugging Face parameter name suffix -> (module suffix, shard) for fused projections.
@@ -102,7 +134,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
                                          _weight=empty_matrix(cfg.vocab_size, cfg.hidden_size))
         self.embed_tokens.weight.requires_grad_(False)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
@@ -115,6 +147,8 @@ class LlamaForCausalLM(nn.Module):
         # (int64, ascending) when given: the C++ loop then runs the last layer past its keys and
         # values for those rows only.
         x, residual = self.embed_tokens(input_ids), None
+        if self.config.embedding_scale != 1.0:
+            x = x * self.config.embedding_scale
         if meta.row_seq is not None:
             plan = self._decode_plan(x)
             if plan is not None:  # every row to the attention kernel: the same calls, from C++
@@ -138,7 +172,7 @@ class LlamaForCausalLM(nn.Module):
         if not hasattr(self, "_plan"):
             self._plan = None
             kern = fused_ops(x)
-            if kern is not None and hasattr(kern, "decode_layers"):
+            if kern is not None and hasattr(kern, "decode_layers") and self.config.plain_llama:
                 weights = []
                 for layer in self.layers:
                     linears = (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
@@ -162,8 +196,10 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: (S, hidden) -> logits (S, vocab), always float32 for the sampler
         if self.lm_head is None:
-            return F.linear(hidden, self.embed_tokens.weight).float()
-        return self.lm_head(hidden).float()
+            logits = F.linear(hidden, self.embed_tokens.weight).float()
+        else:
+            logits = self.lm_head(hidden).float()
+        return logits if self.config.logit_scale == 1.0 else logits / self.config.logit_scale
 
     def load_weights(self, weights, on_linear=None) -> None:
         """weights: iterable of (Hugging Face name, tensor). Fills fused projections by shard.

@@ -18,7 +18,8 @@ import mmap
 import numpy as np
 import torch
 
-from ..config import SUPPORTED_ARCHITECTURES, ModelConfig
+from ..config import ModelConfig
+from ..families import FAMILIES, by_gguf_arch
 from .gguf_header import read_header
 from .tokenizer import Tokenizer, tokenizer_from_gguf
 
@@ -115,13 +116,13 @@ def _read_ahead(path: str) -> None:
     threading.Thread(target=read, name="tokenmill-read-ahead", daemon=True).start()
 
 
-def hf_name(gguf_name: str) -> str | None:
+def hf_name(gguf_name: str, layer_names: dict = _LAYER_NAMES) -> str | None:
     parts = gguf_name.split(".")
     if parts[0] == "blk":
         layer, kind, param = parts[1], parts[2], parts[3]
-        if kind not in _LAYER_NAMES:
+        if kind not in layer_names:
             return None
-        return f"model.layers.{layer}.{_LAYER_NAMES[kind]}.{param}"
+        return f"model.layers.{layer}.{layer_names[kind]}.{param}"
     if parts[0] in _TOP_NAMES:
         return f"{_TOP_NAMES[parts[0]]}.{parts[1]}"
     return None
@@ -136,9 +137,7 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def config_from_metadata(meta: dict, tensor_names: set[str]) -> ModelConfig:
     arch = meta.get("general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {arch!r}; tokenmill supports: "
-                         f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    family = by_gguf_arch(arch)
 
     def get(key, default=None):
         return meta.get(f"{arch}.{key}", default)
@@ -146,9 +145,12 @@ def config_from_metadata(meta: dict, tensor_names: set[str]) -> ModelConfig:
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
     scaling = None
-    if get("rope.scaling.type") == "linear":
+    kind = get("rope.scaling.type")
+    if kind == "linear":
         scaling = {"type": "linear", "factor": float(get("rope.scaling.factor"))}
-    return ModelConfig(
+    elif kind not in (None, "none"):
+        raise ValueError(f"unsupported rope scaling {kind!r} in {arch}.rope.scaling.type")
+    fields = dict(
         architecture=arch,
         vocab_size=int(get("vocab_size", len(meta["tokenizer.ggml.tokens"]))),
         hidden_size=hidden,
@@ -165,6 +167,9 @@ def config_from_metadata(meta: dict, tensor_names: set[str]) -> ModelConfig:
         tie_word_embeddings="output.weight" not in tensor_names,
         name=meta.get("general.name", "model"),
     )
+    if get("attention.sliding_window"):
+        raise ValueError(f"{arch} with sliding-window attention ({arch}.attention.sliding_window) is not supported")
+    return ModelConfig(**{**fields, **family.from_gguf(get)})
 
 
 _Q4_1 = 3  # GGMLQuantizationType.Q4_1
@@ -180,10 +185,18 @@ class GGUFCheckpoint:
             self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         names = {t.name for t in self.tensors}
         self.config = config_from_metadata(self.meta, names)
+        self.family = FAMILIES[self.config.architecture]
+        self._layer_names = {**_LAYER_NAMES, **self.family.layer_tensors}
+        unknown = sorted({n.split(".")[2] for n in names if n.startswith("blk.")} - set(self._layer_names))
+        if unknown:  # a tensor we would not read: refused, never run without it
+            raise ValueError(f"{path}: {self.config.architecture} tensors tokenmill does not run: {', '.join(unknown)}")
         if "rope_freqs.weight" in names:  # llama 3.1 scaling, baked in as per-frequency divisors
             t = next(t for t in self.tensors if t.name == "rope_freqs.weight")
             self.config.rope_scaling = {"rope_type": "freq_factors",
                                         "factors": self._dequantize(t).reshape(-1).tolist()}
+
+    def _hf_name(self, gguf_name: str) -> str | None:
+        return hf_name(gguf_name, self._layer_names)
 
     @property
     def quantization(self) -> str:
@@ -222,7 +235,7 @@ class GGUFCheckpoint:
         scales and minimums as tensor.q4_1 = (d, m), each (rows, cols / 32), so that the q4_1
         format can keep the file's 4-bit weights exactly."""
         from concurrent.futures import ThreadPoolExecutor
-        wanted = [(t, hf_name(t.name)) for t in self.tensors if hf_name(t.name) is not None]
+        wanted = [(t, self._hf_name(t.name)) for t in self.tensors if self._hf_name(t.name) is not None]
         # numpy releases the GIL in the bulk of dequantization: the next tensor is dequantized
         # while this one is used, and no more (pool.map would run ahead and hold every tensor)
         with ThreadPoolExecutor(1) as pool:
@@ -243,7 +256,7 @@ class GGUFCheckpoint:
         from collections import Counter
         from gguf import GGMLQuantizationType
         return dict(Counter(GGMLQuantizationType(t.type_code).name for t in self.tensors
-                            if len(t.shape) == 2 and hf_name(t.name) is not None))
+                            if len(t.shape) == 2 and self._hf_name(t.name) is not None))
 
     def native_weights(self):
         """(Hugging Face name, tensor): float32 for vectors, a RawMatrix for every matrix. Each
@@ -254,7 +267,7 @@ class GGUFCheckpoint:
         time) go to a huge-page arena sized from the header."""
         from ..layers.gguf_linear import RawMatrix, runs_natively
         from ..layers.hugepages import Arena
-        wanted = [(t, hf_name(t.name)) for t in self.tensors if hf_name(t.name) is not None]
+        wanted = [(t, self._hf_name(t.name)) for t in self.tensors if self._hf_name(t.name) is not None]
         plans = []
         for t, name in wanted:
             if len(t.shape) != 2:
@@ -288,8 +301,8 @@ class GGUFCheckpoint:
                 yield name, RawMatrix(code, rows, cols, data)
 
     def _permuted(self, t) -> bool:
-        """llama's q and k matrices: their rows are reordered on load (unpermute_qk)."""
-        return self.config.architecture == "llama" and t.name.endswith((".attn_q.weight", ".attn_k.weight"))
+        """q and k of a family llama.cpp permutes: their rows are reordered on load (unpermute_qk)."""
+        return self.family.permuted_qk and t.name.endswith((".attn_q.weight", ".attn_k.weight"))
 
     def _q4_1_scales(self, t) -> tuple[np.ndarray, np.ndarray]:
         # a Q4_1 block: float16 d, float16 m, 16 bytes of nibbles (20 bytes per 32 weights)
@@ -301,7 +314,7 @@ class GGUFCheckpoint:
 
     def _unpermute(self, t, w: np.ndarray) -> np.ndarray:
         cfg = self.config
-        if cfg.architecture == "llama":
+        if self.family.permuted_qk:
             if t.name.endswith("attn_q.weight") or t.name.endswith("attn_q.bias"):
                 return unpermute_qk(w, cfg.num_heads)
             if t.name.endswith("attn_k.weight") or t.name.endswith("attn_k.bias"):

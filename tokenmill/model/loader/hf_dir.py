@@ -5,22 +5,17 @@ import glob
 import json
 import os
 
-from ..config import SUPPORTED_ARCHITECTURES, ModelConfig
+from ..config import ModelConfig
+from ..families import by_hf_type
 from .tokenizer import Tokenizer, tokenizer_from_hf_dir
 
 
 def config_from_json(cfg: dict) -> ModelConfig:
-    arch = cfg.get("model_type")
-    if arch == "mistral":
-        if cfg.get("sliding_window") and cfg["sliding_window"] < cfg.get("max_position_embeddings", 0):
-            raise ValueError("mistral with sliding-window attention is not supported")
-        arch = "llama"
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {arch!r}; tokenmill supports: "
-                         f"{', '.join(SUPPORTED_ARCHITECTURES)} (and mistral without sliding window)")
+    family = by_hf_type(cfg.get("model_type"))
     heads = cfg["num_attention_heads"]
-    return ModelConfig(
-        architecture=arch,
+    rope = cfg.get("rope_parameters") or {}
+    fields = dict(
+        architecture=family.name,
         vocab_size=cfg["vocab_size"],
         hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_hidden_layers"],
@@ -29,13 +24,14 @@ def config_from_json(cfg: dict) -> ModelConfig:
         intermediate_size=cfg["intermediate_size"],
         max_position=cfg.get("max_position_embeddings", 2048),
         rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        rope_theta=cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
-        rope_scaling=cfg.get("rope_scaling"),
+        rope_theta=cfg.get("rope_theta", rope.get("rope_theta", 10000.0)),
+        rope_scaling=cfg.get("rope_scaling") or (rope if rope.get("rope_type") not in (None, "default") else None),
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
+        attention_bias=bool(cfg.get("attention_bias", False)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         name=os.path.basename(cfg.get("_name_or_path", "") or "model"),
     )
+    return ModelConfig(**{**fields, **family.from_hf(cfg)})
 
 
 class HFCheckpoint:
