@@ -3,17 +3,23 @@
 # llama-cpp-python source distribution vendors. Nothing is committed: source and binaries live
 # in a cache outside the repository. About 10 minutes on 2 cores.
 #   bench/build_llama_server.sh            -> prints the path of llama-server
+#   bench/build_llama_server.sh --source   -> fetches the source only (its convert_hf_to_gguf.py and
+#                                             gguf-py: a few seconds) and prints its directory
 set -euo pipefail
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CACHE="${TOKENMILL_CACHE:-$HOME/.cache/tokenmill}/llama.cpp-$VERSION"
 SRC="$CACHE/llama_cpp_python-$VERSION/vendor/llama.cpp"
 BIN="$SRC/build/bin/llama-server"
-if [ ! -x "$BIN" ] || [ ! -f "$SRC/build/.tokenmill-flags-v3" ]; then
+if [ ! -f "$SRC/convert_hf_to_gguf.py" ]; then
   mkdir -p "$CACHE"
-  if [ ! -d "$SRC" ]; then
-    pip download --no-binary :all: --no-deps "llama-cpp-python==$VERSION" -d "$CACHE" >&2
-    tar xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
-  fi
+  pip download --no-binary :all: --no-deps "llama-cpp-python==$VERSION" -d "$CACHE" >&2
+  tar xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
+fi
+if [ "${1:-}" = "--source" ]; then
+  echo "$SRC"
+  exit 0
+fi
+if [ ! -x "$BIN" ] || [ ! -f "$SRC/build/.tokenmill-flags-v3" ]; then
   # Not GGML_NATIVE: these VMs advertise AMX tiles that the kernel does not enable, and a
   # -march=native build dies with SIGILL. AVX2 always; AVX-512 (+VNNI) when the CPU has it.
   AVX512=OFF

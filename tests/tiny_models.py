@@ -77,8 +77,11 @@ def save_hf_dir(model, path: str) -> str:
     model.save_pretrained(path, safe_serialization=True)
     make_tokenizer().save(os.path.join(path, "tokenizer.json"))
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True,
-                   "chat_template": CHAT_TEMPLATE}, f)
+        # the class that reads a bare tokenizer.json, and every special token named (else
+        # transformers may pick the family's own class, which adds tokens this vocabulary lacks)
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "</s>", "pad_token": "</s>",
+                   "add_bos_token": True, "chat_template": CHAT_TEMPLATE,
+                   "tokenizer_class": "PreTrainedTokenizerFast"}, f)
     return path
 
 

@@ -1,7 +1,13 @@
 """Each family against Hugging Face transformers' own implementation: a tiny random-weight model
 built from the family's real config with its dimensions shrunk, saved as a Hugging Face
-directory. Prefill and step-by-step decode logits through the paged KV cache, and greedy
-answers through the engine alone, batched and after a prefix-cache hit."""
+directory and converted to GGUF by llama.cpp's own convert_hf_to_gguf.py (from the llama.cpp
+source that bench/build_llama_server.sh fetches). From both files: prefill and step-by-step
+decode logits through the paged KV cache, and greedy answers through the engine alone, batched
+and after a prefix-cache hit."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -11,9 +17,13 @@ from tokenmill import LLM, SamplingParams
 
 SHRUNK = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 
-# the real configs' own switches (Qwen3-0.6B, OLMo-2-0425-1B, granite-3.3-2b-instruct, SmolLM3-3B),
-# their sizes shrunk
+# the real configs' own switches (Llama-3.2-1B-Instruct, Qwen2.5-0.5B-Instruct, Qwen3-0.6B,
+# OLMo-2-0425-1B, granite-3.3-2b-instruct, SmolLM3-3B), their sizes shrunk
 FAMILIES = {
+    "llama": dict(rope_theta=500000.0, tie_word_embeddings=True, num_hidden_layers=2,
+                  rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "qwen2": dict(rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, num_hidden_layers=2),
     "qwen3": dict(head_dim=32, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
                   attention_bias=False, num_hidden_layers=2),
     "olmo2": dict(rope_theta=500000.0, rms_norm_eps=1e-6, attention_bias=False, num_hidden_layers=2),
@@ -33,15 +43,32 @@ def family_model(arch: str, seed: int):
     return model
 
 
+@pytest.fixture(scope="session")
+def llama_cpp_source():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(["bash", os.path.join(root, "bench", "build_llama_server.sh"), "--source"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def family_dir(request, tmp_path_factory):
+def family_files(request, tmp_path_factory, llama_cpp_source):
+    """(family, the transformers model, {"hf": its directory, "gguf": llama.cpp's conversion of it})"""
     model = family_model(request.param, seed=7)
-    return request.param, model, save_hf_dir(model, str(tmp_path_factory.mktemp(request.param)))
+    where = tmp_path_factory.mktemp(request.param)
+    hf_dir = save_hf_dir(model, str(where / "hf"))
+    gguf = str(where / f"{request.param}.gguf")
+    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "convert_hf.py"),
+                           llama_cpp_source, hf_dir, gguf], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return request.param, model, {"hf": hf_dir, "gguf": gguf}
 
 
-def test_logits_match_transformers(family_dir):
-    arch, model, path = family_dir
-    ours = our_logits(path, IDS, split=9)
+@pytest.mark.parametrize("kind", ["hf", "gguf"])
+def test_logits_match_transformers(family_files, kind):
+    arch, model, files = family_files
+    ours = our_logits(files[kind], IDS, split=9)
     torch.testing.assert_close(ours, hf_logits(model, IDS), rtol=1e-4, atol=1e-4)
 
 
@@ -55,10 +82,11 @@ def hf_greedy(model, ids: list[int], n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
-def test_greedy_matches_transformers_alone_batched_and_cached(family_dir):
-    arch, model, path = family_dir
+@pytest.mark.parametrize("kind", ["hf", "gguf"])
+def test_greedy_matches_transformers_alone_batched_and_cached(family_files, kind):
+    arch, model, files = family_files
     want = [hf_greedy(model, p, 32) for p in PROMPTS]
-    llm = LLM(model=path, quantization="none", kv_cache_memory_gib=0.01, block_size=4)
+    llm = LLM(model=files[kind], quantization="none", kv_cache_memory_gib=0.01, block_size=4)
     params = SamplingParams(max_tokens=32, min_tokens=32, temperature=0)
     alone = [llm.generate([p], params)[0].outputs[0].token_ids for p in PROMPTS]
     hits = llm.engine.get_stats().prefix_cache_hits
@@ -66,3 +94,25 @@ def test_greedy_matches_transformers_alone_batched_and_cached(family_dir):
     assert llm.engine.get_stats().prefix_cache_hits > hits
     assert alone == want, arch
     assert batched == want, arch
+
+
+def test_what_is_not_run_is_refused_by_name(tmp_path):
+    """A pre-tokenizer, a rope type or a tensor that tokenmill does not run stops the load with
+    its name, never runs approximately."""
+    from tiny_models import SPECIALS, byte_tokens
+    from tokenmill.model.loader.gguf import config_from_metadata
+    from tokenmill.model.loader.tokenizer import tokenizer_from_gguf
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": byte_tokens() + SPECIALS,
+            "tokenizer.ggml.merges": [], "tokenizer.ggml.pre": "tekken", "tokenizer.ggml.eos_token_id": 257}
+    with pytest.raises(ValueError, match="pre-tokenizer 'tekken'"):
+        tokenizer_from_gguf(meta)
+    meta["tokenizer.ggml.pre"] = "gpt-2"
+    assert tokenizer_from_gguf(meta).encode("hi", add_special_tokens=False) == [104, 105]
+    arch = {"general.architecture": "qwen3", "qwen3.attention.head_count": 4, "qwen3.embedding_length": 64,
+            "qwen3.block_count": 2, "qwen3.feed_forward_length": 128, "tokenizer.ggml.tokens": ["a"] * 260}
+    with pytest.raises(ValueError, match="rope scaling 'yarn'"):
+        config_from_metadata({**arch, "qwen3.rope.scaling.type": "yarn"}, set())
+    with pytest.raises(ValueError, match="sliding_window"):
+        config_from_metadata({**arch, "qwen3.attention.sliding_window": 4096}, set())
+    with pytest.raises(ValueError, match="unsupported architecture 'phi2'"):
+        config_from_metadata({**arch, "general.architecture": "phi2"}, set())

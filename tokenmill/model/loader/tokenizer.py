@@ -68,12 +68,19 @@ class Tokenizer:
         return self.encode(text, add_special_tokens=False)
 
 
+_GPT2_PRES = ("default", "gpt2", "gpt-2")  # GPT-2's own regex
+BYTE_LEVEL_PRES = (*_GPT2_PRES, "llama-bpe", "llama3", "qwen2", "smollm")
+
+
 def _byte_level_pre_tokenizer(pre: str):
+    if pre not in BYTE_LEVEL_PRES:  # never split text some other way than the model's own
+        raise ValueError(f"unsupported pre-tokenizer {pre!r} (tokenizer.ggml.pre); supported: "
+                         f"{', '.join(BYTE_LEVEL_PRES)}")
     if pre == "smollm":
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     split = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}.get(pre)
-    if split is None:  # "gpt2", "default" and unknown names: GPT-2's own regex
+    if split is None:  # GPT-2's own regex
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
