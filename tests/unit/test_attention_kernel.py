@@ -76,6 +76,35 @@ def test_kernel_rows_do_not_depend_on_the_batch(cache_dtype):
         assert torch.equal(alone, batched[row:row + 1])
 
 
+def _dense_window_reference(q, kc, vc, meta, scale, window):
+    """Each row by hand: softmax over the last `window` keys of its context."""
+    out = torch.empty_like(q)
+    G = q.shape[1] // kc.shape[0]
+    for row in range(q.shape[0]):
+        table = meta.block_tables[int(meta.row_seq[row])]
+        ctx = int(meta.row_ctx[row])
+        slots = (table[:, None] * BS + torch.arange(BS)).flatten()[max(0, ctx - window):ctx]
+        keys = kc.view(kc.shape[0], -1, D)[:, slots].float()     # (Hkv, n, D)
+        vals = vc.view(vc.shape[0], -1, D)[:, slots].float()
+        for h in range(q.shape[1]):
+            p = torch.softmax(keys[h // G] @ q[row, h] * scale, dim=0)
+            out[row, h] = p @ vals[h // G]
+    return out
+
+
+@pytest.mark.parametrize("window", [1, 16, 100, 256, 300, 5000])
+def test_a_sliding_window_sees_only_its_last_keys(window):
+    # chunks of prompt rows whose windows start in different 256-key chunks, decodes short and
+    # long, the window shorter and longer than the context
+    spec = [(40, 1), (400, 1), (100, 30), (530, 20), (260, 260)]
+    q, k, v, kc, vc, meta = setup(spec, seed=2)
+    write_cache(k, v, kc, vc, meta)
+    got = paged_attention(q, kc, vc, meta, 0.125, window)
+    torch.testing.assert_close(got, _dense_window_reference(q, kc, vc, meta, 0.125, window), rtol=1e-4, atol=1e-4)
+    _, _, _, _, _, ref_meta = setup(spec, seed=2, native=False)
+    torch.testing.assert_close(paged_attention(q, kc, vc, ref_meta, 0.125, window), got, rtol=1e-5, atol=1e-5)
+
+
 def test_every_row_goes_to_the_kernel():
     meta = AttentionMetadata.build([(0, 10, torch.arange(40)), (10, 1, torch.arange(48, 60))],
                                    torch.device("cpu"), BS, native=True)

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -43,6 +44,9 @@ struct AttentionWork {
   const int64_t* row_ctx = nullptr;  // (T,) keys each row sees
   const int64_t* block_tables = nullptr;  // (S, MB)
   float scale = 1.f;
+  // a sliding window: a row sees only its last `window` keys (0: all of them); its chunks start
+  // at the one holding its first key, and keys before it in that chunk are masked
+  int64_t window = 0;
 
   // Everything but q and out from the tensors (checked): caches (Hkv, NB, BS, RS), row_seq and
   // row_ctx (T,), block_tables (S, MB).
@@ -61,6 +65,8 @@ struct AttentionWork {
 
  private:
   std::vector<int64_t> first_task;  // (T + 1,): row t's chunks are first_task[t] ..
+  std::vector<int64_t> first_chunk;  // (T,): the chunk of row t's first key (0 without a window)
+  int64_t first_key(int64_t t) const { return window > 0 ? std::max<int64_t>(0, row_ctx[t] - window) : 0; }
   std::vector<int64_t> unit_row, unit_rows, unit_chunk;  // per (group, chunk): first row, rows, chunk
   mutable std::vector<float> part;  // per (chunk, kv head): G x [unnormalized out (D), max, sum]
 };

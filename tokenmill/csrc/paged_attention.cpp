@@ -379,7 +379,11 @@ inline int64_t group_rows(int64_t G) { return std::max<int64_t>(1, std::min<int6
 template <typename C>
 void AttentionWork<C>::plan() {
   first_task.assign(T + 1, 0);
-  for (int64_t t = 0; t < T; ++t) first_task[t + 1] = first_task[t] + (row_ctx[t] + kChunk - 1) / kChunk;
+  first_chunk.assign(T, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    first_chunk[t] = first_key(t) / kChunk;
+    first_task[t + 1] = first_task[t] + (row_ctx[t] + kChunk - 1) / kChunk - first_chunk[t];
+  }
   const int64_t chunks = first_task[T], G = Hq / Hkv;
   // Rows in groups: consecutive rows of one sequence (a prompt's, or a draft's), one key more each,
   // as many chunks each, up to group_rows(G).
@@ -391,7 +395,7 @@ void AttentionWork<C>::plan() {
     int64_t r = 1;
     const int64_t nc = first_task[t + 1] - first_task[t];
     while (r < most && t + r < T && row_seq[t + r] == row_seq[t] && row_ctx[t + r] == row_ctx[t + r - 1] + 1 &&
-           first_task[t + r + 1] - first_task[t + r] == nc)
+           first_task[t + r + 1] - first_task[t + r] == nc && first_chunk[t + r] == first_chunk[t])
       ++r;
     for (int64_t c = 0; c < nc; ++c) {
       unit_row.push_back(t);
@@ -421,9 +425,14 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
   int64_t* off = scratch.off.data();
   const int64_t i = z % 2 == 0 ? z / 2 : n_tasks - 1 - z / 2;
   const int64_t u = i / Hkv, h = i % Hkv, t0 = unit_row[u], R = unit_rows[u], c = unit_chunk[u];
-  const int64_t j0 = c * kChunk;
-  int64_t n_row[kGroupRows];
-  for (int64_t r = 0; r < R; ++r) n_row[r] = std::min(row_ctx[t0 + r], j0 + kChunk) - j0;
+  const int64_t j0 = (first_chunk[t0] + c) * kChunk;
+  int64_t n_row[kGroupRows], s_row[kGroupRows];  // keys [s_row, n_row) of the chunk: the row's
+  bool masked = false;
+  for (int64_t r = 0; r < R; ++r) {
+    n_row[r] = std::min(row_ctx[t0 + r], j0 + kChunk) - j0;
+    s_row[r] = std::max<int64_t>(0, first_key(t0 + r) - j0);
+    masked = masked || s_row[r] > 0;
+  }
   const int64_t j1 = j0 + n_row[R - 1];
   const int64_t* table = block_tables + row_seq[t0] * MB;
   for (int64_t j = j0; j < j1; j += BS) {  // j0 and kChunk are multiples of BS
@@ -440,14 +449,14 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
   float* qscale = scratch.qscale.data();
   if constexpr (kScaled<C>) quantize_queries(qs, R * G, D, qi, qscale);  // see qk_scores_i8
   auto part_of = [&](int64_t r) { return part.data() + ((first_task[t0 + r] + c) * Hkv + h) * stride; };
-  if (has_avx512() && (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && R * G <= kMaxHeads))) {
+  if (!masked && has_avx512() && (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && R * G <= kMaxHeads))) {
     float* pr = scratch.acc.data();  // (R G) x [D, max, sum], then each row's to its place
     chunk_avx512(qs, qi, qscale, R * G, G, D, kh, vh, off, n_row, R, scores, kChunk, pr);
     for (int64_t r = 0; r < R; ++r) std::copy(pr + r * stride, pr + (r + 1) * stride, part_of(r));
     return;
   }
-  for (int64_t r = 0; r < R; ++r) {  // the portable loop, a row at a time
-    const int64_t n = n_row[r];
+  for (int64_t r = 0; r < R; ++r) {  // the portable loop, a row at a time (keys [s, n) of the chunk)
+    const int64_t n = n_row[r], s0 = s_row[r];
     float* pr = part_of(r);
     const float* qr = qs + r * G * D;
     const int8_t* qir = qi + r * G * D;
@@ -467,10 +476,10 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
     }
     for (int64_t g = 0; g < G; ++g) {
       float* s = scores + g * kChunk;
-      float m = s[0];
-      for (int64_t j = 1; j < n; ++j) m = std::max(m, s[j]);
+      float m = s[s0];
+      for (int64_t j = s0 + 1; j < n; ++j) m = std::max(m, s[j]);
       float sum = 0.f;
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = s0; j < n; ++j) {
         s[j] = fast_exp(s[j] - m);
         sum += s[j];
       }
@@ -478,8 +487,8 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
       pr[g * (D + 2) + D + 1] = sum;
       std::fill(pr + g * (D + 2), pr + g * (D + 2) + D, 0.f);
     }
-    scale_weights(vh, off, D, G, n, scores, kChunk);
-    for (int64_t j = 0; j < n; ++j) {
+    scale_weights(vh, off + s0, D, G, n - s0, scores + s0, kChunk);
+    for (int64_t j = s0; j < n; ++j) {
       const C* vrow = vh + off[j];
       for (int64_t g = 0; g < G; ++g) {
         const float p = scores[g * kChunk + j];
@@ -546,12 +555,13 @@ template struct AttentionWork<int8_t>;
 template <typename C>
 at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                              at::Tensor row_seq, at::Tensor row_ctx,
-                             at::Tensor block_tables, double scale) {
+                             at::Tensor block_tables, double scale, int64_t window) {
   q = q.contiguous();
   const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
   auto out = at::empty_like(q);
   tokenmill::AttentionWork<C> work;
   work.describe(k_cache, v_cache, row_seq, row_ctx, block_tables, T, Hq, D, scale);
+  work.window = window;
   work.q = q.data_ptr<float>(), work.ldq = Hq * D;
   work.out = out.data_ptr<float>(), work.ldo = Hq * D;
   work.plan();
@@ -567,16 +577,18 @@ at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
 }
 
 // q: (T, Hq, D) float32; k_cache, v_cache: (Hkv, num_blocks, block_size, D) float32 or float16,
-// or (Hkv, num_blocks, block_size, D + 4) int8 rows with their scales.
+// or (Hkv, num_blocks, block_size, D + 4) int8 rows with their scales. window > 0: each row sees
+// only its last `window` keys (a sliding-window layer).
 at::Tensor paged_attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                                    at::Tensor row_seq, at::Tensor row_ctx,
-                                   at::Tensor block_tables, double scale) {
+                                   at::Tensor block_tables, double scale, int64_t window) {
   TORCH_CHECK(q.dtype() == at::kFloat, "q must be float32");
   TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "k and v caches differ in dtype");
+  TORCH_CHECK(window >= 0, "window must be 0 (none) or positive");
   if (k_cache.dtype() == at::kHalf)
-    return attention_rows<at::Half>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
+    return attention_rows<at::Half>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window);
   if (k_cache.dtype() == at::kChar)
-    return attention_rows<int8_t>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
+    return attention_rows<int8_t>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window);
   TORCH_CHECK(k_cache.dtype() == at::kFloat, "the cache must be float32, float16 or int8");
-  return attention_rows<float>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale);
+  return attention_rows<float>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window);
 }

@@ -19,7 +19,7 @@ sizes from the padded shapes, which is why attention is written out here.)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,6 +38,8 @@ class AttentionGroup:
     dst: torch.Tensor       # (N,) their rows in the flattened token batch
     neg_mask: torch.Tensor | None = None  # (1, B, G*Q, C) ~mask for the G heads, made by layer 0
     head_blocks: torch.Tensor | None = None  # (Hkv * B * C/block_size,) gather rows, made by layer 0
+    q_pos: torch.Tensor | None = None     # (B, Q) each query's position (-1: padding)
+    window_neg: dict = field(default_factory=dict)  # sliding window -> its neg_mask
 
 
 @dataclass
@@ -112,7 +114,7 @@ def _build_group(seqs, device, C: int, block_size: int) -> AttentionGroup:
     mask[:, :, 0] |= q_pos < 0  # padded queries attend to key 0 so their softmax stays finite
     return AttentionGroup(
         q_index=q_index.to(device), kv_blocks=kv_blocks.to(device),
-        mask=mask.unsqueeze(1).to(device),
+        mask=mask.unsqueeze(1).to(device), q_pos=q_pos.to(device),
         src=torch.tensor(src, dtype=torch.long, device=device),
         dst=torch.tensor(dst, dtype=torch.long, device=device))
 
@@ -171,15 +173,16 @@ def _gather(cache: torch.Tensor, rows: torch.Tensor, B: int, C: int, dtype: torc
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                    meta: AttentionMetadata, scale: float, window: int = 0) -> torch.Tensor:
     # q: (T, Hq, D); caches: (Hkv, num_blocks, block_size, D), this step's k, v already written.
+    # window > 0: a sliding-window layer; a query at position p sees keys p - window + 1 .. p.
     # With kernel metadata (CPU, float32) csrc/paged_attention.cpp reads the cache in place.
     # Otherwise the PyTorch path, also the kernel's test reference: heads first and whole blocks
     # gathered, a context comes out as one contiguous (Hkv, B, C, D) tensor, copied in 4 KB runs,
     # that batched matmuls read in place.
     if meta.row_seq is not None:
         return kernels().paged_attention_rows(q, k_cache, v_cache, meta.row_seq, meta.row_ctx,
-                                              meta.block_tables, scale)
+                                              meta.block_tables, scale, window)
     T, Hq, D = q.shape
     Hkv, num_blocks, block_size, _ = k_cache.shape  # the last dim: D, or D + 4 (int8 rows)
     out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
@@ -199,7 +202,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         scores = torch.matmul(qg, kg.transpose(2, 3))          # (Hkv, B, G*Q, C)
         if g.neg_mask is None:  # the same for every layer of the step
             g.neg_mask = (~g.mask).view(1, B, Q, C).repeat(1, 1, G, 1)  # (1, B, G*Q, C)
-        scores.masked_fill_(g.neg_mask, float("-inf"))
+        neg = g.neg_mask
+        if window:  # and for every windowed layer: also the keys before the window
+            if window not in g.window_neg:
+                early = torch.arange(C, device=q.device)[None, None, :] <= g.q_pos[:, :, None] - window
+                g.window_neg[window] = g.neg_mask | early.view(1, B, Q, C).repeat(1, 1, G, 1)
+            neg = g.window_neg[window]
+        scores.masked_fill_(neg, float("-inf"))
         probs = scores.softmax(dim=-1)
         o = torch.matmul(probs, vg)                            # (Hkv, B, G*Q, D)
         o = o.view(Hkv, B, G, Q, D).permute(1, 3, 0, 2, 4).reshape(B * Q, Hq, D)
