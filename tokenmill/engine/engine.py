@@ -75,7 +75,8 @@ class LLMEngine:
         capacity = self.runner.num_blocks * config.block_size
         wanted = min(config.max_model_len or self.model_config.max_position, self.model_config.max_position)
         self.max_model_len = min(wanted, capacity)
-        self.runner.model.rope.trim(self.max_model_len)
+        for rope in self.runner.model.rotaries():
+            rope.trim(self.max_model_len)
         if self.max_model_len < wanted:
             log.warning("max_model_len lowered from %d to %d tokens: the KV cache (%.3g GiB, %d blocks "
                         "of %d) holds no more; raise kv_cache_memory_gib for more", wanted,

@@ -237,7 +237,8 @@ class ModelRunner:
                 # rows at positions start.. predict prompt tokens start+1..: (first row, count)
                 last = min(start + n, req.num_prompt_tokens - 1)
                 prompt_rows.append((req, start, row, last - start))
-        self.model.rope.cover(max(positions) + 1)
+        for rope in self.model.rotaries():
+            rope.cover(max(positions) + 1)
         meta = AttentionMetadata.build(seqs, self.device, self.block_size, self.use_native)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)

@@ -28,7 +28,13 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
     # a family's switches over the llama decoder (families/), all off for llama itself
     qk_norm: str | None = None            # "head": RMSNorm per head of q and k; "full": over each projection
-    post_norms: bool = False              # norms on the attention's and MLP's outputs, none before them
+    pre_norms: bool = True                # norms on the attention's and the MLP's inputs
+    post_norms: bool = False              # norms on their outputs, inside the residual
+    norm_offset: float = 0.0              # a norm's weight is used as offset + w
+    hidden_act: str = "silu"              # the MLP's gate: "silu" or "gelu_tanh"
+    sliding_window: int = 0               # keys a windowed layer sees (0: none)
+    window_layers: tuple | None = None    # per layer, True where the window applies
+    rope_local_theta: float | None = None  # the windowed layers' rotary base, unscaled (gemma3)
     embedding_scale: float = 1.0          # the embeddings are multiplied by it
     attention_scale: float | None = None  # in place of head_dim ** -0.5
     residual_scale: float = 1.0           # each branch's output is multiplied by it before the add
@@ -38,7 +44,8 @@ class ModelConfig:
     @property
     def plain_llama(self) -> bool:
         """No switch set: the C++ decode loop runs it."""
-        return (self.qk_norm is None and not self.post_norms and self.embedding_scale == 1.0
+        return (self.qk_norm is None and self.pre_norms and not self.post_norms and self.embedding_scale == 1.0
+                and self.norm_offset == 0.0 and self.hidden_act == "silu" and not self.sliding_window
                 and self.attention_scale is None and self.residual_scale == 1.0 and self.logit_scale == 1.0
                 and (self.rope_layers is None or all(self.rope_layers)))
 

@@ -33,6 +33,9 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim if per_head else q_size, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim if per_head else kv_size, cfg.rms_norm_eps)
         self.rotary = cfg.rope_layers is None or bool(cfg.rope_layers[layer])
+        windowed = cfg.sliding_window > 0 and (cfg.window_layers is None or bool(cfg.window_layers[layer]))
+        self.window = cfg.sliding_window if windowed else 0
+        self.local_rope = windowed and cfg.rope_local_theta is not None  # the model's rope_local
 
     def _norm_qk(self, qkv: torch.Tensor) -> torch.Tensor:
         # qkv: (T, (Hq + 2 Hkv) * D) -> the same with q and k normed
@@ -63,7 +66,7 @@ class Attention(nn.Module):
             if self.rotary:
                 q, k = rope(positions, q, k)
             write_cache(k, v, k_cache, v_cache, meta)
-        o = paged_attention(q, k_cache, v_cache, meta, self.scale)
+        o = paged_attention(q, k_cache, v_cache, meta, self.scale, self.window)
         return self.o_proj(o.reshape(T, -1))
 
 
@@ -73,9 +76,15 @@ class MLP(nn.Module):
         self.gate_up_proj = MergedLinear(cfg.hidden_size, {"gate": cfg.intermediate_size,
                                                            "up": cfg.intermediate_size})
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
+        if cfg.hidden_act not in ("silu", "gelu_tanh"):
+            raise ValueError(f"unsupported activation {cfg.hidden_act!r}")
+        self.gelu = cfg.hidden_act == "gelu_tanh"
 
     def forward(self, x):
         gate_up = self.gate_up_proj(x)  # (T, 2 * intermediate)
+        if self.gelu:  # GeGLU (gemma)
+            gate, up = gate_up.chunk(2, dim=-1)
+            return self.down_proj(F.gelu(gate, approximate="tanh") * up)
         kern = fused_ops(gate_up)
         if kern is not None:
             return self.down_proj(kern.silu_mul(gate_up))
@@ -86,23 +95,28 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.post_norms, self.residual_scale = cfg.post_norms, cfg.residual_scale
-        if not cfg.post_norms:
-            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.pre_norms, self.post_norms, self.residual_scale = cfg.pre_norms, cfg.post_norms, cfg.residual_scale
+        H, eps = cfg.hidden_size, cfg.rms_norm_eps
+        if cfg.pre_norms:
+            self.input_layernorm = RMSNorm(H, eps)
         self.self_attn = Attention(cfg, layer)
         # llama: the norm before the MLP (Hugging Face's name); post_norms: the attention's output norm
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(H, eps)
         if cfg.post_norms:
-            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            if cfg.pre_norms:  # (gemma) then the norm before the MLP has a name of its own
+                self.pre_feedforward_layernorm = RMSNorm(H, eps)
+            self.post_feedforward_layernorm = RMSNorm(H, eps)
         self.mlp = MLP(cfg)
 
     def forward(self, x, residual, positions, rope, meta, kv):
         # x: the previous layer's output (for layer 0, the embeddings, and residual None);
         # residual: the stream before it. Returns this layer's (output, residual).
-        if self.post_norms:  # h += norm(attn(h)); h += norm(mlp(h))
+        if self.post_norms:  # h += post(attn(pre(h))); h += post(mlp(pre(h))), pre only where given
             h = x if residual is None else x + residual
-            h = h + self.post_attention_layernorm(self.self_attn(h, positions, rope, meta, *kv))
-            return self.post_feedforward_layernorm(self.mlp(h)), h
+            a = self.self_attn(self.input_layernorm(h) if self.pre_norms else h, positions, rope, meta, *kv)
+            h = h + self.post_attention_layernorm(a)
+            m = self.mlp(self.pre_feedforward_layernorm(h) if self.pre_norms else h)
+            return self.post_feedforward_layernorm(m), h
         if residual is None:
             residual = x
             x = self.input_layernorm(x)
@@ -137,6 +151,9 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
+        # windowed layers' own base (gemma3), unscaled
+        self.rope_local = None if cfg.rope_local_theta is None else \
+            RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_local_theta)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
 
     @torch.inference_mode()
@@ -162,7 +179,8 @@ class LlamaForCausalLM(nn.Module):
                     self.rope.sin, self.norm.weight, self.norm.eps, a.scale, a.num_heads, a.num_kv_heads,
                     out_rows)
         for layer, kv in zip(self.layers, kv_caches):
-            x, residual = layer(x, residual, positions, self.rope, meta, kv)
+            rope = self.rope_local if layer.self_attn.local_rope else self.rope
+            x, residual = layer(x, residual, positions, rope, meta, kv)
         hidden = self.norm(x, residual)[0]
         return hidden if out_rows is None else hidden[out_rows.to(hidden.device)]
 
@@ -191,6 +209,9 @@ class LlamaForCausalLM(nn.Module):
                 else:
                     self._plan = (kern, weights)
         return self._plan
+
+    def rotaries(self) -> list[RotaryEmbedding]:
+        return [r for r in (self.rope, self.rope_local) if r is not None]
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -235,6 +256,8 @@ class LlamaForCausalLM(nn.Module):
                 if p.is_meta:  # built without memory (weights_on_meta): now it gets some
                     p = nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=False)
                     setattr(module, param, p)
+                if self.config.norm_offset and isinstance(module, RMSNorm):
+                    tensor = tensor + self.config.norm_offset  # (1 + w) norms as plain ones
                 p.data.copy_(tensor)
                 loaded.add(name)
                 if isinstance(module, Linear):

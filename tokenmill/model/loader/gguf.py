@@ -167,9 +167,10 @@ def config_from_metadata(meta: dict, tensor_names: set[str]) -> ModelConfig:
         tie_word_embeddings="output.weight" not in tensor_names,
         name=meta.get("general.name", "model"),
     )
-    if get("attention.sliding_window"):
+    switches = family.from_gguf(get)
+    if get("attention.sliding_window") and not switches.get("sliding_window"):
         raise ValueError(f"{arch} with sliding-window attention ({arch}.attention.sliding_window) is not supported")
-    return ModelConfig(**{**fields, **family.from_gguf(get)})
+    return ModelConfig(**{**fields, **switches})
 
 
 _Q4_1 = 3  # GGMLQuantizationType.Q4_1

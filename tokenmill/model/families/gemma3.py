@@ -1,0 +1,51 @@
+"""Gemma 3 (text): embeddings times sqrt(hidden); RMSNorm with (1 + w) (llama.cpp's converter
+adds the 1 to the weights, a config.json model is shifted as it loads); a norm before and after
+both attention and MLP; q and k normed per head; GeGLU with the tanh gelu; five sliding-window
+layers to one global, the windowed ones with a rotary base of their own (unscaled); scores
+scaled by query_pre_attn_scalar ** -0.5."""
+from .base import Family
+
+_PATTERN = 6  # llama.cpp's default for gemma3: every 6th layer global
+
+
+def _hf(cfg: dict) -> dict:
+    n = cfg["num_hidden_layers"]
+    types = cfg.get("layer_types") or ["full_attention" if (i + 1) % cfg.get("sliding_window_pattern", _PATTERN) == 0
+                                       else "sliding_attention" for i in range(n)]
+    rope = cfg.get("rope_parameters") or {}
+    full = rope.get("full_attention", rope)
+    local = rope.get("sliding_attention", {})
+    if cfg.get("attn_logit_softcapping") or cfg.get("final_logit_softcapping"):
+        raise ValueError("gemma3 with logit softcapping is not supported")
+    return {"pre_norms": True, "post_norms": True, "qk_norm": "head", "hidden_act": "gelu_tanh",
+            "norm_offset": 1.0, "embedding_scale": cfg["hidden_size"] ** 0.5,
+            "attention_scale": cfg.get("query_pre_attn_scalar", cfg.get("head_dim", 256)) ** -0.5,
+            "sliding_window": int(cfg.get("sliding_window") or 0),
+            "window_layers": tuple(t == "sliding_attention" for t in types),
+            "rope_theta": float(cfg.get("rope_theta", full.get("rope_theta", 1_000_000.0))),
+            "rope_scaling": full if full.get("rope_type") not in (None, "default") else cfg.get("rope_scaling"),
+            "rope_local_theta": float(cfg.get("rope_local_base_freq", local.get("rope_theta", 10_000.0)))}
+
+
+def _gguf(get) -> dict:
+    n = int(get("block_count"))
+    pattern = get("attention.sliding_window_pattern", _PATTERN)
+    windowed = tuple(bool(x) for x in pattern) if isinstance(pattern, list) else \
+        tuple(i % int(pattern) < int(pattern) - 1 for i in range(n))
+    if get("final_logit_softcapping"):
+        raise ValueError("gemma3 with logit softcapping is not supported")
+    hidden = int(get("embedding_length"))
+    # as llama.cpp: 1/sqrt(head_dim), but 1/sqrt(hidden / heads) for the 62-layer 27B (its
+    # query_pre_attn_scalar; the file does not carry it)
+    scale = (hidden / int(get("attention.head_count"))) ** -0.5 if n == 62 else None
+    return {"pre_norms": True, "post_norms": True, "qk_norm": "head", "hidden_act": "gelu_tanh",
+            "embedding_scale": hidden ** 0.5, "attention_scale": scale,
+            "sliding_window": int(get("attention.sliding_window", 0)), "window_layers": windowed,
+            "rope_local_theta": float(get("rope.freq_base_swa", 10_000.0))}
+
+
+FAMILY = Family("gemma3", ("gemma3_text",), from_hf=_hf, from_gguf=_gguf,
+                layer_tensors={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+                               "post_attention_norm": "post_attention_layernorm",
+                               "ffn_norm": "pre_feedforward_layernorm",
+                               "post_ffw_norm": "post_feedforward_layernorm"})
