@@ -122,13 +122,15 @@ class ModelRunner:
         # 0.53x the bytes of float16 that decode reads per token and that the cache holds, for
         # +0.03% perplexity (SmolLM2-135M, fp32 weights, 2,048-token windows; `tokenmill eval
         # perplexity --kv-cache-dtype auto int8`). Without the C++ kernels float16 (the PyTorch
-        # path would dequantize every read). fp32 mode keeps fp32, the reference.
+        # path would dequantize every read). fp32 mode keeps fp32, the reference. Only for the
+        # plain llama decoder, where it was measured: Gemma 3 270M's greedy answers (head_dim
+        # 256, q/k normed) kept 6 of 12 with int8 rows and 8 with float16 (tests/model/test_gemma3_270m.py).
         if config.kv_cache_dtype == "int8":
             self.kv_dtype = torch.int8
         elif config.kv_cache_dtype != "auto":
             self.kv_dtype = _DTYPES[config.kv_cache_dtype]
         elif self.device.type == "cpu" and self.quantization in ("int8", "q4_1", "gguf"):
-            self.kv_dtype = torch.int8 if kernels() is not None else torch.float16
+            self.kv_dtype = torch.int8 if kernels() is not None and cfg.plain_llama else torch.float16
         else:
             self.kv_dtype = self.dtype
         self.kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cache_row_bytes(self.kv_dtype, cfg.head_dim)

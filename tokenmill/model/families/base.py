@@ -27,3 +27,7 @@ class Family:
     from_gguf: Callable[[Callable], Switches] = _none    # get(key, default) on "<arch>.*" -> switches
     # GGUF tensor name -> Hugging Face name, within a layer, beyond llama's
     layer_tensors: dict = field(default_factory=dict)
+    # for a file that carries no chat template (a base model): the family's turn format, and the
+    # token that ends a turn in it (stopped on besides EOS)
+    chat_template: str | None = None
+    end_of_turn: str | None = None

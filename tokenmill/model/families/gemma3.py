@@ -44,7 +44,19 @@ def _gguf(get) -> dict:
             "rope_local_theta": float(get("rope.freq_base_swa", 10_000.0))}
 
 
+# Gemma's turns: user and model, a system message put at the head of the next user turn
+TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = m['content'] ~ '\n\n' %}"
+    "{% else %}{{ '<start_of_turn>' ~ ('model' if m['role'] == 'assistant' else 'user') ~ '\n' }}"
+    "{% if m['role'] != 'assistant' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
 FAMILY = Family("gemma3", ("gemma3_text",), from_hf=_hf, from_gguf=_gguf,
+                chat_template=TEMPLATE, end_of_turn="<end_of_turn>",
                 layer_tensors={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
                                "post_attention_norm": "post_attention_layernorm",
                                "ffn_norm": "pre_feedforward_layernorm",

@@ -210,7 +210,7 @@ class GGUFCheckpoint:
     def tokenizer(self) -> Tokenizer:
         with _PARSED_LOCK:
             if self._parsed[2] is None:
-                self._parsed[2] = tokenizer_from_gguf(self.meta)
+                self._parsed[2] = tokenizer_from_gguf(self.meta, self.family.chat_template, self.family.end_of_turn)
             return self._parsed[2]
 
     def num_tensors(self) -> int:

@@ -100,7 +100,9 @@ def _spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]
     return [(a, b) for *_, a, b in ranked]
 
 
-def tokenizer_from_gguf(meta: dict) -> Tokenizer:
+def tokenizer_from_gguf(meta: dict, family_template: str | None = None, end_of_turn: str | None = None) -> Tokenizer:
+    """family_template, end_of_turn: the family's turn format and the token ending a turn, for a
+    file without a chat template (a base model)."""
     kind = meta.get("tokenizer.ggml.model")
     tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
@@ -136,7 +138,12 @@ def tokenizer_from_gguf(meta: dict) -> Tokenizer:
     if eot is not None and eot != eos:
         eos_ids.append(eot)
     add_bos = meta.get("tokenizer.ggml.add_bos_token", kind == "llama")
-    return Tokenizer(tok, bos, eos_ids, bool(add_bos), meta.get("tokenizer.chat_template"))
+    template = meta.get("tokenizer.chat_template")
+    if template is None and family_template is not None:
+        template = family_template
+        if end_of_turn in vocab and vocab[end_of_turn] not in eos_ids:
+            eos_ids.append(vocab[end_of_turn])
+    return Tokenizer(tok, bos, eos_ids, bool(add_bos), template)
 
 
 def tokenizer_from_hf_dir(path: str, generation_eos: list[int] | None = None) -> Tokenizer:
