@@ -57,21 +57,30 @@ def llama_cpp_source():
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family_files(request, tmp_path_factory, llama_cpp_source):
-    """(family, the transformers model, {"hf": its directory, "gguf": llama.cpp's conversion of it};
-    no "gguf" for Mistral: llama.cpp's converter writes no sliding window for it, so its file says
-    llama with full attention, and a window the file does not state is not guessed)"""
-    model = family_model(request.param, seed=7)
-    where = tmp_path_factory.mktemp(request.param)
-    hf_dir = save_hf_dir(model, str(where / "hf"))
-    gguf = str(where / f"{request.param}.gguf")
-    if request.param == "mistral":
-        return request.param, model, {"hf": hf_dir}
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory, llama_cpp_source):
+    """{family: (the transformers model, {"hf": its directory, "gguf": llama.cpp's conversion of it})},
+    every family converted in one run of the converter. No "gguf" for Mistral: llama.cpp's
+    converter writes no sliding window for it, so its file says llama with full attention, and a
+    window the file does not state is not guessed."""
+    out, pairs = {}, []
+    for arch in FAMILIES:
+        model = family_model(arch, seed=7)
+        where = tmp_path_factory.mktemp(arch)
+        out[arch] = (model, {"hf": save_hf_dir(model, str(where / "hf"))})
+        if arch != "mistral":
+            out[arch][1]["gguf"] = str(where / f"{arch}.gguf")
+            pairs += [out[arch][1]["hf"], out[arch][1]["gguf"]]
     done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "convert_hf.py"),
-                           llama_cpp_source, hf_dir, gguf], capture_output=True, text=True, timeout=600)
+                           llama_cpp_source, *pairs], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return request.param, model, {"hf": hf_dir, "gguf": gguf}
+    return out
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family_files(request, converted):
+    """(family, the transformers model, {"hf": ..., "gguf": ...})"""
+    return request.param, *converted[request.param]
 
 
 def _file(files: dict, kind: str) -> str:
@@ -90,7 +99,17 @@ def test_logits_match_transformers(family_files, kind):
 PROMPTS = [[256, *b"Hello, world"], [256, *b"The quick brown fox"], [256, *b"1 2 3 4"], [256, *b"def f(x):"]]
 
 
+_GREEDY: dict = {}  # (model, prompt) -> transformers' answer, for the HF and the GGUF test
+
+
 def hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    key = (model, tuple(ids), n)  # the model itself: kept alive, never confused with a later one
+    if key not in _GREEDY:
+        _GREEDY[key] = _hf_greedy(model, ids, n)
+    return _GREEDY[key]
+
+
+def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                              pad_token_id=0)
