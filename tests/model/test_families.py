@@ -77,22 +77,14 @@ def converted(tmp_path_factory, llama_cpp_source):
     return out
 
 
-@pytest.fixture(params=list(FAMILIES))
-def family_files(request, converted):
-    """(family, the transformers model, {"hf": ..., "gguf": ...})"""
-    return request.param, *converted[request.param]
+# every (family, file) there is: Mistral has no GGUF (see converted)
+FILES = [(arch, kind) for arch in FAMILIES for kind in ("hf", "gguf") if (arch, kind) != ("mistral", "gguf")]
 
 
-def _file(files: dict, kind: str) -> str:
-    if kind not in files:
-        pytest.skip("llama.cpp's converter writes no sliding window for Mistral (see family_files)")
-    return files[kind]
-
-
-@pytest.mark.parametrize("kind", ["hf", "gguf"])
-def test_logits_match_transformers(family_files, kind):
-    arch, model, files = family_files
-    ours = our_logits(_file(files, kind), IDS, split=9)
+@pytest.mark.parametrize("arch,kind", FILES)
+def test_logits_match_transformers(converted, arch, kind):
+    model, files = converted[arch]
+    ours = our_logits(files[kind], IDS, split=9)
     torch.testing.assert_close(ours, hf_logits(model, IDS), rtol=1e-4, atol=1e-4)
 
 
@@ -116,11 +108,11 @@ def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
-@pytest.mark.parametrize("kind", ["hf", "gguf"])
-def test_greedy_matches_transformers_alone_batched_and_cached(family_files, kind):
-    arch, model, files = family_files
+@pytest.mark.parametrize("arch,kind", FILES)
+def test_greedy_matches_transformers_alone_batched_and_cached(converted, arch, kind):
+    model, files = converted[arch]
     want = [hf_greedy(model, p, 32) for p in PROMPTS]
-    llm = LLM(model=_file(files, kind), quantization="none", kv_cache_memory_gib=0.01, block_size=4)
+    llm = LLM(model=files[kind], quantization="none", kv_cache_memory_gib=0.01, block_size=4)
     params = SamplingParams(max_tokens=32, min_tokens=32, temperature=0)
     alone = [llm.generate([p], params)[0].outputs[0].token_ids for p in PROMPTS]
     hits = llm.engine.get_stats().prefix_cache_hits

@@ -44,12 +44,16 @@ _PARSED_KEEP = 4
 _PARSED_LOCK = threading.Lock()
 
 
+def _file_key(path: str) -> tuple:
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns
+
+
 def _parsed(path: str) -> list:
     """The header and tokenizer of a file, kept for the last few files: a model unloaded and
     loaded again (a server switching models) skips reading its vocabulary and merges and
     building its tokenizer (0.13 s at 49k tokens); the weights are always read anew."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    key = _file_key(path)
     with _PARSED_LOCK:
         if key in _PARSED:
             _PARSED.move_to_end(key)
@@ -66,8 +70,7 @@ def _parsed(path: str) -> list:
 def header_metadata(path: str) -> dict:
     """A file's metadata: the kept header where the file was parsed lately (the model just
     loaded), else the header read without its vocabulary and merges (0.04 s at 49k tokens)."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    key = _file_key(path)
     with _PARSED_LOCK:
         if key in _PARSED:
             return _PARSED[key][0]
