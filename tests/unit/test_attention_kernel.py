@@ -30,9 +30,17 @@ def setup(seqs_spec, seed=0, native=True):
     return q, k, v, kc, vc, AttentionMetadata.build(seqs, torch.device("cpu"), BS, native)
 
 
-def attend(q, k, v, kc, vc, meta, scale):
+@pytest.fixture(params=["best", "portable"])
+def path(request):
+    """The machine's best vector path (AVX-512 or AVX2), then the portable loop every CPU has."""
+    prev = kernels().attention_portable_only(request.param == "portable")
+    yield request.param
+    kernels().attention_portable_only(prev)
+
+
+def attend(q, k, v, kc, vc, meta, scale, window=0):
     write_cache(k, v, kc, vc, meta)
-    return paged_attention(q, kc, vc, meta, scale)
+    return paged_attention(q, kc, vc, meta, scale, window)
 
 
 def test_kernel_is_built():
@@ -41,7 +49,7 @@ def test_kernel_is_built():
 
 @pytest.mark.parametrize("spec", [[(1, 1)], [(40, 1), (300, 1), (17, 17)], [(100, 30), (5, 1), (260, 260), (129, 1)]])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16, torch.int8])
-def test_kernel_matches_pytorch_path(spec, cache_dtype):
+def test_kernel_matches_pytorch_path(spec, cache_dtype, path):
     q, k, v, kc, vc, meta = setup(spec)
     if cache_dtype == torch.int8:
         kc, vc = quantize_kv(kc), quantize_kv(vc)
@@ -55,24 +63,26 @@ def test_kernel_matches_pytorch_path(spec, cache_dtype):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [0, 70])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16, torch.int8])
-def test_kernel_rows_do_not_depend_on_the_batch(cache_dtype):
+def test_kernel_rows_do_not_depend_on_the_batch(cache_dtype, window, path):
     # each token alone (its own context, the same cache) equals its row in a batch that mixes
     # decodes and chunks of several tokens: how a prefix-cache hit or a chunked prompt differs.
     # A chunk's rows share each key and value read in groups of 8 (one crosses the 256-key chunk
-    # edge, one group sees three chunks); alone, a row reads them for itself.
+    # edge, one group sees three chunks); alone, a row reads them for itself. With a window, rows
+    # of a group start their keys at different places in a chunk.
     spec = [(40, 1), (300, 1), (100, 30), (77, 1), (270, 20), (530, 3)]
     q, k, v, kc, vc, meta = setup(spec, seed=1)
     if cache_dtype == torch.int8:
         kc, vc = quantize_kv(kc), quantize_kv(vc)
     else:
         kc, vc = kc.to(cache_dtype), vc.to(cache_dtype)
-    batched = attend(q, k, v, kc, vc, meta, 0.125)
+    batched = attend(q, k, v, kc, vc, meta, 0.125, window)
     for row in range(q.shape[0]):
         table = meta.block_tables[int(meta.row_seq[row])]
         slots = (table[:, None] * BS + torch.arange(BS)).flatten()[:int(meta.row_ctx[row])]
         alone_meta = AttentionMetadata.build([(0, 1, slots)], torch.device("cpu"), BS, True)
-        alone = attend(q[row:row + 1], k[row:row + 1], v[row:row + 1], kc, vc, alone_meta, 0.125)
+        alone = attend(q[row:row + 1], k[row:row + 1], v[row:row + 1], kc, vc, alone_meta, 0.125, window)
         assert torch.equal(alone, batched[row:row + 1])
 
 
@@ -93,7 +103,7 @@ def _dense_window_reference(q, kc, vc, meta, scale, window):
 
 
 @pytest.mark.parametrize("window", [1, 16, 100, 256, 300, 5000])
-def test_a_sliding_window_sees_only_its_last_keys(window):
+def test_a_sliding_window_sees_only_its_last_keys(window, path):
     # chunks of prompt rows whose windows start in different 256-key chunks, decodes short and
     # long, the window shorter and longer than the context
     spec = [(40, 1), (400, 1), (100, 30), (530, 20), (260, 260)]

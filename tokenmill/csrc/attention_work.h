@@ -5,9 +5,31 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace tokenmill {
+
+// int8 rows are scaled: a key's score is q . k_int * scale, a value's weight p * scale
+template <typename C>
+constexpr bool kScaled = std::is_same_v<C, int8_t>;
+
+// the float32 scale stored after an int8 row's D values
+inline float row_scale(const int8_t* row, int64_t D) {
+  float s;
+  std::memcpy(&s, row + D, sizeof s);
+  return s;
+}
+
+// One (rows, kv head, chunk) task with AVX2 and FMA (attention_avx2.cpp), where the keys of row r
+// are [s_row[r], n_row[r]) of the chunk (a sliding window masks the first ones). Arguments as
+// paged_attention.cpp's chunk_avx512; pr: GR x [unnormalized output (D), max, sum].
+template <typename C>
+void chunk_avx2(const float* qs, const int8_t* qi, const float* qscale, int64_t GR, int64_t G,
+                int64_t D, const C* k, const C* v, const int64_t* off, const int64_t* s_row,
+                const int64_t* n_row, int64_t R, float* scores, int64_t ld_scores, float* pr);
+bool has_avx2();
 
 // Split-K ("flash decoding"): a row's context is cut into chunks of kChunk keys at fixed
 // positions (0, kChunk, 2 kChunk, ...), each chunk one task (so one long row keeps every thread

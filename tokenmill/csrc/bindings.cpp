@@ -4,6 +4,7 @@
 torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                    torch::Tensor row_seq, torch::Tensor row_ctx,
                                    torch::Tensor block_tables, double scale, int64_t window);
+bool attention_portable_only(bool on);
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale,
                           torch::Tensor wsum, torch::Tensor bias, int64_t gemm_min_rows);
 bool int8_linear_has_vnni();
@@ -42,6 +43,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "paged attention, one query row at a time (window > 0: the last window keys only)", py::arg("q"),
         py::arg("k_cache"), py::arg("v_cache"), py::arg("row_seq"), py::arg("row_ctx"), py::arg("block_tables"),
         py::arg("scale"), py::arg("window") = 0);
+  m.def("attention_portable_only", &attention_portable_only,
+        "tests: run paged attention in its portable loop (true) or the machine's best path; returns the previous");
   m.def("int8_linear", &int8_linear, py::call_guard<py::gil_scoped_release>(), "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");
   m.def("int8_pack", &int8_pack, py::call_guard<py::gil_scoped_release>(), "int8 (N, K) weights -> 16-row blocks of 4-byte groups");
   m.def("int8_linear_packed", &int8_linear_packed, py::call_guard<py::gil_scoped_release>(), "int8_linear on packed weights, any number of rows");

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -35,16 +36,8 @@ inline float val(const float* p, int64_t i) { return p[i]; }
 inline float val(const at::Half* p, int64_t i) { return static_cast<float>(p[i]); }
 inline float val(const int8_t* p, int64_t i) { return static_cast<float>(p[i]); }
 
-// int8 rows are scaled: a key's score is q . k_int * scale, a value's weight p * scale
-template <typename C>
-constexpr bool kScaled = std::is_same_v<C, int8_t>;
-
-// the float32 scale stored after an int8 row's D values
-inline float row_scale(const int8_t* row, int64_t D) {
-  float s;
-  std::memcpy(&s, row + D, sizeof s);
-  return s;
-}
+using tokenmill::kScaled;
+using tokenmill::row_scale;
 
 template <typename C>
 inline float dot(const float* a, const C* b, int64_t D) {
@@ -369,6 +362,8 @@ bool has_avx512() {
   return yes;
 }
 
+std::atomic<bool> portable_only{false};  // tests: the portable loop on any machine
+
 }  // namespace
 
 namespace tokenmill {
@@ -427,11 +422,9 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
   const int64_t u = i / Hkv, h = i % Hkv, t0 = unit_row[u], R = unit_rows[u], c = unit_chunk[u];
   const int64_t j0 = (first_chunk[t0] + c) * kChunk;
   int64_t n_row[kGroupRows], s_row[kGroupRows];  // keys [s_row, n_row) of the chunk: the row's
-  bool masked = false;
   for (int64_t r = 0; r < R; ++r) {
     n_row[r] = std::min(row_ctx[t0 + r], j0 + kChunk) - j0;
     s_row[r] = std::max<int64_t>(0, first_key(t0 + r) - j0);
-    masked = masked || s_row[r] > 0;
   }
   const int64_t j1 = j0 + n_row[R - 1];
   const int64_t* table = block_tables + row_seq[t0] * MB;
@@ -449,9 +442,16 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
   float* qscale = scratch.qscale.data();
   if constexpr (kScaled<C>) quantize_queries(qs, R * G, D, qi, qscale);  // see qk_scores_i8
   auto part_of = [&](int64_t r) { return part.data() + ((first_task[t0 + r] + c) * Hkv + h) * stride; };
-  if (!masked && has_avx512() && (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && R * G <= kMaxHeads))) {
+  // The path is chosen by the machine and the layer, never by the rows: a windowed layer's
+  // chunks may be masked, which only the AVX2 path and the portable loop take.
+  const bool avx512 = window == 0 && has_avx512() && !portable_only &&
+                      (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && R * G <= kMaxHeads));
+  if (!portable_only && (avx512 || tokenmill::has_avx2())) {
     float* pr = scratch.acc.data();  // (R G) x [D, max, sum], then each row's to its place
-    chunk_avx512(qs, qi, qscale, R * G, G, D, kh, vh, off, n_row, R, scores, kChunk, pr);
+    if (avx512)
+      chunk_avx512(qs, qi, qscale, R * G, G, D, kh, vh, off, n_row, R, scores, kChunk, pr);
+    else
+      tokenmill::chunk_avx2(qs, qi, qscale, R * G, G, D, kh, vh, off, s_row, n_row, R, scores, kChunk, pr);
     for (int64_t r = 0; r < R; ++r) std::copy(pr + r * stride, pr + (r + 1) * stride, part_of(r));
     return;
   }
@@ -592,3 +592,7 @@ at::Tensor paged_attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_c
   TORCH_CHECK(k_cache.dtype() == at::kFloat, "the cache must be float32, float16 or int8");
   return attention_rows<float>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window);
 }
+
+// Tests: true runs every task in the portable loop (the machine's vector paths are not taken);
+// returns the previous setting.
+bool attention_portable_only(bool on) { return portable_only.exchange(on); }
