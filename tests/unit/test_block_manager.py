@@ -1,5 +1,5 @@
 """Block manager: exact block ids, ref counts, prefix hits and eviction order."""
-from tokenmill.engine.block_manager import BlockManager
+from tokenmill.engine.block_manager import NULL_BLOCK, BlockManager
 from tokenmill.engine.request import Request
 from tokenmill.sampling_params import SamplingParams
 
@@ -58,19 +58,19 @@ def test_free_keeps_cache_and_evicts_least_recent_tail_first():
     bm.free(a)
     assert [bm.blocks[i].ref_count for i in range(4)] == [0, 0, 0, 0]
     # free order: untouched block 3 first, then a's blocks tail first
-    assert list(bm.free_queue) == [3, 2, 1, 0]
+    assert list(bm.pool.free_queue) == [3, 2, 1, 0]
     # the cached blocks still give hits after free
     b = req([1, 2, 3, 4, 9], "b")
     assert admit(bm, b) == [0, 1]
     assert b.block_table == [0, 1, 3]  # new block from the front of the free queue
-    assert list(bm.free_queue) == [2]
+    assert list(bm.pool.free_queue) == [2]
     bm.free(b)
-    assert list(bm.free_queue) == [2, 3, 1, 0]
+    assert list(bm.pool.free_queue) == [2, 3, 1, 0]
     # a 4-block request evicts everything, in free-queue order
     c = req([7] * 8, "c")
     assert admit(bm, c) == []
     assert c.block_table == [2, 3, 1, 0]
-    assert sorted(bm.cached.values()) == [0, 1, 2, 3]  # only c's four full blocks
+    assert sorted(bm.pool.cached.values()) == [0, 1, 2, 3]  # only c's four full blocks
     # the old prefix [1,2,3,4] is gone
     d = req([1, 2, 3, 4, 5], "d")
     assert bm.get_computed_blocks(d) == []
@@ -85,7 +85,7 @@ def test_evicted_block_is_removed_from_cache():
     b = req([5, 6, 7, 8], "b")  # needs both blocks: block 1 then block 0 get reused
     admit(bm, b)
     assert b.block_table == [1, 0]
-    assert h0 not in bm.cached
+    assert h0 not in bm.pool.cached
     assert bm.blocks[0].block_hash == b.block_hashes[1]
 
 
@@ -107,7 +107,7 @@ def test_prefix_caching_off_never_hits():
     b = req(list(range(10)), "b")
     assert admit(bm, b) == []
     assert b.block_table == [3, 4, 5]
-    assert bm.cached == {}
+    assert bm.pool.cached == {}
 
 
 def test_usage():
@@ -151,3 +151,40 @@ def test_block_hash_is_sha256_chain():
     admit(bm, a)
     h0 = bm.blocks[a.block_table[0]].block_hash
     assert isinstance(h0, bytes) and len(h0) == 32
+
+
+def test_window_blocks_leave_the_windowed_pool_and_hits_need_the_window():
+    # window 6, blocks of 4: a query at p reads blocks from (p - 5) // 4 on
+    bm = BlockManager(num_blocks=16, block_size=4, local_blocks=8, window=6)
+    a = req(list(range(1, 19)), "a")  # 18 tokens: blocks 0..4
+    admit(bm, a)
+    assert a.block_table == [0, 1, 2, 3, 4]
+    assert a.local_table == [1, 2, 3, 4, 5]  # the prompt's step reads all of them; block 0 is never handed out
+    bm.allocate(a, 1)  # the next token at 18 reads from block 3 on
+    assert a.local_table == [0, 0, 0, 4, 5] and bm.held(a) == (5, 2)
+    assert bm.local.num_free == 5 and bm.local.blocks[1].ref_count == 0
+    # the same first 16 tokens: a hit of 4 blocks needs the windowed blocks of positions 11..15
+    # (blocks 2, 3); block 2 left a's window, but a released block keeps its name until taken
+    b = req(list(range(1, 17)) + [99, 98], "b")
+    assert bm.get_computed_blocks(b) == [0, 1, 2, 3]
+    c = req(list(range(100, 120)), "c")  # takes the 5 free windowed blocks: a's old ones go
+    admit(bm, c)
+    assert bm.local.num_free == 0
+    assert bm.get_computed_blocks(b) == []  # every shorter prefix's window is gone too
+    bm.free(c)
+    bm.free(a)
+    assert bm.local.num_free == 7 and bm.num_free_blocks == 16
+    admit(bm, b)  # b computes its prompt again, and holds its blocks from 1 on
+    assert NULL_BLOCK not in b.local_table and bm.held(b) == (5, 5)
+
+
+def test_a_windowed_pool_that_runs_out_refuses_like_the_global_one():
+    bm = BlockManager(num_blocks=32, block_size=4, local_blocks=4, window=4)
+    a = req(list(range(1, 30)), "a")
+    assert not bm.can_allocate(a, 29)  # the whole prompt in one step needs 8 windowed blocks
+    assert bm.can_allocate(a, 8)       # two blocks of it at a time do
+    bm.allocate(a, 8)
+    a.num_computed_tokens = 8
+    assert bm.can_allocate(a, 8)       # the first block leaves the window: there is room again
+    bm.allocate(a, 8)
+    assert bm.held(a) == (4, 3)

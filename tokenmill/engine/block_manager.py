@@ -1,48 +1,38 @@
 """Paged KV cache bookkeeping: which physical blocks hold which request's tokens.
 
-Blocks are ref-counted. With prefix caching, every full block is named by a hash chain
-(sha256 of the parent's digest, the request's cache salt and the block's token ids), so a
-later request with the same prefix (and salt) reuses the block. A hit is also checked against
-the block's stored tokens: a collision can never serve another prompt's KV.
-A freed block keeps its contents and its hash on an LRU free list until it is handed out
-again; only then is it evicted from the cache.
+Blocks are ref-counted (block_pool.py). With prefix caching, every full block is named by a
+hash chain (sha256 of the parent's digest, the request's cache salt and the block's token ids),
+so a later request with the same prefix (and salt) reuses the block. A hit is also checked
+against the block's stored tokens: a collision can never serve another prompt's KV.
+
+A model with sliding-window layers (gemma3: five of every six) keeps those layers' K/V in a
+second pool (`local`), with a second table per request (req.local_table, one entry per block of
+the request's context, as req.block_table). A windowed layer's query at position p sees keys
+p - window + 1 .. p, and positions only grow, so once a request's next token is at p the blocks
+wholly before p - window + 1 are released: their entries point at the pool's block 0, which
+stays zero and is never handed out. A long context then holds every block in the global layers
+and about window / block_size in the windowed ones. Prefix hits need both: the global blocks of
+the prefix and the windowed blocks its last window spans (names shared by the two pools).
 """
 from __future__ import annotations
 
-import hashlib
-from array import array
-from collections import OrderedDict
-
+from .block_pool import BlockPool, chain_hash
 from .request import Request
 
-
-class Block:
-    __slots__ = ("block_id", "ref_count", "block_hash", "token_ids")
-
-    def __init__(self, block_id: int):
-        self.block_id = block_id
-        self.ref_count = 0
-        self.block_hash: bytes | None = None
-        self.token_ids: tuple[int, ...] | None = None  # what the cached block holds
-
-
-def chain_hash(parent: bytes | None, salt: str | None, tokens) -> bytes:
-    """sha256 over (parent digest, salt of the first block, token ids as int64)."""
-    h = hashlib.sha256(parent or b"root")
-    if parent is None and salt:
-        h.update(b"salt:" + salt.encode())
-    h.update(array("q", tokens).tobytes())
-    return h.digest()
+NULL_BLOCK = 0  # a windowed pool's block for what has left the window
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 local_blocks: int = 0, window: int = 0):
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.enable_prefix_caching = enable_prefix_caching
-        self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free_queue: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
-        self.cached: dict[bytes, int] = {}  # block hash -> block id
+        self.pool = BlockPool(num_blocks)
+        self.blocks = self.pool.blocks
+        # the windowed layers' pool, where there are any besides global ones
+        self.window = window if local_blocks else 0
+        self.local = BlockPool(local_blocks, reserved=1) if local_blocks else None
         self.prefix_queries = 0           # prompt tokens looked up in the cache
         self.prefix_hits = 0              # of which found
 
@@ -57,6 +47,20 @@ class BlockManager:
             req.block_hashes.append(chain_hash(parent, req.cache_salt, self._tokens(req, j)))
         return req.block_hashes[i]
 
+    def _first_visible(self, position: int) -> int:
+        """The first block a windowed layer's query at `position` (or later) reads."""
+        return max(0, position - self.window + 1) // self.block_size
+
+    def _local_hits(self, req: Request, n: int) -> list[int] | None:
+        """The windowed pool's cached blocks for the last window of an n-block prefix, or None."""
+        hits = []
+        for i in range(self._first_visible(n * self.block_size), n):
+            block_id = self.local.lookup(self._block_hash(req, i), self._tokens(req, i))
+            if block_id is None:
+                return None
+            hits.append(block_id)
+        return hits
+
     def get_computed_blocks(self, req: Request) -> list[int]:
         """Longest run of cached full blocks at the start of req's tokens. The last token is
         never served from cache: its logits are needed to sample the next one. Pure lookup:
@@ -66,11 +70,13 @@ class BlockManager:
             return []  # prompt logprobs and mean / first-token pooling need every prompt position computed
         hits = []
         for i in range((req.num_tokens - 1) // self.block_size):
-            block_id = self.cached.get(self._block_hash(req, i))
-            # the hash chain names the block; its stored tokens must match too
-            if block_id is None or self.blocks[block_id].token_ids != self._tokens(req, i):
+            block_id = self.pool.lookup(self._block_hash(req, i), self._tokens(req, i))
+            if block_id is None:
                 break
             hits.append(block_id)
+        if self.local is not None:  # as long as the windowed layers have the prefix's window too
+            while hits and self._local_hits(req, len(hits)) is None:
+                hits.pop()
         return hits
 
     def count_prefix_lookup(self, req: Request, hits: list[int]) -> None:
@@ -78,65 +84,91 @@ class BlockManager:
             self.prefix_queries += req.num_tokens
             self.prefix_hits += len(hits) * self.block_size
 
-    def _register_full_blocks(self, req: Request, num_tokens: int) -> None:
-        num_full = num_tokens // self.block_size
-        for i in range(req.num_hashed_blocks, num_full):
-            h = self._block_hash(req, i)
-            block = self.blocks[req.block_table[i]]
-            if h not in self.cached:
-                self.cached[h] = block.block_id
-                block.block_hash = h
-                block.token_ids = self._tokens(req, i)
-        req.num_hashed_blocks = max(req.num_hashed_blocks, num_full)
+    def _register(self, pool: BlockPool, table: list[int], req: Request, first: int, num_tokens: int) -> None:
+        for i in range(first, num_tokens // self.block_size):
+            if table[i] != NULL_BLOCK or pool is self.pool:
+                pool.register(self._block_hash(req, i), table[i], self._tokens(req, i))
 
     # ---- allocation --------------------------------------------------------------------
     def _num_needed(self, req: Request, num_new_tokens: int, computed: list[int]) -> int:
         total = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
         return max(0, -(-total // self.block_size) - len(req.block_table) - len(computed))
 
+    def _local_plan(self, req: Request, num_new_tokens: int, computed) -> tuple[int, list[int], int]:
+        """(first block the step reads, the windowed pool's prefix hits, blocks it must take)"""
+        # after it, entries [lo, total) are blocks, those before lo the null block; the table
+        # (or, for a new request, its hits) already has blocks for [lo, its end)
+        start = req.num_computed_tokens + len(computed) * self.block_size
+        lo = self._first_visible(start)
+        hits = self._local_hits(req, len(computed)) if computed else []
+        held = len(hits) + sum(1 for b in req.local_table[lo:] if b != NULL_BLOCK)
+        total = -(-(start + num_new_tokens) // self.block_size)
+        return lo, hits, max(0, total - lo - held)
+
     def can_allocate(self, req: Request, num_new_tokens: int, computed: list[int] = ()) -> bool:
         # cached hits with ref_count 0 sit in the free queue; taking them shrinks it
-        revived = sum(1 for b in computed if self.blocks[b].ref_count == 0)
-        return self._num_needed(req, num_new_tokens, computed) <= len(self.free_queue) - revived
+        if self._num_needed(req, num_new_tokens, computed) > self.pool.num_free - self.pool.revived(computed):
+            return False
+        if self.local is None:
+            return True
+        lo, hits, need = self._local_plan(req, num_new_tokens, computed)
+        leaving = sum(1 for b in req.local_table[:lo] if b != NULL_BLOCK and self.local.blocks[b].ref_count == 1)
+        return need <= self.local.num_free + leaving - self.local.revived(hits)
 
     def allocate(self, req: Request, num_new_tokens: int, computed: list[int] = ()) -> None:
         """Give req the blocks for num_new_tokens more tokens (after `computed` prefix hits,
         which the caller then counts as computed). Caller checks can_allocate first."""
         num_needed = self._num_needed(req, num_new_tokens, computed)
+        if self.local is not None:
+            self._allocate_local(req, num_new_tokens, computed)
         for block_id in computed:
-            block = self.blocks[block_id]
-            if block.ref_count == 0:
-                del self.free_queue[block_id]
-            block.ref_count += 1
+            self.pool.hold(block_id)
             req.block_table.append(block_id)
         for _ in range(num_needed):
-            block_id, _ = self.free_queue.popitem(last=False)  # least recently freed
-            block = self.blocks[block_id]
-            if block.block_hash is not None:  # evict its old contents from the cache
-                if self.cached.get(block.block_hash) == block_id:
-                    del self.cached[block.block_hash]
-                block.block_hash = None
-                block.token_ids = None
-            block.ref_count = 1
-            req.block_table.append(block_id)
+            req.block_table.append(self.pool.take())
         if self.enable_prefix_caching:
-            done = req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens
-            self._register_full_blocks(req, min(done, req.num_tokens))
+            done = min(req.num_computed_tokens + len(computed) * self.block_size + num_new_tokens, req.num_tokens)
+            self._register(self.pool, req.block_table, req, req.num_hashed_blocks, done)
+            if self.local is not None:
+                self._register(self.local, req.local_table, req, req.num_hashed_blocks, done)
+            req.num_hashed_blocks = max(req.num_hashed_blocks, done // self.block_size)
+
+    def _allocate_local(self, req: Request, num_new_tokens: int, computed) -> None:
+        lo, hits, _ = self._local_plan(req, num_new_tokens, computed)
+        table = req.local_table
+        if computed:  # a new request: nothing before the prefix's window, then its hits
+            table[:] = [NULL_BLOCK] * (len(computed) - len(hits))
+            for block_id in hits:
+                self.local.hold(block_id)
+                table.append(block_id)
+        for i in range(min(lo, len(table))):  # left the window for good
+            if table[i] != NULL_BLOCK:
+                self.local.release(table[i])
+                table[i] = NULL_BLOCK
+        start = req.num_computed_tokens + len(computed) * self.block_size
+        total = -(-(start + num_new_tokens) // self.block_size)
+        while len(table) < total:
+            table.append(NULL_BLOCK if len(table) < lo else self.local.take())
 
     def free(self, req: Request) -> None:
         # Tail blocks first, so that they are evicted before the (more shared) head blocks.
         for block_id in reversed(req.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self.free_queue[block_id] = None
+            self.pool.release(block_id)
+        for block_id in reversed(req.local_table):
+            if block_id != NULL_BLOCK:
+                self.local.release(block_id)
         req.block_table = []
+        req.local_table = []
         req.num_hashed_blocks = 0
+
+    def held(self, req: Request) -> tuple[int, int]:
+        """(global blocks, windowed blocks) req holds."""
+        return len(req.block_table), sum(1 for b in req.local_table if b != NULL_BLOCK)
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_queue)
+        return self.pool.num_free
 
     @property
     def usage(self) -> float:
-        return 1.0 - len(self.free_queue) / self.num_blocks
+        return 1.0 - self.pool.num_free / self.num_blocks

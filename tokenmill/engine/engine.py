@@ -88,7 +88,8 @@ class LLMEngine:
                 f"be at least max_model_len ({self.max_model_len}), or a long prompt could never be "
                 f"scheduled; raise it, lower max_model_len, or turn chunked prefill on")
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
-                                          config.enable_prefix_caching)
+                                          config.enable_prefix_caching, self.runner.local_blocks,
+                                          self.runner.window)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens, self.max_model_len,
                                    config.enable_chunked_prefill)

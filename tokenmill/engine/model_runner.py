@@ -5,6 +5,7 @@ budget (EngineConfig.kv_cache_memory_gib), not a fixed number of sequences.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -134,21 +135,23 @@ class ModelRunner:
         else:
             self.kv_dtype = self.dtype
         self.kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cache_row_bytes(self.kv_dtype, cfg.head_dim)
-        self.num_blocks = int(config.kv_cache_memory_gib * 2**30 // (self.kv_bytes_per_token * config.block_size))
-        if self.num_blocks < 1:
-            raise ValueError("kv_cache_memory_gib is too small for a single KV block")
+        self._size_pools(cfg, config)
         # heads first; the last dim is head_dim, or head_dim + 4 for int8 rows and their scale
-        shape = (cfg.num_kv_heads, self.num_blocks, config.block_size, cache_row_width(self.kv_dtype, cfg.head_dim))
+        row = (config.block_size, cache_row_width(self.kv_dtype, cfg.head_dim))
+        windowed = self.windowed_layers
+        shapes = [(cfg.num_layers - sum(windowed), 2, cfg.num_kv_heads, self.num_blocks, *row),
+                  (sum(windowed), 2, cfg.num_kv_heads, self.local_blocks, *row)]
+        sizes = [math.prod(sh) for sh in shapes]
         # One allocation for all layers, every page faulted in at start: RSS shows the real
         # footprint from the first request, and a machine without the memory fails here, not
         # mid-traffic. Zeros matter too: padded reads of unwritten slots are multiplied by 0.
-        kv_shape = (cfg.num_layers, 2, *shape)
         if self.device.type == "cpu":  # in huge pages: attention reads blocks all over it
             # faulted in by a thread while the weights are read (both are the kernel's work; at
             # 1 GiB it takes about as long as mapping a 1B model's weights)
-            self._kv, kv_faulted = huge_zeros_begin(kv_shape, self.kv_dtype)
+            kv, kv_faulted = huge_zeros_begin((sum(sizes),), self.kv_dtype)
         else:
-            self._kv, kv_faulted = torch.zeros(kv_shape, dtype=self.kv_dtype, device=self.device), lambda: None
+            kv, kv_faulted = torch.zeros(sum(sizes), dtype=self.kv_dtype, device=self.device), lambda: None
+        global_kv, local_kv = (part.view(sh) for part, sh in zip(kv.split(sizes), shapes))
         weights = tqdm(checkpoint.native_weights() if native else checkpoint.weights(),
                        total=checkpoint.num_tensors(), unit="tensor", desc=f"Loading {cfg.name}",
                        disable=not config.show_progress, leave=False)
@@ -161,7 +164,11 @@ class ModelRunner:
             _return_freed_memory()
         kv_faulted()
 
-        self.kv_caches = [(self._kv[i, 0], self._kv[i, 1]) for i in range(cfg.num_layers)]
+        self.kv_caches, counts = [], [0, 0]
+        for w in windowed:  # each layer's (k, v) in its pool's part
+            part = local_kv if w else global_kv
+            self.kv_caches.append((part[counts[w], 0], part[counts[w], 1]))
+            counts[w] += 1
         self._block_offsets = torch.arange(config.block_size)
         self.work = WorkCounter()
         self.prompt_logits, self.pooled = [], []
@@ -170,6 +177,29 @@ class ModelRunner:
         self.use_native = (self.device.type == "cpu" and self.dtype == torch.float32
                            and self.kv_dtype in (torch.float32, torch.float16, torch.int8)
                            and cfg.head_dim % 16 == 0 and kernels() is not None)
+
+    def _size_pools(self, cfg, config) -> None:
+        """num_blocks (the global layers' pool) and local_blocks (the sliding-window layers', or
+        0 where a model has not both kinds: block_manager.py) from the KV memory. The windowed
+        pool gets what max_num_seqs windows and one step's chunk hold, the global one the rest."""
+        bs = config.block_size
+        layer_block = 2 * cfg.num_kv_heads * cache_row_bytes(self.kv_dtype, cfg.head_dim) * bs
+        budget = int(config.kv_cache_memory_gib * 2**30)
+        self.windowed_layers = [bool(cfg.sliding_window) and (cfg.window_layers is None or bool(cfg.window_layers[i]))
+                                for i in range(cfg.num_layers)]
+        n_local = sum(self.windowed_layers)
+        n_global = cfg.num_layers - n_local
+        self.window = cfg.sliding_window if 0 < n_local < cfg.num_layers else 0
+        if not self.window:
+            self.windowed_layers = [False] * cfg.num_layers  # one pool: every layer keeps every block
+            self.local_blocks, self.num_blocks = 0, budget // (layer_block * cfg.num_layers)
+        else:
+            per_seq = -(-self.window // bs) + 1  # blocks a window of keys can span
+            want = config.max_num_seqs * per_seq + -(-config.max_num_batched_tokens // bs) + 1
+            self.local_blocks = min(want, budget // (layer_block * cfg.num_layers))
+            self.num_blocks = (budget - self.local_blocks * layer_block * n_local) // (layer_block * n_global)
+        if self.num_blocks < 1:
+            raise ValueError("kv_cache_memory_gib is too small for a single KV block")
 
     def describe_weights(self) -> dict:
         """What --quantization resolved to and what that means for this model (start-up log,
@@ -185,9 +215,9 @@ class ModelRunner:
         return {"quantization": q, "matrix_types": dict(types), "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
                 "summary": f"{q} ({what}{': ' + detail if detail else ''})"}
 
-    def _slots(self, req: Request, num_ctx: int) -> torch.Tensor:
-        # (ctx,) cache slot of every context position, through the request's block table
-        table = torch.tensor(req.block_table, dtype=torch.long)
+    def _slots(self, block_table: list[int], num_ctx: int) -> torch.Tensor:
+        # (ctx,) cache slot of every context position, through a request's block table
+        table = torch.tensor(block_table, dtype=torch.long)
         return (table[:, None] * self.block_size + self._block_offsets).flatten()[:num_ctx]
 
     def _pool(self, req: Request, start: int, row: int, n: int, hidden: torch.Tensor, index: dict) -> None:
@@ -212,7 +242,7 @@ class ModelRunner:
         self.work.steps += 1
         input_ids: list[int] = []
         positions: list[int] = []
-        seqs = []
+        seqs, local_seqs = [], []
         sample_rows: list[int] = []
         sample_reqs: list[Request] = []
         prompt_rows = []
@@ -226,7 +256,9 @@ class ModelRunner:
             input_ids.extend((req.all_token_ids + req.draft)[start:start + n] if k else
                              req.all_token_ids[start:start + n])
             positions.extend(range(start, start + n))
-            seqs.append((row, n, self._slots(req, start + n)))
+            seqs.append((row, n, self._slots(req.block_table, start + n)))
+            if self.window:
+                local_seqs.append((row, n, self._slots(req.local_table, start + n)))
             self.work.tokens += n
             self.work.context_reads += start + n
             self.work.attn_pairs += n * start + n * (n + 1) // 2  # causal (query, key) pairs
@@ -242,6 +274,8 @@ class ModelRunner:
         for rope in self.model.rotaries():
             rope.cover(max(positions) + 1)
         meta = AttentionMetadata.build(seqs, self.device, self.block_size, self.use_native)
+        if self.window:  # the windowed layers read their own pool
+            meta.local = AttentionMetadata.build(local_seqs, self.device, self.block_size, self.use_native)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         # only the rows whose logits are read leave the model (the rest of a prompt chunk skips

@@ -61,6 +61,7 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at admission
         self.block_table: list[int] = []
+        self.local_table: list[int] = []    # the sliding-window layers' blocks (block_manager.py)
         self.cache_salt = cache_salt        # prefix-cache sharing only among the same salt
         self.block_hashes: list[bytes] = []  # hash chain over full blocks, filled lazily
         self.num_hashed_blocks = 0          # blocks already registered in the prefix cache

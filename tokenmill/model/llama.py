@@ -179,8 +179,9 @@ class LlamaForCausalLM(nn.Module):
                     self.rope.sin, self.norm.weight, self.norm.eps, a.scale, a.num_heads, a.num_kv_heads,
                     out_rows)
         for layer, kv in zip(self.layers, kv_caches):
-            rope = self.rope_local if layer.self_attn.local_rope else self.rope
-            x, residual = layer(x, residual, positions, rope, meta, kv)
+            a = layer.self_attn
+            rope = self.rope_local if a.local_rope else self.rope
+            x, residual = layer(x, residual, positions, rope, meta.local if a.window and meta.local else meta, kv)
         hidden = self.norm(x, residual)[0]
         return hidden if out_rows is None else hidden[out_rows.to(hidden.device)]
 

@@ -37,7 +37,8 @@ class AttentionGroup:
     src: torch.Tensor       # (N,) valid entries of the flattened (B*Q) group output
     dst: torch.Tensor       # (N,) their rows in the flattened token batch
     neg_mask: torch.Tensor | None = None  # (1, B, G*Q, C) ~mask for the G heads, made by layer 0
-    head_blocks: torch.Tensor | None = None  # (Hkv * B * C/block_size,) gather rows, made by layer 0
+    # cache blocks in a pool -> (Hkv * B * C/block_size,) gather rows, made by its first layer
+    head_blocks: dict = field(default_factory=dict)
     q_pos: torch.Tensor | None = None     # (B, Q) each query's position (-1: padding)
     window_neg: dict = field(default_factory=dict)  # sliding window -> its neg_mask
 
@@ -50,6 +51,8 @@ class AttentionMetadata:
     row_seq: torch.Tensor | None = None       # (T,) each row's row of block_tables
     row_ctx: torch.Tensor | None = None       # (T,) how many keys each sees (position + 1)
     block_tables: torch.Tensor | None = None  # (S, max_blocks)
+    # the sliding-window layers' own pool and tables, where the model keeps one (block_manager.py)
+    local: "AttentionMetadata | None" = None
 
     @staticmethod
     def build(seqs: list[tuple], device: torch.device, block_size: int,
@@ -194,11 +197,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         qg = q[g.q_index].view(B, Q, Hkv, G, D).permute(2, 0, 3, 1, 4).reshape(Hkv, B, G * Q, D) * scale
         if k_cache.dtype == torch.int8:  # int8 keys meet int8 queries, as in the C++ kernel
             qg = dequantize_kv(quantize_kv(qg), q.dtype)
-        if g.head_blocks is None:  # rows of the (Hkv * num_blocks, block_size * D) view
-            g.head_blocks = (torch.arange(Hkv, device=q.device)[:, None] * num_blocks
-                             + g.kv_blocks.view(1, -1)).view(-1)
-        kg = _gather(k_cache, g.head_blocks, B, C, q.dtype)
-        vg = _gather(v_cache, g.head_blocks, B, C, q.dtype)
+        if num_blocks not in g.head_blocks:  # rows of the (Hkv * num_blocks, block_size * D) view
+            g.head_blocks[num_blocks] = (torch.arange(Hkv, device=q.device)[:, None] * num_blocks
+                                         + g.kv_blocks.view(1, -1)).view(-1)
+        kg = _gather(k_cache, g.head_blocks[num_blocks], B, C, q.dtype)
+        vg = _gather(v_cache, g.head_blocks[num_blocks], B, C, q.dtype)
         scores = torch.matmul(qg, kg.transpose(2, 3))          # (Hkv, B, G*Q, C)
         if g.neg_mask is None:  # the same for every layer of the step
             g.neg_mask = (~g.mask).view(1, B, Q, C).repeat(1, 1, G, 1)  # (1, B, G*Q, C)
