@@ -2,9 +2,10 @@
 
     python convert_hf.py LLAMA_CPP_DIR HF_DIR OUT.gguf [HF_DIR OUT.gguf ...]
 
-Runs the converter from the llama.cpp source (with its own gguf-py) unchanged but for one thing:
-the tiny models' byte-level tokenizer is not one whose hash the converter knows, so its
-pre-tokenizer is named "gpt-2" (the regex that tokenizer uses) instead of refused."""
+Runs the converter from the llama.cpp source (with its own gguf-py) unchanged but for the tiny
+models' byte-level tokenizer: it is not one whose hash the converter knows, so its pre-tokenizer
+is named "gpt-2" (the regex that tokenizer uses) instead of refused, and Gemma 2's converter,
+which knows only SentencePiece files, reads it as Gemma 3's does."""
 import runpy
 import sys
 
@@ -13,6 +14,10 @@ sys.path[:0] = [src, f"{src}/gguf-py"]
 from conversion import base  # noqa: E402  (the converter's own package)
 
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+# Gemma 2's converter reads only a SentencePiece tokenizer.model; the tiny models have the
+# byte-level tokenizer.json, which it then takes as Gemma 3's converter does
+from conversion import gemma  # noqa: E402
+gemma.Gemma2Model.set_vocab = lambda self: (self._set_vocab_gpt2(), self.gguf_writer.add_add_space_prefix(False))
 for hf_dir, out in zip(pairs[::2], pairs[1::2]):
     sys.argv = ["convert_hf_to_gguf.py", hf_dir, "--outfile", out, "--outtype", "f32"]
     runpy.run_path(f"{src}/convert_hf_to_gguf.py", run_name="__main__")

@@ -18,7 +18,8 @@ from tokenmill import LLM, SamplingParams
 SHRUNK = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2)
 
 # the real configs' own switches (Llama-3.2-1B-Instruct, Qwen2.5-0.5B-Instruct, Qwen3-0.6B,
-# OLMo-2-0425-1B, granite-3.3-2b-instruct, Ministral-8B-Instruct, gemma-3-270m, SmolLM3-3B),
+# OLMo-2-0425-1B, granite-3.3-2b-instruct, Ministral-8B-Instruct, gemma-3-270m, gemma-2-2b-it,
+# SmolLM3-3B),
 # their sizes shrunk; windows shorter than the prompts and answers below
 FAMILIES = {
     "llama": dict(rope_theta=500000.0, tie_word_embeddings=True, num_hidden_layers=2,
@@ -34,6 +35,12 @@ FAMILIES = {
     "gemma3_text": dict(head_dim=32, query_pre_attn_scalar=32, sliding_window=8, num_hidden_layers=6,
                         rope_theta=1000000.0, rope_local_base_freq=10000.0, rms_norm_eps=1e-6,
                         tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh", pad_token_id=0),
+    # gemma-2-2b-it; its caps (50 on scores, 30 on logits) shrunk with the sizes, to where the tiny
+    # model's scores and logits reach, so that a cap not applied shows
+    "gemma2": dict(head_dim=32, query_pre_attn_scalar=32, sliding_window=8, num_hidden_layers=4,
+                   attn_logit_softcapping=1.0, final_logit_softcapping=2.0, rope_theta=10000.0,
+                   rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh",
+                   pad_token_id=0),
     "smollm3": dict(rope_theta=5000000.0, no_rope_layer_interval=4, tie_word_embeddings=True, pad_token_id=None,
                     num_hidden_layers=4),  # layer 3 has no rotary
 }

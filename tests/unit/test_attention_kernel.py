@@ -86,8 +86,8 @@ def test_kernel_rows_do_not_depend_on_the_batch(cache_dtype, window, path):
         assert torch.equal(alone, batched[row:row + 1])
 
 
-def _dense_window_reference(q, kc, vc, meta, scale, window):
-    """Each row by hand: softmax over the last `window` keys of its context."""
+def _dense_window_reference(q, kc, vc, meta, scale, window, softcap=0.0):
+    """Each row by hand: softmax over the last `window` keys of its context (scores soft-capped)."""
     out = torch.empty_like(q)
     G = q.shape[1] // kc.shape[0]
     for row in range(q.shape[0]):
@@ -97,7 +97,10 @@ def _dense_window_reference(q, kc, vc, meta, scale, window):
         keys = kc.view(kc.shape[0], -1, D)[:, slots].float()     # (Hkv, n, D)
         vals = vc.view(vc.shape[0], -1, D)[:, slots].float()
         for h in range(q.shape[1]):
-            p = torch.softmax(keys[h // G] @ q[row, h] * scale, dim=0)
+            scores = keys[h // G] @ q[row, h] * scale
+            if softcap:
+                scores = torch.tanh(scores / softcap) * softcap
+            p = torch.softmax(scores, dim=0)
             out[row, h] = p @ vals[h // G]
     return out
 
@@ -113,6 +116,30 @@ def test_a_sliding_window_sees_only_its_last_keys(window, path):
     torch.testing.assert_close(got, _dense_window_reference(q, kc, vc, meta, 0.125, window), rtol=1e-4, atol=1e-4)
     _, _, _, _, _, ref_meta = setup(spec, seed=2, native=False)
     torch.testing.assert_close(paged_attention(q, kc, vc, ref_meta, 0.125, window), got, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16, torch.int8])
+@pytest.mark.parametrize("window", [0, 100])
+def test_soft_capped_scores(window, cache_dtype, path):
+    # gemma2: each score s becomes c * tanh(s / c); a cap of 0.5 bends every score here
+    spec = [(40, 1), (400, 1), (100, 30), (260, 20)]
+    q, k, v, kc, vc, meta = setup(spec, seed=3)
+    write_cache(k, v, kc, vc, meta)
+    if cache_dtype == torch.int8:
+        kc, vc = quantize_kv(kc), quantize_kv(vc)
+    else:
+        kc, vc = kc.to(cache_dtype), vc.to(cache_dtype)
+    got = paged_attention(q, kc, vc, meta, 0.125, window, softcap=0.5)
+    ref_k = dequantize_kv(kc, torch.float32) if cache_dtype == torch.int8 else kc.float()
+    ref_v = dequantize_kv(vc, torch.float32) if cache_dtype == torch.int8 else vc.float()
+    want = _dense_window_reference(q, ref_k, ref_v, meta, 0.125, window or 10**6, softcap=0.5)
+    tol = 2e-2 if cache_dtype == torch.int8 else 1e-4  # int8 queries meet int8 keys in the kernel
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    uncapped = _dense_window_reference(q, ref_k, ref_v, meta, 0.125, window or 10**6)
+    assert (got - uncapped).abs().max() > 10 * tol
+    _, _, _, _, _, ref_meta = setup(spec, seed=3, native=False)
+    torch.testing.assert_close(paged_attention(q, kc, vc, ref_meta, 0.125, window, softcap=0.5), got,
+                               rtol=tol, atol=tol)
 
 
 def test_every_row_goes_to_the_kernel():

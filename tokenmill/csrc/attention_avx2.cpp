@@ -51,6 +51,15 @@ AVX2 inline __m256 exp8(__m256 x) {
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
 }
 
+// cap * tanh(x / cap), by tanh|y| = (1 - e) / (1 + e) with e = exp(-2|y|) <= 1, then y's sign
+AVX2 inline __m256 softcap8(__m256 x, float cap) {
+  const __m256 y = _mm256_mul_ps(x, _mm256_set1_ps(1.f / cap));
+  const __m256 sign = _mm256_and_ps(y, _mm256_set1_ps(-0.f));
+  const __m256 e = exp8(_mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), y), _mm256_set1_ps(-2.f)));
+  const __m256 t = _mm256_div_ps(_mm256_sub_ps(_mm256_set1_ps(1.f), e), _mm256_add_ps(_mm256_set1_ps(1.f), e));
+  return _mm256_mul_ps(_mm256_or_ps(t, sign), _mm256_set1_ps(cap));
+}
+
 AVX2 inline float hmax8(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -158,7 +167,8 @@ bool has_avx2() {
 template <typename C>
 AVX2 void chunk_avx2(const float* qs, const int8_t* qi, const float* qscale, int64_t GR, int64_t G,
                      int64_t D, const C* k, const C* v, const int64_t* off, const int64_t* s_row,
-                     const int64_t* n_row, int64_t R, float* scores, int64_t ld_scores, float* pr) {
+                     const int64_t* n_row, int64_t R, float softcap, float* scores, int64_t ld_scores,
+                     float* pr) {
   const int64_t n_all = n_row[R - 1];
   for (int64_t j = 0; j < n_all; j += 4) {  // scores (GR, n_all), 4 keys and 2 heads a tile
     const int64_t m = std::min<int64_t>(4, n_all - j);
@@ -173,6 +183,14 @@ AVX2 void chunk_avx2(const float* qs, const int8_t* qi, const float* qscale, int
         else qk_tile<C, 1>(qs, D, rows, g0, scores, ld_scores, j, m);
       }
     }
+  }
+  if (softcap > 0.f) {
+    for (int64_t g = 0; g < GR; ++g)
+      for (int64_t j = 0; j < n_all; j += 8) {
+        const __m256i in_chunk = _mm256_castps_si256(in_range(j, 0, n_all));
+        float* s = scores + g * ld_scores + j;
+        _mm256_maskstore_ps(s, in_chunk, softcap8(_mm256_maskload_ps(s, in_chunk), softcap));
+      }
   }
   for (int64_t g = 0; g < GR; ++g) {  // each head's softmax over its row's keys [s, n)
     float* s = scores + g * ld_scores;
@@ -214,12 +232,12 @@ AVX2 void chunk_avx2(const float* qs, const int8_t* qi, const float* qscale, int
 
 template void chunk_avx2<float>(const float*, const int8_t*, const float*, int64_t, int64_t, int64_t,
                                 const float*, const float*, const int64_t*, const int64_t*,
-                                const int64_t*, int64_t, float*, int64_t, float*);
+                                const int64_t*, int64_t, float, float*, int64_t, float*);
 template void chunk_avx2<at::Half>(const float*, const int8_t*, const float*, int64_t, int64_t, int64_t,
                                    const at::Half*, const at::Half*, const int64_t*, const int64_t*,
-                                   const int64_t*, int64_t, float*, int64_t, float*);
+                                   const int64_t*, int64_t, float, float*, int64_t, float*);
 template void chunk_avx2<int8_t>(const float*, const int8_t*, const float*, int64_t, int64_t, int64_t,
                                  const int8_t*, const int8_t*, const int64_t*, const int64_t*,
-                                 const int64_t*, int64_t, float*, int64_t, float*);
+                                 const int64_t*, int64_t, float, float*, int64_t, float*);
 
 }  // namespace tokenmill

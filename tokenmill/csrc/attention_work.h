@@ -23,12 +23,13 @@ inline float row_scale(const int8_t* row, int64_t D) {
 }
 
 // One (rows, kv head, chunk) task with AVX2 and FMA (attention_avx2.cpp), where the keys of row r
-// are [s_row[r], n_row[r]) of the chunk (a sliding window masks the first ones). Arguments as
-// paged_attention.cpp's chunk_avx512; pr: GR x [unnormalized output (D), max, sum].
+// are [s_row[r], n_row[r]) of the chunk (a sliding window masks the first ones), scores soft-capped
+// where softcap > 0. Arguments as paged_attention.cpp's chunk_avx512; pr: GR x [unnormalized
+// output (D), max, sum].
 template <typename C>
 void chunk_avx2(const float* qs, const int8_t* qi, const float* qscale, int64_t GR, int64_t G,
                 int64_t D, const C* k, const C* v, const int64_t* off, const int64_t* s_row,
-                const int64_t* n_row, int64_t R, float* scores, int64_t ld_scores, float* pr);
+                const int64_t* n_row, int64_t R, float softcap, float* scores, int64_t ld_scores, float* pr);
 bool has_avx2();
 
 // Split-K ("flash decoding"): a row's context is cut into chunks of kChunk keys at fixed
@@ -69,6 +70,8 @@ struct AttentionWork {
   // a sliding window: a row sees only its last `window` keys (0: all of them); its chunks start
   // at the one holding its first key, and keys before it in that chunk are masked
   int64_t window = 0;
+  // gemma2: every score s becomes softcap * tanh(s / softcap) before the softmax (0: none)
+  float softcap = 0.f;
 
   // Everything but q and out from the tensors (checked): caches (Hkv, NB, BS, RS), row_seq and
   // row_ctx (T,), block_tables (S, MB).

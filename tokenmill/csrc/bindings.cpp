@@ -3,7 +3,7 @@
 
 torch::Tensor paged_attention_rows(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                    torch::Tensor row_seq, torch::Tensor row_ctx,
-                                   torch::Tensor block_tables, double scale, int64_t window);
+                                   torch::Tensor block_tables, double scale, int64_t window, double softcap);
 bool attention_portable_only(bool on);
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor w, torch::Tensor wscale,
                           torch::Tensor wsum, torch::Tensor bias, int64_t gemm_min_rows);
@@ -40,9 +40,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("source_digest") = TOKENMILL_SOURCE_DIGEST;  // the install's build (setup.py)
 #endif
   m.def("paged_attention_rows", &paged_attention_rows, py::call_guard<py::gil_scoped_release>(),
-        "paged attention, one query row at a time (window > 0: the last window keys only)", py::arg("q"),
+        "paged attention, one query row at a time (window > 0: the last window keys only; softcap > 0: scores soft-capped)", py::arg("q"),
         py::arg("k_cache"), py::arg("v_cache"), py::arg("row_seq"), py::arg("row_ctx"), py::arg("block_tables"),
-        py::arg("scale"), py::arg("window") = 0);
+        py::arg("scale"), py::arg("window") = 0, py::arg("softcap") = 0.0);
   m.def("attention_portable_only", &attention_portable_only,
         "tests: run paged attention in its portable loop (true) or the machine's best path; returns the previous");
   m.def("int8_linear", &int8_linear, py::call_guard<py::gil_scoped_release>(), "int8 x int8 linear, exact int32 sums, per-row/per-channel scales");

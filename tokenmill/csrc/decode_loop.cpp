@@ -34,7 +34,7 @@ void rope_and_cache(at::Tensor qkv, at::Tensor positions, at::Tensor cos, at::Te
                     int64_t Hkv);
 at::Tensor paged_attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                                 at::Tensor row_seq, at::Tensor row_ctx, at::Tensor block_tables,
-                                double scale, int64_t window);
+                                double scale, int64_t window, double softcap);
 
 namespace {
 
@@ -273,7 +273,7 @@ at::Tensor decode_layers(at::Tensor x, at::Tensor positions, std::vector<at::Ten
     rope_and_cache(qkv, positions, cos, sin, k_caches[l], v_caches[l], slot_mapping, Hq, Hkv);
     at::Tensor q = qkv.narrow(1, 0, Hq * D).reshape({T, Hq, D}).contiguous();
     at::Tensor o = paged_attention_rows(q, k_caches[l], v_caches[l], row_seq, row_ctx, block_tables,
-                                        scale, 0);
+                                        scale, 0, 0);
     h = add_rms_norm(linear(o.reshape({T, Hq * D}), w + 5), residual, w[9], eps);
     x = linear(silu_mul(linear(h, w + 10)), w + 14);
   }

@@ -443,15 +443,17 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
   if constexpr (kScaled<C>) quantize_queries(qs, R * G, D, qi, qscale);  // see qk_scores_i8
   auto part_of = [&](int64_t r) { return part.data() + ((first_task[t0 + r] + c) * Hkv + h) * stride; };
   // The path is chosen by the machine and the layer, never by the rows: a windowed layer's
-  // chunks may be masked, which only the AVX2 path and the portable loop take.
-  const bool avx512 = window == 0 && has_avx512() && !portable_only &&
+  // chunks may be masked, and scores may be soft-capped, which only the AVX2 path and the
+  // portable loop take.
+  const bool avx512 = window == 0 && softcap == 0.f && has_avx512() && !portable_only &&
                       (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && R * G <= kMaxHeads));
   if (!portable_only && (avx512 || tokenmill::has_avx2())) {
     float* pr = scratch.acc.data();  // (R G) x [D, max, sum], then each row's to its place
     if (avx512)
       chunk_avx512(qs, qi, qscale, R * G, G, D, kh, vh, off, n_row, R, scores, kChunk, pr);
     else
-      tokenmill::chunk_avx2(qs, qi, qscale, R * G, G, D, kh, vh, off, s_row, n_row, R, scores, kChunk, pr);
+      tokenmill::chunk_avx2(qs, qi, qscale, R * G, G, D, kh, vh, off, s_row, n_row, R, softcap, scores,
+                            kChunk, pr);
     for (int64_t r = 0; r < R; ++r) std::copy(pr + r * stride, pr + (r + 1) * stride, part_of(r));
     return;
   }
@@ -471,7 +473,7 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
         } else {
           sc = dot(qr + g * D, krow, D);
         }
-        scores[g * kChunk + j] = sc;
+        scores[g * kChunk + j] = softcap > 0.f ? softcap * std::tanh(sc / softcap) : sc;
       }
     }
     for (int64_t g = 0; g < G; ++g) {
@@ -555,13 +557,14 @@ template struct AttentionWork<int8_t>;
 template <typename C>
 at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                              at::Tensor row_seq, at::Tensor row_ctx,
-                             at::Tensor block_tables, double scale, int64_t window) {
+                             at::Tensor block_tables, double scale, int64_t window, double softcap) {
   q = q.contiguous();
   const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
   auto out = at::empty_like(q);
   tokenmill::AttentionWork<C> work;
   work.describe(k_cache, v_cache, row_seq, row_ctx, block_tables, T, Hq, D, scale);
   work.window = window;
+  work.softcap = static_cast<float>(softcap);
   work.q = q.data_ptr<float>(), work.ldq = Hq * D;
   work.out = out.data_ptr<float>(), work.ldo = Hq * D;
   work.plan();
@@ -578,19 +581,22 @@ at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
 
 // q: (T, Hq, D) float32; k_cache, v_cache: (Hkv, num_blocks, block_size, D) float32 or float16,
 // or (Hkv, num_blocks, block_size, D + 4) int8 rows with their scales. window > 0: each row sees
-// only its last `window` keys (a sliding-window layer).
+// only its last `window` keys (a sliding-window layer); softcap > 0: each score s becomes
+// softcap * tanh(s / softcap) (gemma2).
 at::Tensor paged_attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                                    at::Tensor row_seq, at::Tensor row_ctx,
-                                   at::Tensor block_tables, double scale, int64_t window) {
+                                   at::Tensor block_tables, double scale, int64_t window,
+                                   double softcap) {
   TORCH_CHECK(q.dtype() == at::kFloat, "q must be float32");
   TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "k and v caches differ in dtype");
   TORCH_CHECK(window >= 0, "window must be 0 (none) or positive");
+  TORCH_CHECK(softcap >= 0, "softcap must be 0 (none) or positive");
   if (k_cache.dtype() == at::kHalf)
-    return attention_rows<at::Half>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window);
+    return attention_rows<at::Half>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window, softcap);
   if (k_cache.dtype() == at::kChar)
-    return attention_rows<int8_t>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window);
+    return attention_rows<int8_t>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window, softcap);
   TORCH_CHECK(k_cache.dtype() == at::kFloat, "the cache must be float32, float16 or int8");
-  return attention_rows<float>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window);
+  return attention_rows<float>(q, k_cache, v_cache, row_seq, row_ctx, block_tables, scale, window, softcap);
 }
 
 // Tests: true runs every task in the portable loop (the machine's vector paths are not taken);

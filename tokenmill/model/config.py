@@ -40,6 +40,8 @@ class ModelConfig:
     residual_scale: float = 1.0           # each branch's output is multiplied by it before the add
     logit_scale: float = 1.0              # the logits are divided by it
     rope_layers: tuple | None = None      # per layer, False where it has no rotary
+    attn_softcap: float = 0.0             # scores become c * tanh(s / c) before the softmax (gemma2)
+    logit_softcap: float = 0.0            # and the logits likewise
 
     @property
     def plain_llama(self) -> bool:
@@ -47,7 +49,8 @@ class ModelConfig:
         return (self.qk_norm is None and self.pre_norms and not self.post_norms and self.embedding_scale == 1.0
                 and self.norm_offset == 0.0 and self.hidden_act == "silu" and not self.sliding_window
                 and self.attention_scale is None and self.residual_scale == 1.0 and self.logit_scale == 1.0
-                and (self.rope_layers is None or all(self.rope_layers)))
+                and (self.rope_layers is None or all(self.rope_layers))
+                and not self.attn_softcap and not self.logit_softcap)
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:

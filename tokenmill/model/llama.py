@@ -35,6 +35,7 @@ class Attention(nn.Module):
         self.rotary = cfg.rope_layers is None or bool(cfg.rope_layers[layer])
         windowed = cfg.sliding_window > 0 and (cfg.window_layers is None or bool(cfg.window_layers[layer]))
         self.window = cfg.sliding_window if windowed else 0
+        self.softcap = cfg.attn_softcap
         self.local_rope = windowed and cfg.rope_local_theta is not None  # the model's rope_local
 
     def _norm_qk(self, qkv: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,7 @@ class Attention(nn.Module):
             if self.rotary:
                 q, k = rope(positions, q, k)
             write_cache(k, v, k_cache, v_cache, meta)
-        o = paged_attention(q, k_cache, v_cache, meta, self.scale, self.window)
+        o = paged_attention(q, k_cache, v_cache, meta, self.scale, self.window, self.softcap)
         return self.o_proj(o.reshape(T, -1))
 
 
@@ -221,7 +222,11 @@ class LlamaForCausalLM(nn.Module):
             logits = F.linear(hidden, self.embed_tokens.weight).float()
         else:
             logits = self.lm_head(hidden).float()
-        return logits if self.config.logit_scale == 1.0 else logits / self.config.logit_scale
+        if self.config.logit_scale != 1.0:
+            logits = logits / self.config.logit_scale
+        if self.config.logit_softcap:  # gemma2
+            logits = torch.tanh(logits / self.config.logit_softcap) * self.config.logit_softcap
+        return logits
 
     def load_weights(self, weights, on_linear=None) -> None:
         """weights: iterable of (Hugging Face name, tensor). Fills fused projections by shard.

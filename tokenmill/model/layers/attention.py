@@ -176,16 +176,17 @@ def _gather(cache: torch.Tensor, rows: torch.Tensor, B: int, C: int, dtype: torc
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    meta: AttentionMetadata, scale: float, window: int = 0) -> torch.Tensor:
+                    meta: AttentionMetadata, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
     # q: (T, Hq, D); caches: (Hkv, num_blocks, block_size, D), this step's k, v already written.
     # window > 0: a sliding-window layer; a query at position p sees keys p - window + 1 .. p.
+    # softcap > 0 (gemma2): each scaled score s becomes softcap * tanh(s / softcap).
     # With kernel metadata (CPU, float32) csrc/paged_attention.cpp reads the cache in place.
     # Otherwise the PyTorch path, also the kernel's test reference: heads first and whole blocks
     # gathered, a context comes out as one contiguous (Hkv, B, C, D) tensor, copied in 4 KB runs,
     # that batched matmuls read in place.
     if meta.row_seq is not None:
         return kernels().paged_attention_rows(q, k_cache, v_cache, meta.row_seq, meta.row_ctx,
-                                              meta.block_tables, scale, window)
+                                              meta.block_tables, scale, window, softcap)
     T, Hq, D = q.shape
     Hkv, num_blocks, block_size, _ = k_cache.shape  # the last dim: D, or D + 4 (int8 rows)
     out = torch.empty(T, Hq, D, dtype=q.dtype, device=q.device)
@@ -203,6 +204,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         kg = _gather(k_cache, g.head_blocks[num_blocks], B, C, q.dtype)
         vg = _gather(v_cache, g.head_blocks[num_blocks], B, C, q.dtype)
         scores = torch.matmul(qg, kg.transpose(2, 3))          # (Hkv, B, G*Q, C)
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
         if g.neg_mask is None:  # the same for every layer of the step
             g.neg_mask = (~g.mask).view(1, B, Q, C).repeat(1, 1, G, 1)  # (1, B, G*Q, C)
         neg = g.neg_mask
