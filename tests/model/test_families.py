@@ -19,7 +19,7 @@ SHRUNK = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_
 
 # the real configs' own switches (Llama-3.2-1B-Instruct, Qwen2.5-0.5B-Instruct, Qwen3-0.6B,
 # OLMo-2-0425-1B, granite-3.3-2b-instruct, Ministral-8B-Instruct, gemma-3-270m, gemma-2-2b-it,
-# SmolLM3-3B),
+# Phi-4-mini-instruct, SmolLM3-3B),
 # their sizes shrunk; windows shorter than the prompts and answers below
 FAMILIES = {
     "llama": dict(rope_theta=500000.0, tie_word_embeddings=True, num_hidden_layers=2,
@@ -41,9 +41,20 @@ FAMILIES = {
                    attn_logit_softcapping=1.0, final_logit_softcapping=2.0, rope_theta=10000.0,
                    rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh",
                    pad_token_id=0),
+    # Phi-4-mini-instruct: fused projections, LongRoPE (its 48 factor pairs shrunk to the 6 a
+    # 3/4 rotary of 16 takes; its 131072 / 4096 positions to 512 / 128), partial rotary
+    "phi3": dict(partial_rotary_factor=0.75, rope_theta=10000.0, tie_word_embeddings=True, num_hidden_layers=2,
+                 max_position_embeddings=512, original_max_position_embeddings=128, sliding_window=None,
+                 rope_scaling={"type": "longrope", "short_factor": [1.0, 1.05, 1.1, 1.2, 1.4, 1.8],
+                               "long_factor": [1.0, 1.5, 2.5, 4.0, 8.0, 16.0]}, pad_token_id=0),
     "smollm3": dict(rope_theta=5000000.0, no_rope_layer_interval=4, tie_word_embeddings=True, pad_token_id=None,
                     num_hidden_layers=4),  # layer 3 has no rotary
 }
+
+
+# the engine's context in these tests: within phi3's pretraining length (128), where Hugging Face
+# and tokenmill take LongRoPE's short factors (test_longrope_past_the_pretraining_length: the long)
+CONTEXT = 128
 
 
 def family_model(arch: str, seed: int):
@@ -91,8 +102,23 @@ FILES = [(arch, kind) for arch in FAMILIES for kind in ("hf", "gguf") if (arch, 
 @pytest.mark.parametrize("arch,kind", FILES)
 def test_logits_match_transformers(converted, arch, kind):
     model, files = converted[arch]
-    ours = our_logits(files[kind], IDS, split=9)
+    ours = our_logits(files[kind], IDS, split=9, max_model_len=CONTEXT)
     torch.testing.assert_close(ours, hf_logits(model, IDS), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["hf", "gguf"])
+def test_longrope_past_the_pretraining_length(converted, kind):
+    # a 300-token forward: Hugging Face takes the long factors for it, and tokenmill with a context
+    # past the pretraining length (128) does for every position
+    model, files = converted["phi3"]
+    ids = [256] + torch.randint(0, 256, (299,), generator=torch.Generator().manual_seed(1)).tolist()
+    ours = our_logits(files[kind], ids, split=300, max_model_len=512)
+    torch.testing.assert_close(ours, hf_logits(model, ids), rtol=1e-4, atol=1e-4)
+    from tokenmill.model.layers.rope import RotaryEmbedding
+    scaling = model.config.rope_parameters
+    short, long = RotaryEmbedding(12, 512, 10000.0, scaling), RotaryEmbedding(12, 512, 10000.0, scaling)
+    short.trim(128)  # the model's 512 positions give the attention factor, the context the set
+    assert not torch.allclose(short.inv_freq, long.inv_freq) and short.attention_factor == long.attention_factor > 1
 
 
 PROMPTS = [[256, *b"Hello, world"], [256, *b"The quick brown fox"], [256, *b"1 2 3 4"], [256, *b"def f(x):"]]
@@ -119,7 +145,7 @@ def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
 def test_greedy_matches_transformers_alone_batched_and_cached(converted, arch, kind):
     model, files = converted[arch]
     want = [hf_greedy(model, p, 32) for p in PROMPTS]
-    llm = LLM(model=files[kind], quantization="none", kv_cache_memory_gib=0.01, block_size=4)
+    llm = LLM(model=files[kind], quantization="none", kv_cache_memory_gib=0.01, block_size=4, max_model_len=CONTEXT)
     params = SamplingParams(max_tokens=32, min_tokens=32, temperature=0)
     alone = [llm.generate([p], params)[0].outputs[0].token_ids for p in PROMPTS]
     hits = llm.engine.get_stats().prefix_cache_hits

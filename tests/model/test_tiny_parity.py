@@ -13,11 +13,11 @@ from tokenmill.model.layers.attention import AttentionMetadata
 from tokenmill.model.loader import load_checkpoint
 
 
-def our_logits(path: str, ids: list[int], split: int) -> torch.Tensor:
-    """Prefill ids[:split] in one pass, then feed the rest one token at a time.
-    Returns (len(ids), vocab) logits."""
+def our_logits(path: str, ids: list[int], split: int, **config) -> torch.Tensor:
+    """Prefill ids[:split] in one pass, then feed the rest one token at a time (config: more
+    EngineConfig fields). Returns (len(ids), vocab) logits."""
     runner = ModelRunner(EngineConfig(model=path, kv_cache_memory_gib=0.001, block_size=4, quantization="none",
-                                      show_progress=False), load_checkpoint(path))
+                                      show_progress=False, **config), load_checkpoint(path))
     return runner_logits(runner, ids, split)
 
 

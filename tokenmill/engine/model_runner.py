@@ -164,6 +164,9 @@ class ModelRunner:
             _return_freed_memory()
         kv_faulted()
 
+        if config.max_model_len:  # the context asked for (the engine may lower it to the cache's)
+            for rope in self.model.rotaries():
+                rope.trim(config.max_model_len)
         self.kv_caches, counts = [], [0, 0]
         for w in windowed:  # each layer's (k, v) in its pool's part
             part = local_kv if w else global_kv

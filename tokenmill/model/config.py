@@ -42,6 +42,7 @@ class ModelConfig:
     rope_layers: tuple | None = None      # per layer, False where it has no rotary
     attn_softcap: float = 0.0             # scores become c * tanh(s / c) before the softmax (gemma2)
     logit_softcap: float = 0.0            # and the logits likewise
+    rotary_dim: int = 0                   # values of each head rotary turns (0: all; phi3's partial rotary)
 
     @property
     def plain_llama(self) -> bool:
@@ -50,7 +51,8 @@ class ModelConfig:
                 and self.norm_offset == 0.0 and self.hidden_act == "silu" and not self.sliding_window
                 and self.attention_scale is None and self.residual_scale == 1.0 and self.logit_scale == 1.0
                 and (self.rope_layers is None or all(self.rope_layers))
-                and not self.attn_softcap and not self.logit_softcap)
+                and not self.attn_softcap and not self.logit_softcap
+                and self.rotary_dim in (0, self.head_dim))
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:

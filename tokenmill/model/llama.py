@@ -54,7 +54,8 @@ class Attention(nn.Module):
         if self.qk_norm is not None:
             qkv = self._norm_qk(qkv)
         kern = fused_ops(qkv)
-        fused = self.rotary and kern is not None and k_cache.dtype in (torch.float32, torch.float16, torch.int8)
+        fused = (self.rotary and kern is not None and rope.cos.shape[1] == self.head_dim
+                 and k_cache.dtype in (torch.float32, torch.float16, torch.int8))
         if fused:
             # rotary in place and the new k, v into the cache: one call
             kern.rope_and_cache(qkv, positions, rope.cos, rope.sin, k_cache, v_cache,
@@ -151,10 +152,10 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
+        self.rope = RotaryEmbedding(cfg.rotary_dim or cfg.head_dim, cfg.max_position, cfg.rope_theta, cfg.rope_scaling)
         # windowed layers' own base (gemma3), unscaled
         self.rope_local = None if cfg.rope_local_theta is None else \
-            RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_local_theta)
+            RotaryEmbedding(cfg.rotary_dim or cfg.head_dim, cfg.max_position, cfg.rope_local_theta)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
 
     @torch.inference_mode()
@@ -266,8 +267,8 @@ class LlamaForCausalLM(nn.Module):
                     tensor = tensor + self.config.norm_offset  # (1 + w) norms as plain ones
                 p.data.copy_(tensor)
                 loaded.add(name)
-                if isinstance(module, Linear):
-                    module.loaded.add(("", param))
+                if isinstance(module, Linear):  # the whole of a fused projection (phi3): every shard
+                    module.loaded.update((s, param) for s in (getattr(module, "shard_offsets", None) or {"": 0}))
                     if param == "weight":  # a Q4_1 matrix's block scales, if it has them
                         module.note_q4_1(0, tensor)
                     if on_linear is not None:

@@ -3,11 +3,11 @@ states its switches, its tests, and a line here."""
 from __future__ import annotations
 
 from .base import Family
-from . import gemma2, gemma3, granite, llama, olmo2, qwen2, qwen3, smollm3
+from . import gemma2, gemma3, granite, llama, olmo2, phi3, qwen2, qwen3, smollm3
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     llama.FAMILY, qwen2.FAMILY, qwen3.FAMILY, olmo2.FAMILY, granite.FAMILY, smollm3.FAMILY, gemma2.FAMILY,
-    gemma3.FAMILY)}
+    gemma3.FAMILY, phi3.FAMILY)}
 _BY_HF_TYPE = {t: f for f in FAMILIES.values() for t in f.hf_types}
 
 

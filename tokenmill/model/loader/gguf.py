@@ -166,6 +166,7 @@ def config_from_metadata(meta: dict, tensor_names: set[str]) -> ModelConfig:
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rope_scaling=scaling,
         head_dim=int(get("attention.key_length", hidden // heads)),
+        rotary_dim=int(get("rope.dimension_count", 0)),
         attention_bias="blk.0.attn_q.bias" in tensor_names,
         tie_word_embeddings="output.weight" not in tensor_names,
         name=meta.get("general.name", "model"),
@@ -195,9 +196,17 @@ class GGUFCheckpoint:
         if unknown:  # a tensor we would not read: refused, never run without it
             raise ValueError(f"{path}: {self.config.architecture} tensors tokenmill does not run: {', '.join(unknown)}")
         if "rope_freqs.weight" in names:  # llama 3.1 scaling, baked in as per-frequency divisors
-            t = next(t for t in self.tensors if t.name == "rope_freqs.weight")
-            self.config.rope_scaling = {"rope_type": "freq_factors",
-                                        "factors": self._dequantize(t).reshape(-1).tolist()}
+            self.config.rope_scaling = {"rope_type": "freq_factors", "factors": self._vector("rope_freqs.weight")}
+        if "rope_factors_long.weight" in names:  # LongRoPE (phi3): both divisor sets, and their terms
+            arch = self.config.architecture
+            self.config.rope_scaling = {
+                "rope_type": "longrope", "long_factor": self._vector("rope_factors_long.weight"),
+                "short_factor": self._vector("rope_factors_short.weight"),
+                "original_max_position_embeddings": int(self.meta[f"{arch}.rope.scaling.original_context_length"]),
+                "attention_factor": self.meta.get(f"{arch}.rope.scaling.attn_factor")}
+
+    def _vector(self, name: str) -> list[float]:
+        return self._dequantize(next(t for t in self.tensors if t.name == name)).reshape(-1).tolist()
 
     def _hf_name(self, gguf_name: str) -> str | None:
         return hf_name(gguf_name, self._layer_names)

@@ -14,6 +14,8 @@ def config_from_json(cfg: dict) -> ModelConfig:
     family = by_hf_type(cfg.get("model_type"))
     heads = cfg["num_attention_heads"]
     rope = cfg.get("rope_parameters") or {}
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    partial = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
     fields = dict(
         architecture=family.name,
         vocab_size=cfg["vocab_size"],
@@ -26,7 +28,8 @@ def config_from_json(cfg: dict) -> ModelConfig:
         rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
         rope_theta=cfg.get("rope_theta", rope.get("rope_theta", 10000.0)),
         rope_scaling=cfg.get("rope_scaling") or (rope if rope.get("rope_type") not in (None, "default") else None),
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        head_dim=head_dim,
+        rotary_dim=int(head_dim * partial),
         attention_bias=bool(cfg.get("attention_bias", False)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         name=os.path.basename(cfg.get("_name_or_path", "") or "model"),
