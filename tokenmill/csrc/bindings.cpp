@@ -24,6 +24,12 @@ torch::Tensor decode_layers(torch::Tensor x, torch::Tensor positions, std::vecto
                             torch::Tensor block_tables, torch::Tensor cos, torch::Tensor sin,
                             torch::Tensor final_norm, double eps, double scale, int64_t Hq, int64_t Hkv,
                             torch::Tensor out_rows);
+torch::Tensor family_layers(torch::Tensor x, torch::Tensor positions, std::vector<torch::Tensor> layers,
+                            torch::Tensor info, std::vector<torch::Tensor> k_caches,
+                            std::vector<torch::Tensor> v_caches, std::vector<torch::Tensor> slot_mapping,
+                            torch::Tensor row_seq, torch::Tensor row_ctx, std::vector<torch::Tensor> block_tables,
+                            std::vector<torch::Tensor> ropes, torch::Tensor final_norm, std::vector<double> floats,
+                            std::vector<int64_t> ints, torch::Tensor out_rows);
 torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tensor w, double eps);
 torch::Tensor silu_mul(torch::Tensor gate_up);
 void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
@@ -54,6 +60,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_dequantize_rows", &gguf_dequantize_rows, py::call_guard<py::gil_scoped_release>(), "rows of a GGUF weight as float32 (embedding lookups)");
   m.def("gguf_has_avx2", &gguf_has_avx2, "whether the GGUF dot products run their AVX2 code here");
   m.def("decode_layers", &decode_layers, py::call_guard<py::gil_scoped_release>(), "every decoder layer of a decode step in one call");
+  m.def("family_layers", &family_layers, py::call_guard<py::gil_scoped_release>(),
+        "every decoder layer of a step in one call, any family's switches, any weight format");
   m.def("rms_norm", &rms_norm, py::call_guard<py::gil_scoped_release>(), "RMSNorm of each row");
   m.def("add_rms_norm", &add_rms_norm, py::call_guard<py::gil_scoped_release>(), "residual += x in place, then RMSNorm of residual");
   m.def("silu_mul", &silu_mul, py::call_guard<py::gil_scoped_release>(), "silu(gate) * up of [gate | up] rows");

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .layer_loop import decode_plan
 from .layers.attention import AttentionMetadata, paged_attention, write_cache
 from .layers.gguf_linear import GGUFEmbedding, GGUFLinear
 from .layers.linear import Linear, MergedLinear, empty_matrix, weights_on_meta
 from .layers.native import fused_ops
 from .layers.norm import RMSNorm
-from .layers.q4 import Q4Linear
 from .layers.rope import RotaryEmbedding
 
 
@@ -169,49 +169,18 @@ class LlamaForCausalLM(nn.Module):
         if self.config.embedding_scale != 1.0:
             x = x * self.config.embedding_scale
         if meta.row_seq is not None:
-            plan = self._decode_plan(x)
-            if plan is not None:  # every row to the attention kernel: the same calls, from C++
-                kern, weights = plan
-                a = self.layers[0].self_attn
+            if not hasattr(self, "_plan"):  # tests set it to None for the Python layers
+                self._plan = decode_plan(self, x)
+            if self._plan is not None:  # every row to the attention kernel: the same calls, from C++
                 if out_rows is None:
                     out_rows = torch.arange(len(input_ids))
-                return kern.decode_layers(
-                    x, positions, weights, [k for k, _ in kv_caches], [v for _, v in kv_caches],
-                    meta.slot_mapping, meta.row_seq, meta.row_ctx, meta.block_tables, self.rope.cos,
-                    self.rope.sin, self.norm.weight, self.norm.eps, a.scale, a.num_heads, a.num_kv_heads,
-                    out_rows)
+                return self._plan.run(self, x, positions, meta, kv_caches, out_rows)
         for layer, kv in zip(self.layers, kv_caches):
             a = layer.self_attn
             rope = self.rope_local if a.local_rope else self.rope
             x, residual = layer(x, residual, positions, rope, meta.local if a.window and meta.local else meta, kv)
         hidden = self.norm(x, residual)[0]
         return hidden if out_rows is None else hidden[out_rows.to(hidden.device)]
-
-    def _decode_plan(self, x: torch.Tensor):
-        """(kernel module, flat weight list) for csrc/decode_loop.cpp, or None where the Python
-        path must run: not CPU float32, or a layer in neither packed format (fp32, ...)."""
-        if not hasattr(self, "_plan"):
-            self._plan = None
-            kern = fused_ops(x)
-            if kern is not None and hasattr(kern, "decode_layers") and self.config.plain_llama:
-                weights = []
-                for layer in self.layers:
-                    linears = (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
-                               layer.mlp.down_proj)
-                    if not all(getattr(m, "_packed", None) is not None for m in linears):
-                        break
-                    norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
-                    if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in norms):
-                        break
-                    if any(isinstance(m, Q4Linear) and m.out_features % 16 for m in linears):
-                        break
-                    none = torch.empty(0)
-                    packs = [[m._packed, none, none, m._bias] if isinstance(m, Q4Linear) else
-                             [m._packed, m._scale32, m._wsum, m._bias32] for m in linears]
-                    weights += [norms[0], *packs[0], *packs[1], norms[1], *packs[2], *packs[3]]
-                else:
-                    self._plan = (kern, weights)
-        return self._plan
 
     def rotaries(self) -> list[RotaryEmbedding]:
         return [r for r in (self.rope, self.rope_local) if r is not None]
