@@ -162,8 +162,8 @@ def test_what_is_not_run_is_refused_by_name(tmp_path):
     from tokenmill.model.loader.gguf import config_from_metadata
     from tokenmill.model.loader.tokenizer import tokenizer_from_gguf
     meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": byte_tokens() + SPECIALS,
-            "tokenizer.ggml.merges": [], "tokenizer.ggml.pre": "tekken", "tokenizer.ggml.eos_token_id": 257}
-    with pytest.raises(ValueError, match="pre-tokenizer 'tekken'"):
+            "tokenizer.ggml.merges": [], "tokenizer.ggml.pre": "deepseek-llm", "tokenizer.ggml.eos_token_id": 257}
+    with pytest.raises(ValueError, match="pre-tokenizer 'deepseek-llm'"):
         tokenizer_from_gguf(meta)
     meta["tokenizer.ggml.pre"] = "gpt-2"
     assert tokenizer_from_gguf(meta).encode("hi", add_special_tokens=False) == [104, 105]

@@ -68,19 +68,38 @@ class Tokenizer:
         return self.encode(text, add_special_tokens=False)
 
 
-_GPT2_PRES = ("default", "gpt2", "gpt-2")  # GPT-2's own regex
-BYTE_LEVEL_PRES = (*_GPT2_PRES, "llama-bpe", "llama3", "qwen2", "smollm")
+# Mistral Nemo / Ministral (tekken) and GPT-4o (Phi-4-mini): cased words split at case changes
+_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+                 r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|"
+                 r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_CONTRACTION = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+_GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+" + _CONTRACTION +
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*" + _CONTRACTION +
+                r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT2 = None      # byte-level's own (GPT-2's) regex
+_DIGITS = "digits"  # each digit a piece of its own, then GPT-2's regex
+
+# tokenizer.ggml.pre (llama.cpp's names) -> (the split, whether a word the vocabulary holds skips
+# the merges, as llama.cpp's ignore_merges); tests/model/test_pre_tokenizers.py checks each
+# against llama.cpp's own table, through Hugging Face tokenizers
+PRE_TOKENIZERS = {
+    "default": (_GPT2, False), "gpt-2": (_GPT2, False), "olmo": (_GPT2, False),
+    "llama-bpe": (_LLAMA3_SPLIT, True), "llama3": (_LLAMA3_SPLIT, True), "dbrx": (_LLAMA3_SPLIT, False),
+    "qwen2": (_QWEN2_SPLIT, False), "smollm": (_DIGITS, False), "refact": (_DIGITS, False),
+    "tekken": (_TEKKEN_SPLIT, True), "gpt-4o": (_GPT4O_SPLIT, False),
+}
+BYTE_LEVEL_PRES = tuple(PRE_TOKENIZERS)
 
 
 def _byte_level_pre_tokenizer(pre: str):
-    if pre not in BYTE_LEVEL_PRES:  # never split text some other way than the model's own
+    if pre not in PRE_TOKENIZERS:  # never split text some other way than the model's own
         raise ValueError(f"unsupported pre-tokenizer {pre!r} (tokenizer.ggml.pre); supported: "
                          f"{', '.join(BYTE_LEVEL_PRES)}")
-    if pre == "smollm":
+    split = PRE_TOKENIZERS[pre][0]
+    if split is _DIGITS:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    split = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}.get(pre)
-    if split is None:  # GPT-2's own regex
+    if split is _GPT2:
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -111,7 +130,7 @@ def tokenizer_from_gguf(meta: dict, family_template: str | None = None, end_of_t
         merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
         pre = meta.get("tokenizer.ggml.pre", "default")
         tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
-                                     ignore_merges=pre in ("llama-bpe", "llama3")))
+                                     ignore_merges=PRE_TOKENIZERS.get(pre, (None, False))[1]))
         tok.pre_tokenizer = _byte_level_pre_tokenizer(pre)
         tok.decoder = decoders.ByteLevel()
     elif kind == "llama":
