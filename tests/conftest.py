@@ -19,6 +19,17 @@ if "TOKENMILL_TEST_DATA" not in os.environ:
 
 
 @pytest.fixture(scope="session")
+def llama_cpp_source():
+    """llama.cpp's source tree (its converter, its tokenizer tables), fetched once by
+    bench/build_llama_server.sh --source."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(["bash", os.path.join(root, "bench", "build_llama_server.sh"), "--source"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     from tiny_models import make_hf_model, save_hf_dir
     return save_hf_dir(make_hf_model("llama"), str(tmp_path_factory.mktemp("tiny-llama")))

@@ -67,15 +67,6 @@ def family_model(arch: str, seed: int):
 
 
 @pytest.fixture(scope="session")
-def llama_cpp_source():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run(["bash", os.path.join(root, "bench", "build_llama_server.sh"), "--source"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="session")
 def converted(tmp_path_factory, llama_cpp_source):
     """{family: (the transformers model, {"hf": its directory, "gguf": llama.cpp's conversion of it})},
     every family converted in one run of the converter. No "gguf" for Mistral: llama.cpp's

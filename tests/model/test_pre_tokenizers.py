@@ -11,7 +11,6 @@ import re
 import pytest
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
-from tests.model.test_families import llama_cpp_source  # noqa: F401  (the fixture)
 from tokenmill.model.loader.tokenizer import PRE_TOKENIZERS, tokenizer_from_gguf
 
 TEXTS = ["Hello, world! 123 4567 89.5 I'm here, you're there, we'LL see", "def f(x):\n    return x ** 2  # square\n\n\n",
@@ -68,7 +67,7 @@ def reference(regexes: list[str], ignore_merges: bool) -> tuple[Tokenizer, list[
 # all but "default" (or no name): tokenmill splits such a file as GPT-2 does, where llama.cpp takes
 # a fallback of its own and warns that quality will suffer
 @pytest.mark.parametrize("name", sorted(set(PRE_TOKENIZERS) - {"default"}))
-def test_splits_as_llama_cpp_says(llama_cpp_source, name):  # noqa: F811
+def test_splits_as_llama_cpp_says(llama_cpp_source, name):
     regexes, ignore_merges = llama_cpp_pre(llama_cpp_source, name)
     assert regexes, name
     ref, tokens, merges = reference(regexes, ignore_merges)
