@@ -1,52 +1,19 @@
-// GGUF dot products with AVX2: R (1..4) activation rows against one weight row, each weight block
-// unpacked to bytes once and used for all R rows (prompt steps), the way gguf_scalar.cpp defines
-// them. Codes times int8 activations by vpmaddubsw (unsigned x signed byte pairs -> int16, no
+// GGUF dot products with AVX2 for the K-quants and F16 / BF16 (the 32-element types run as tiles:
+// gguf_tile32.cpp): R (1..4) activation rows against one weight row, each weight block unpacked to
+// bytes once and used for all R rows (prompt steps), the way gguf_scalar.cpp defines them. Codes times int8 activations by vpmaddubsw (unsigned x signed byte pairs -> int16, no
 // overflow for codes < 64), then vpmaddwd by the sub-block scale (or 1) -> int32, exact; one float
 // multiply-add per block and row. A row's operations do not depend on R: batch invariant.
-#include <immintrin.h>
-
+#include "gguf_avx2.h"
 #include "gguf_blocks.h"
-
-#define TM_AVX2 __attribute__((target("avx2,fma,f16c")))
-// A register barrier for a running sum: without it GCC reassociates a block's integer sums into a
-// balanced tree of every product (all live at once: spilled to the stack, twice the instructions)
-#define TM_KEEP(v) asm("" : "+x"(v))
 
 namespace tokenmill::gguf {
 namespace {
 
-TM_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// 32 bits -> 32 bytes, byte j 0xFF where bit j is set
-TM_AVX2 inline __m256i bits_to_bytes(uint32_t x) {
-  const __m256i which = _mm256_setr_epi64x(0, 0x0101010101010101LL, 0x0202020202020202LL,
-                                           0x0303030303030303LL);  // byte j <- source byte j / 8
-  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));  // 1 << (j % 8)
-  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(x)), which), bit);
-  return _mm256_cmpeq_epi8(v, bit);
-}
-
-// a 32-block's 16 bytes of nibbles -> 32 codes 0..15 in element order
-TM_AVX2 inline __m256i nibbles32(const uint8_t* qs) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i m4 = _mm_set1_epi8(0xF);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
-}
+using namespace avx2;
 
 template <typename A>
 inline const A& act_block(const void* act, int64_t stride, int r, int64_t b) {
   return reinterpret_cast<const A*>(static_cast<const uint8_t*>(act) + r * stride)[b];
-}
-
-TM_AVX2 inline float half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
 }
 
 // control for _mm256_shuffle_epi8 broadcasting int16 element lo (low 128 bits) and hi (high)
@@ -185,49 +152,6 @@ TM_AVX2 void dot_q6k(const uint8_t* w, int64_t K, const void* act, int64_t strid
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
-// the 32-element types: codes of one block as 32 bytes, signed (Q4_0, Q5_0, Q8_0) or not
-template <int T>
-TM_AVX2 inline __m256i codes32(const uint8_t* blk) {
-  if constexpr (T == Q8_0) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-  if constexpr (T == Q4_0) return _mm256_sub_epi8(nibbles32(blk + 2), _mm256_set1_epi8(8));
-  if constexpr (T == Q4_1) return nibbles32(blk + 4);
-  uint32_t h;
-  std::memcpy(&h, blk + (T == Q5_0 ? 2 : 4), 4);
-  const __m256i fifth = _mm256_and_si256(bits_to_bytes(h), _mm256_set1_epi8(0x10));
-  const __m256i q = _mm256_or_si256(nibbles32(blk + (T == Q5_0 ? 6 : 8)), fifth);
-  return T == Q5_0 ? _mm256_sub_epi8(q, _mm256_set1_epi8(16)) : q;
-}
-
-template <int T, int R>
-TM_AVX2 void dot_b32(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
-  constexpr bool is_signed = T == Q4_0 || T == Q5_0 || T == Q8_0;
-  constexpr bool has_min = T == Q4_1 || T == Q5_1;
-  constexpr int bytes = T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : T == Q5_1 ? 24 : 34;
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[R];
-  float mins[R];
-  #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps(), mins[r] = 0.f;
-  for (int64_t b = 0; b < K / 32; ++b) {
-    const uint8_t* blk = w + b * bytes;
-    const __m256i q = codes32<T>(blk);
-    // signed codes: |q| times a with q's sign (vpmaddubsw wants its first operand unsigned)
-    const __m256i uq = is_signed ? _mm256_sign_epi8(q, q) : q;
-    const float d = half(blk);
-    #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const Act32& a = act_block<Act32>(act, stride, r, b);
-      __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q));
-      if (is_signed) av = _mm256_sign_epi8(av, q);
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(uq, av), ones);
-      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), acc[r]);
-      if (has_min) mins[r] += half(blk + 2) * a.s;
-    }
-  }
-  #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]) + mins[r];
-}
-
 template <bool BF, int R>
 TM_AVX2 void dot_f16(const uint8_t* w, int64_t K, const void* act, int64_t stride, float* out) {
   __m256 acc[R];
@@ -256,11 +180,6 @@ TM_AVX2 void dot_avx2(int t, const uint8_t* w, int64_t K, const void* act, int64
     case Q4_K: return dot_k45<R, false>(w, K, act, stride, out);
     case Q5_K: return dot_k45<R, true>(w, K, act, stride, out);
     case Q6_K: return dot_q6k<R>(w, K, act, stride, out);
-    case Q8_0: return dot_b32<Q8_0, R>(w, K, act, stride, out);
-    case Q4_0: return dot_b32<Q4_0, R>(w, K, act, stride, out);
-    case Q4_1: return dot_b32<Q4_1, R>(w, K, act, stride, out);
-    case Q5_0: return dot_b32<Q5_0, R>(w, K, act, stride, out);
-    case Q5_1: return dot_b32<Q5_1, R>(w, K, act, stride, out);
     case F16: return dot_f16<false, R>(w, K, act, stride, out);
     case BF16: return dot_f16<true, R>(w, K, act, stride, out);
   }
@@ -275,7 +194,7 @@ bool has_avx2() {
 }
 
 void dot_rows(int t, const uint8_t* w, int64_t K, const void* act, int64_t stride, int R, float* out) {
-  if (!has_avx2()) return dot_rows_scalar(t, w, K, act, stride, R, out);
+  if (!has_avx2() || block_elems(t) == 32) return dot_rows_scalar(t, w, K, act, stride, R, out);
   switch (R) {
     case 1: return dot_avx2<1>(t, w, K, act, stride, out);
     case 2: return dot_avx2<2>(t, w, K, act, stride, out);

@@ -17,7 +17,7 @@
 //
 // Activations, quantized once per call and row (llama.cpp's q8_K and q8_1 ideas):
 //   ActK  per 256: float d, 256 int8, 16 int16 sums of 16 (for the K-quants' min and -32 terms)
-//   Act32 per 32:  float d, float s = d * sum(q), 32 int8 (for the 32-element types)
+//   Act32 per 32:  float d, float s = d * sum(q), int sum(q), 32 int8 (for the 32-element types)
 // q = round(x / d), d = max|x| / 127: exact int32 sums of weight codes times q, then float.
 #pragma once
 #include <cstdint>
@@ -38,6 +38,7 @@ struct ActK {
 
 struct Act32 {
   float d, s;
+  int32_t sum;  // for the codes' offset: sum (q - 8) a = sum q a - 8 sum a (Q4_0; 16 for Q5_0)
   int8_t q[32];
 };
 
@@ -129,6 +130,12 @@ void quantize_act_32(const float* x, int64_t K, Act32* out);
 void dot_rows(int t, const uint8_t* w, int64_t K, const void* act, int64_t stride, int R, float* out);
 // The same in plain C++ (the portable path; the tests compare the two).
 void dot_rows_scalar(int t, const uint8_t* w, int64_t K, const void* act, int64_t stride, int R, float* out);
+// The 32-element types, n (1..8) weight rows (row_bytes apart) against M activation rows at once:
+// out[m * ldo + i] = row i times activation row m. Per block and row an exact int32 sum s, then
+// acc = fma(float(s), d * a.d, acc) block by block (and mins = fma(m, a.s, mins), added at the
+// end for Q4_1 / Q5_1): the same float steps as dot_rows_scalar, for any M. AVX2 only.
+void dot_tile32(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
+                int64_t stride, int64_t M, float* out, int64_t ldo);
 // One weight row -> K float32 (embedding lookups).
 void dequantize_row(int t, const uint8_t* w, int64_t K, float* out);
 // Whether dot_rows runs the AVX2 code here (else it is dot_rows_scalar).

@@ -4,7 +4,8 @@
 // type: a Q4_K_M file keeps some v and down projections in Q6_K), each a (rows, row_bytes) uint8
 // tensor of whole blocks as the file stores them. Activations are quantized once per call for
 // every form the parts need; the parts' rows go out in tasks of 16 weight rows, each task running
-// every activation row against its rows 4 at a time (each weight block unpacked once for 4 rows).
+// every activation row against its rows: 4 activation rows at a time for the K-quants (each weight
+// block unpacked once for 4 rows), 8 weight rows against all of them for the 32-element types.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -73,6 +74,7 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
   for (size_t i = 0; i < parts.size(); ++i)
     for (int64_t n = 0; n < parts[i].size(0); n += kTaskRows) tasks.emplace_back(static_cast<int>(i), n);
   const auto dot = portable ? gg::dot_rows_scalar : gg::dot_rows;
+  const bool tiled = !portable && gg::has_avx2();  // the 32-element types (same numbers as portable)
   at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
     for (int64_t ti = t0; ti < t1; ++ti) {
       const auto [i, n0] = tasks[ti];
@@ -84,6 +86,17 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
       const int64_t stride = kind == gg::ActKind::K256 ? stride_k : kind == gg::ActKind::B32 ? stride_32 : K * 4;
       const int64_t rb = parts[i].size(1), n1 = std::min(parts[i].size(0), n0 + kTaskRows);
       const uint8_t* w = parts[i].data_ptr<uint8_t>();
+      if (tiled && kind == gg::ActKind::B32) {  // 8 weight rows against all M rows at a time
+        for (int64_t n = n0; n < n1; n += 8) {
+          const int rows = static_cast<int>(std::min<int64_t>(8, n1 - n));
+          const int64_t col = first_col[i] + n;
+          gg::dot_tile32(t, w + n * rb, rb, rows, K, act, stride, M, yp + col, N);
+          if (bp)
+            for (int64_t m = 0; m < M; ++m)
+              for (int r = 0; r < rows; ++r) yp[m * N + col + r] += bp[col + r];
+        }
+        continue;
+      }
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         const int R = static_cast<int>(std::min<int64_t>(4, M - m0));
         for (int64_t n = n0; n < n1; ++n) {

@@ -88,6 +88,7 @@ void quantize_act_32(const float* x, int64_t K, Act32* out) {
     a.d = quantize_run(x + 32 * b, 32, a.q);
     int sum = 0;
     for (int i = 0; i < 32; ++i) sum += a.q[i];
+    a.sum = sum;
     a.s = a.d * static_cast<float>(sum);
   }
 }
@@ -130,6 +131,7 @@ void dot_rows_scalar(int t, const uint8_t* w, int64_t K, const void* act, int64_
   }
   const int n = block_elems(t), bytes = block_bytes(t);
   int c[256];
+  float mins[4] = {0.f, 0.f, 0.f, 0.f};
   for (int r = 0; r < R; ++r) out[r] = 0.f;
   for (int64_t b = 0; b < K / n; ++b, w += bytes) {
     codes(t, w, c);
@@ -156,15 +158,17 @@ void dot_rows_scalar(int t, const uint8_t* w, int64_t K, const void* act, int64_
           }
           out[r] += fp16(w) * a.d * static_cast<float>(sumi) - fp16(w + 2) * a.d * static_cast<float>(summ);
         }
-      } else {
+      } else {  // (see dot_tile32)
         const Act32& a = reinterpret_cast<const Act32*>(base + r * stride)[b];
         int sumi = 0;
         for (int i = 0; i < 32; ++i) sumi += c[i] * a.q[i];
-        out[r] += fp16(w) * a.d * static_cast<float>(sumi);
-        if (t == Q4_1 || t == Q5_1) out[r] += fp16(w + 2) * a.s;
+        out[r] = std::fma(static_cast<float>(sumi), fp16(w) * a.d, out[r]);
+        if (t == Q4_1 || t == Q5_1) mins[r] = std::fma(fp16(w + 2), a.s, mins[r]);
       }
     }
   }
+  if (t == Q4_1 || t == Q5_1)
+    for (int r = 0; r < R; ++r) out[r] += mins[r];
 }
 
 }  // namespace tokenmill::gguf

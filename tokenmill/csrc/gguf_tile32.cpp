@@ -1,0 +1,199 @@
+// The 32-element GGUF types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) with AVX2, a tile of 8 weight rows at a
+// time. The tile's blocks are unpacked once into bytes (codes 0..31 for the 4- and 5-bit types, |q|
+// and q for Q8_0) and its rows' scales into float vectors; then every activation row runs against
+// it. Per block: one exact int32 sum per weight row (vpmaddubsw, vpmaddwd), the 8 rows' sums
+// brought into one vector by horizontal adds (lane i = row i), the codes' offset taken off with the
+// activation block's sum, and one float multiply-add for the 8 rows. Lane by lane those are
+// dot_rows_scalar's float steps: the portable path's result bit for bit, whatever M is.
+#include <algorithm>
+#include <vector>
+
+#include "gguf_avx2.h"
+#include "gguf_blocks.h"
+
+
+
+
+namespace tokenmill::gguf {
+namespace {
+
+using namespace avx2;
+
+constexpr int kRows = 8;
+constexpr int64_t kDirectRows = 1;  // up to this many activation rows skip the tile
+// how far ahead a row being read through asks for its bytes (a decode step reads the weights from
+// memory; the hardware prefetcher alone kept a 2-core step at 21 GB/s, this at 23-25)
+constexpr int kPrefetchBytes = 1024;
+
+template <int T>
+constexpr int kBytes = T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : T == Q5_1 ? 24 : 34;
+template <int T>
+constexpr int kOffset = T == Q4_0 ? 8 : T == Q5_0 ? 16 : 0;  // w = d * (code - offset)
+template <int T>
+constexpr bool kMin = T == Q4_1 || T == Q5_1;  // w = d * code + m
+
+// one block of a tile's 8 rows
+struct alignas(32) TileBlock {
+  float d[kRows], m[kRows];
+  uint8_t u[kRows][32];  // codes, unsigned (|q| for Q8_0)
+  int8_t q[kRows][32];   // Q8_0's signed codes: their signs go onto the activations
+};
+
+// a block's 32 codes as unsigned bytes (|q| for Q8_0, whose signed q goes to q)
+template <int T>
+TM_AVX2 inline __m256i codes(const uint8_t* blk, __m256i& q) {
+  if constexpr (T == Q8_0) {
+    q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+    return _mm256_sign_epi8(q, q);
+  } else if constexpr (T == Q4_0 || T == Q4_1) {
+    return nibbles32(blk + (T == Q4_0 ? 2 : 4));
+  } else {  // Q5_0 / Q5_1: the nibbles and the fifth bits
+    uint32_t h;
+    std::memcpy(&h, blk + (T == Q5_0 ? 2 : 4), 4);
+    return _mm256_or_si256(nibbles32(blk + (T == Q5_0 ? 6 : 8)),
+                           _mm256_and_si256(bits_to_bytes(h), _mm256_set1_epi8(0x10)));
+  }
+}
+
+template <int T>
+TM_AVX2 void unpack(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, TileBlock* tile) {
+  for (int i = 0; i < kRows; ++i) {
+    for (int64_t b = 0; b < nb; ++b) {
+      TileBlock& o = tile[b];
+      if (i >= n) {  // a short tile: rows of zeros
+        o.d[i] = o.m[i] = 0.f;
+        _mm256_store_si256(reinterpret_cast<__m256i*>(o.u[i]), _mm256_setzero_si256());
+        _mm256_store_si256(reinterpret_cast<__m256i*>(o.q[i]), _mm256_setzero_si256());
+        continue;
+      }
+      const uint8_t* blk = w + i * row_bytes + b * kBytes<T>;
+      o.d[i] = half(blk);
+      if (kMin<T>) o.m[i] = half(blk + 2);
+      __m256i q;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(o.u[i]), codes<T>(blk, q));
+      if (T == Q8_0) _mm256_store_si256(reinterpret_cast<__m256i*>(o.q[i]), q);
+    }
+  }
+}
+
+// 8 vectors of int32 partial sums (one per weight row) -> one vector of the 8 rows' totals
+TM_AVX2 inline __m256i transpose_sum(const __m256i* p) {
+  const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+  const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+  // g0: rows 0..3, low lanes' sums (low half) and high lanes' (high half); g1 the same for 4..7
+  return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+}
+
+// codes u (unsigned) times activations av (Q8_0: with q's signs) -> 8 int32 partial sums
+template <int T>
+TM_AVX2 inline __m256i block_dot(__m256i u, __m256i q, __m256i av) {
+  const __m256i x = T == Q8_0 ? _mm256_sign_epi8(av, q) : av;
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+}
+
+// one block's step for the 8 rows: p their partial sums, d (m) their scales (mins)
+template <int T>
+TM_AVX2 inline void block_step(const __m256i* p, __m256 d, __m256 m, const Act32& a, __m256& acc, __m256& mins) {
+  __m256i s = transpose_sum(p);
+  if (kOffset<T>) s = _mm256_sub_epi32(s, _mm256_set1_epi32(kOffset<T> * a.sum));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(a.d)), acc);
+  if (kMin<T>) mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), mins);
+}
+
+TM_AVX2 inline void store_rows(__m256 acc, __m256 mins, bool with_mins, int n, float* out) {
+  if (with_mins) acc = _mm256_add_ps(acc, mins);
+  if (n == kRows) {
+    _mm256_storeu_ps(out, acc);
+  } else {
+    alignas(32) float tmp[kRows];
+    _mm256_store_ps(tmp, acc);
+    std::copy(tmp, tmp + n, out);
+  }
+}
+
+// one activation row (nb Act32 blocks) against the unpacked tile -> out[0..n)
+template <int T>
+TM_AVX2 void run(const TileBlock* tile, int64_t nb, const Act32* a, int n, float* out) {
+  __m256 acc = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const TileBlock& o = tile[b];
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].q));
+    __m256i p[kRows];
+    #pragma GCC unroll 8
+    for (int i = 0; i < kRows; ++i)
+      p[i] = block_dot<T>(_mm256_load_si256(reinterpret_cast<const __m256i*>(o.u[i])),
+                          _mm256_load_si256(reinterpret_cast<const __m256i*>(o.q[i])), av);
+    block_step<T>(p, _mm256_load_ps(o.d), _mm256_load_ps(o.m), a[b], acc, mins);
+  }
+  store_rows(acc, mins, kMin<T>, n, out);
+}
+
+// the 8 rows' fp16 at byte `at` -> 8 halves in a register (not through memory: a store forwarded
+// to a wider load stalls)
+TM_AVX2 inline __m128i halves(const uint8_t* const* rows, int64_t at) {
+  const auto h = [&](int i) {
+    uint16_t v;
+    std::memcpy(&v, rows[i] + at, 2);
+    return static_cast<short>(v);
+  };
+  return _mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7));
+}
+
+// the same from the file's blocks, for one activation row (decode): each row read through in
+// turn, its blocks' partial sums kept, then the 8 rows' sums brought together block by block.
+// (Reading the 8 rows side by side, block by block, is faster from cache but not from memory:
+// an output layer read that way ran at 12 GB/s, read row after row at 21.)
+template <int T>
+TM_AVX2 void run_rows(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, const Act32* a, float* out) {
+  thread_local std::vector<__m256i> part;  // (nb, 8): block b, row i
+  if (static_cast<int64_t>(part.size()) < nb * kRows) part.resize(nb * kRows);
+  const uint8_t* rows[kRows];  // a short tile repeats its last row; those lanes are not stored
+  for (int i = 0; i < kRows; ++i) rows[i] = w + std::min(i, n - 1) * row_bytes;
+  for (int i = 0; i < kRows; ++i)
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i q;
+      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + b * kBytes<T> + kPrefetchBytes), _MM_HINT_T0);
+      const __m256i u = codes<T>(rows[i] + b * kBytes<T>, q);
+      part[b * kRows + i] = block_dot<T>(u, q, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].q)));
+    }
+  __m256 acc = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t at = b * kBytes<T>;
+    const __m256 d = _mm256_cvtph_ps(halves(rows, at));
+    const __m256 m = kMin<T> ? _mm256_cvtph_ps(halves(rows, at + 2)) : d;
+    block_step<T>(&part[b * kRows], d, m, a[b], acc, mins);
+  }
+  store_rows(acc, mins, kMin<T>, n, out);
+}
+
+template <int T>
+TM_AVX2 void tile32(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act, int64_t stride,
+                    int64_t M, float* out, int64_t ldo) {
+  const int64_t nb = K / 32;
+  const auto* base = static_cast<const uint8_t*>(act);
+  if (M <= kDirectRows) {  // too few rows to pay for unpacking into the tile
+    for (int64_t m = 0; m < M; ++m)
+      run_rows<T>(w, row_bytes, n, nb, reinterpret_cast<const Act32*>(base + m * stride), out + m * ldo);
+    return;
+  }
+  thread_local std::vector<TileBlock> tile;
+  if (static_cast<int64_t>(tile.size()) < nb) tile.resize(nb);
+  unpack<T>(w, row_bytes, n, nb, tile.data());
+  for (int64_t m = 0; m < M; ++m)
+    run<T>(tile.data(), nb, reinterpret_cast<const Act32*>(base + m * stride), n, out + m * ldo);
+}
+
+}  // namespace
+
+void dot_tile32(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
+                int64_t stride, int64_t M, float* out, int64_t ldo) {
+  switch (t) {
+    case Q4_0: return tile32<Q4_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
+    case Q4_1: return tile32<Q4_1>(w, row_bytes, n, K, act, stride, M, out, ldo);
+    case Q5_0: return tile32<Q5_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
+    case Q5_1: return tile32<Q5_1>(w, row_bytes, n, K, act, stride, M, out, ldo);
+    case Q8_0: return tile32<Q8_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
+  }
+}
+
+}  // namespace tokenmill::gguf
