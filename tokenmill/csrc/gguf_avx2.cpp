@@ -11,6 +11,11 @@ namespace {
 
 using namespace avx2;
 
+// a weight block's bytes kPrefetchBytes ahead (see gguf_avx2.h)
+inline void prefetch_ahead(const uint8_t* blk, int bytes) {
+  for (int off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + off), _MM_HINT_T0);
+}
+
 template <typename A>
 inline const A& act_block(const void* act, int64_t stride, int r, int64_t b) {
   return reinterpret_cast<const A*>(static_cast<const uint8_t*>(act) + r * stride)[b];
@@ -47,6 +52,7 @@ TM_AVX2 void dot_k45(const uint8_t* w, int64_t K, const void* act, int64_t strid
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < K / 256; ++b) {
     const uint8_t* blk = w + b * (Q5 ? 176 : 144);
+    prefetch_ahead(blk, Q5 ? 176 : 144);
     const float d = half(blk), dmin = half(blk + 2);
     const __m128i sm8 = k_scales_vec(blk + 4);
     const __m256i sm = _mm256_cvtepu8_epi16(sm8);
@@ -106,6 +112,7 @@ TM_AVX2 void dot_q6k(const uint8_t* w, int64_t K, const void* act, int64_t strid
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < K / 256; ++b) {
     const uint8_t* blk = w + b * 210;
+    prefetch_ahead(blk, 210);
     const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
     const float d = half(blk + 208);
     __m256i sums[R];

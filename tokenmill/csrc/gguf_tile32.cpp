@@ -21,9 +21,6 @@ using namespace avx2;
 
 constexpr int kRows = 8;
 constexpr int64_t kDirectRows = 1;  // up to this many activation rows skip the tile
-// how far ahead a row being read through asks for its bytes (a decode step reads the weights from
-// memory; the hardware prefetcher alone kept a 2-core step at 21 GB/s, this at 23-25)
-constexpr int kPrefetchBytes = 1024;
 
 template <int T>
 constexpr int kBytes = T == Q4_0 ? 18 : T == Q4_1 ? 20 : T == Q5_0 ? 22 : T == Q5_1 ? 24 : 34;
@@ -76,25 +73,36 @@ TM_AVX2 void unpack(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, Tile
   }
 }
 
-// 8 vectors of int32 partial sums (one per weight row) -> one vector of the 8 rows' totals
+// 8 rows' vpmaddubsw outputs (16 int16 pair sums each) -> one vector of the 8 rows' int32 totals.
+// Zen 3 runs vpmaddubsw and vpmaddwd on one pipe, so vpmaddwd is spared where it can be: with
+// codes < 32 (|sum| <= 4 * 2 * 31 * 127 < 32768) two rounds of int16 horizontal adds come first,
+// one vpmaddwd then widening 4 rows; Q8_0's pair sums need int32 at once.
+template <int T>
 TM_AVX2 inline __m256i transpose_sum(const __m256i* p) {
-  const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-  const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-  // g0: rows 0..3, low lanes' sums (low half) and high lanes' (high half); g1 the same for 4..7
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i g0, g1;  // rows 0..3 (4..7): each row's low-lane total in the low half, high-lane in the high
+  if constexpr (T == Q8_0) {
+    __m256i w[kRows];
+    for (int i = 0; i < kRows; ++i) w[i] = _mm256_madd_epi16(p[i], ones);
+    g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(w[0], w[1]), _mm256_hadd_epi32(w[2], w[3]));
+    g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(w[4], w[5]), _mm256_hadd_epi32(w[6], w[7]));
+  } else {
+    g0 = _mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3])), ones);
+    g1 = _mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(p[4], p[5]), _mm256_hadd_epi16(p[6], p[7])), ones);
+  }
   return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
 }
 
-// codes u (unsigned) times activations av (Q8_0: with q's signs) -> 8 int32 partial sums
+// codes u (unsigned) times activations av (Q8_0: with q's signs) -> 16 int16 pair sums
 template <int T>
 TM_AVX2 inline __m256i block_dot(__m256i u, __m256i q, __m256i av) {
-  const __m256i x = T == Q8_0 ? _mm256_sign_epi8(av, q) : av;
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+  return _mm256_maddubs_epi16(u, T == Q8_0 ? _mm256_sign_epi8(av, q) : av);
 }
 
 // one block's step for the 8 rows: p their partial sums, d (m) their scales (mins)
 template <int T>
 TM_AVX2 inline void block_step(const __m256i* p, __m256 d, __m256 m, const Act32& a, __m256& acc, __m256& mins) {
-  __m256i s = transpose_sum(p);
+  __m256i s = transpose_sum<T>(p);
   if (kOffset<T>) s = _mm256_sub_epi32(s, _mm256_set1_epi32(kOffset<T> * a.sum));
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(a.d)), acc);
   if (kMin<T>) mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), mins);
