@@ -124,8 +124,9 @@ def test_serves_chat_in_three_protocols(path, tmp_path):
         a = openai.OpenAI(base_url=server.url + "/v1", api_key="x").chat.completions.create(
             model=server.model, messages=msgs, max_tokens=12, temperature=0)
         assert a.choices[0].message.content and a.usage.completion_tokens <= 12
+        # Ollama's default repeat_penalty is 1.1 (OpenAI has none): the same settings, one answer
         b = ollama.Client(host=server.url).chat(model=server.model, messages=msgs,
-                                                options={"num_predict": 12, "temperature": 0})
+                                                options={"num_predict": 12, "temperature": 0, "repeat_penalty": 1.0})
         assert b.message.content == a.choices[0].message.content  # one template, one greedy answer
         c = InferenceClient(base_url=server.url).chat_completion(messages=msgs, model=server.model, max_tokens=12,
                                                                  temperature=0)

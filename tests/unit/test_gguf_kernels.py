@@ -50,7 +50,7 @@ def test_kernel_matches_dequantized_reference(name, M):
         scale = fp.abs().max()
         assert (y - exact).abs().max() <= 2e-5 * scale, (name, portable)
         assert (y - fp).norm() <= 0.02 * fp.norm(), (name, portable)
-    if block == 32:  # the AVX2 tiles take the portable path's float steps: equal, bit for bit
+    if block > 1:  # the AVX2 tiles and rows take the portable path's float steps: equal, bit for bit
         assert torch.equal(ys[False], ys[True]), name
 
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #define TM_AVX2 __attribute__((target("avx2,fma,f16c")))
 // A register barrier for a running sum: without it GCC reassociates a block's integer sums into a
@@ -42,10 +43,61 @@ TM_AVX2 inline __m256i nibbles32(const uint8_t* qs) {
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
 }
 
+// the 8 int32 lanes' sum (exact)
+TM_AVX2 inline int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+  return _mm_cvtsi128_si32(s);
+}
+
 TM_AVX2 inline float half(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return _cvtsh_ss(h);
+}
+
+// rows 0..3 in g0, 4..7 in g1 (each row's low-half total in the low half, its high-half total in
+// the high) -> one vector of the 8 rows' totals
+TM_AVX2 inline __m256i join(__m256i g0, __m256i g1) {
+  return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+}
+
+// 8 int32 vectors (one per weight row) -> one vector of the 8 rows' totals
+TM_AVX2 inline __m256i transpose_sum(const __m256i* p) {
+  return join(_mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3])),
+              _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7])));
+}
+
+// 8 rows' fp16 at byte `at` of each -> 8 floats (gathered in a register: a store forwarded to a
+// wider load would stall)
+TM_AVX2 inline __m256 halves8(const uint8_t* const* rows, int64_t at) {
+  const auto h = [&](int i) {
+    uint16_t v;
+    std::memcpy(&v, rows[i] + at, 2);
+    return static_cast<short>(v);
+  };
+  return _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)));
+}
+
+// A tile kernel's driver over M activation rows (Act blocks, stride bytes apart) -> out[m * ldo]:
+// fewer than tile_from rows run against the file's rows as they are (rows(a, out)); more unpack
+// the 8 weight rows once into a per-thread tile of nb blocks (unpack(tile)) and run every
+// activation row against it (run(tile, a, out)).
+template <typename Tile, typename Act, typename Rows, typename Unpack, typename Run>
+inline void drive_tile(int64_t nb, const void* act, int64_t stride, int64_t M, float* out, int64_t ldo,
+                       int64_t tile_from, Rows rows, Unpack unpack, Run run) {
+  const auto row = [&](int64_t m) {
+    return reinterpret_cast<const Act*>(static_cast<const uint8_t*>(act) + m * stride);
+  };
+  if (M < tile_from) {
+    for (int64_t m = 0; m < M; ++m) rows(row(m), out + m * ldo);
+    return;
+  }
+  thread_local std::vector<Tile> tile;
+  if (static_cast<int64_t>(tile.size()) < nb) tile.resize(nb);
+  unpack(tile.data());
+  for (int64_t m = 0; m < M; ++m) run(tile.data(), row(m), out + m * ldo);
 }
 
 }  // namespace tokenmill::gguf::avx2

@@ -136,6 +136,9 @@ void dot_rows_scalar(int t, const uint8_t* w, int64_t K, const void* act, int64_
 // end for Q4_1 / Q5_1): the same float steps as dot_rows_scalar, for any M. AVX2 only.
 void dot_tile32(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
                 int64_t stride, int64_t M, float* out, int64_t ldo);
+// The K-quants the same way (prompt rows: worth unpacking a tile from 4 activation rows on).
+void dot_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
+                int64_t stride, int64_t M, float* out, int64_t ldo);
 // One weight row -> K float32 (embedding lookups).
 void dequantize_row(int t, const uint8_t* w, int64_t K, float* out);
 // Whether dot_rows runs the AVX2 code here (else it is dot_rows_scalar).

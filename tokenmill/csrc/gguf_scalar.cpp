@@ -145,7 +145,7 @@ void dot_rows_scalar(int t, const uint8_t* w, int64_t K, const void* act, int64_
             for (int i = 16 * s; i < 16 * s + 16; ++i) part += c[i] * a.q[i];
             sumi += static_cast<int8_t>(w[192 + s]) * part;
           }
-          out[r] += fp16(w + 208) * a.d * static_cast<float>(sumi);
+          out[r] = std::fma(static_cast<float>(sumi), fp16(w + 208) * a.d, out[r]);
         } else {
           uint8_t sc[8], mn[8];
           k_scales(w + 4, sc, mn);
@@ -156,7 +156,8 @@ void dot_rows_scalar(int t, const uint8_t* w, int64_t K, const void* act, int64_
             sumi += sc[j] * part;
             summ += mn[j] * (a.bsum[2 * j] + a.bsum[2 * j + 1]);
           }
-          out[r] += fp16(w) * a.d * static_cast<float>(sumi) - fp16(w + 2) * a.d * static_cast<float>(summ);
+          const float t = std::fma(-fp16(w + 2), static_cast<float>(summ), fp16(w) * static_cast<float>(sumi));
+          out[r] = std::fma(a.d, t, out[r]);
         }
       } else {  // (see dot_tile32)
         const Act32& a = reinterpret_cast<const Act32*>(base + r * stride)[b];

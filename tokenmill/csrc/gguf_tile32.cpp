@@ -78,19 +78,16 @@ TM_AVX2 void unpack(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, Tile
 // codes < 32 (|sum| <= 4 * 2 * 31 * 127 < 32768) two rounds of int16 horizontal adds come first,
 // one vpmaddwd then widening 4 rows; Q8_0's pair sums need int32 at once.
 template <int T>
-TM_AVX2 inline __m256i transpose_sum(const __m256i* p) {
+TM_AVX2 inline __m256i transpose_pairs(const __m256i* p) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i g0, g1;  // rows 0..3 (4..7): each row's low-lane total in the low half, high-lane in the high
   if constexpr (T == Q8_0) {
     __m256i w[kRows];
     for (int i = 0; i < kRows; ++i) w[i] = _mm256_madd_epi16(p[i], ones);
-    g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(w[0], w[1]), _mm256_hadd_epi32(w[2], w[3]));
-    g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(w[4], w[5]), _mm256_hadd_epi32(w[6], w[7]));
+    return transpose_sum(w);
   } else {
-    g0 = _mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3])), ones);
-    g1 = _mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(p[4], p[5]), _mm256_hadd_epi16(p[6], p[7])), ones);
+    return join(_mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3])), ones),
+                _mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(p[4], p[5]), _mm256_hadd_epi16(p[6], p[7])), ones));
   }
-  return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
 }
 
 // codes u (unsigned) times activations av (Q8_0: with q's signs) -> 16 int16 pair sums
@@ -102,7 +99,7 @@ TM_AVX2 inline __m256i block_dot(__m256i u, __m256i q, __m256i av) {
 // one block's step for the 8 rows: p their partial sums, d (m) their scales (mins)
 template <int T>
 TM_AVX2 inline void block_step(const __m256i* p, __m256 d, __m256 m, const Act32& a, __m256& acc, __m256& mins) {
-  __m256i s = transpose_sum<T>(p);
+  __m256i s = transpose_pairs<T>(p);
   if (kOffset<T>) s = _mm256_sub_epi32(s, _mm256_set1_epi32(kOffset<T> * a.sum));
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(a.d)), acc);
   if (kMin<T>) mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), mins);
@@ -136,17 +133,6 @@ TM_AVX2 void run(const TileBlock* tile, int64_t nb, const Act32* a, int n, float
   store_rows(acc, mins, kMin<T>, n, out);
 }
 
-// the 8 rows' fp16 at byte `at` -> 8 halves in a register (not through memory: a store forwarded
-// to a wider load stalls)
-TM_AVX2 inline __m128i halves(const uint8_t* const* rows, int64_t at) {
-  const auto h = [&](int i) {
-    uint16_t v;
-    std::memcpy(&v, rows[i] + at, 2);
-    return static_cast<short>(v);
-  };
-  return _mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7));
-}
-
 // the same from the file's blocks, for one activation row (decode): each row read through in
 // turn, its blocks' partial sums kept, then the 8 rows' sums brought together block by block.
 // (Reading the 8 rows side by side, block by block, is faster from cache but not from memory:
@@ -167,8 +153,8 @@ TM_AVX2 void run_rows(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, co
   __m256 acc = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t at = b * kBytes<T>;
-    const __m256 d = _mm256_cvtph_ps(halves(rows, at));
-    const __m256 m = kMin<T> ? _mm256_cvtph_ps(halves(rows, at + 2)) : d;
+    const __m256 d = halves8(rows, at);
+    const __m256 m = kMin<T> ? halves8(rows, at + 2) : d;
     block_step<T>(&part[b * kRows], d, m, a[b], acc, mins);
   }
   store_rows(acc, mins, kMin<T>, n, out);
@@ -178,17 +164,11 @@ template <int T>
 TM_AVX2 void tile32(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act, int64_t stride,
                     int64_t M, float* out, int64_t ldo) {
   const int64_t nb = K / 32;
-  const auto* base = static_cast<const uint8_t*>(act);
-  if (M <= kDirectRows) {  // too few rows to pay for unpacking into the tile
-    for (int64_t m = 0; m < M; ++m)
-      run_rows<T>(w, row_bytes, n, nb, reinterpret_cast<const Act32*>(base + m * stride), out + m * ldo);
-    return;
-  }
-  thread_local std::vector<TileBlock> tile;
-  if (static_cast<int64_t>(tile.size()) < nb) tile.resize(nb);
-  unpack<T>(w, row_bytes, n, nb, tile.data());
-  for (int64_t m = 0; m < M; ++m)
-    run<T>(tile.data(), nb, reinterpret_cast<const Act32*>(base + m * stride), n, out + m * ldo);
+  drive_tile<TileBlock, Act32>(
+      nb, act, stride, M, out, ldo, kDirectRows + 1,
+      [&](const Act32* a, float* o) { run_rows<T>(w, row_bytes, n, nb, a, o); },
+      [&](TileBlock* tile) { unpack<T>(w, row_bytes, n, nb, tile); },
+      [&](const TileBlock* tile, const Act32* a, float* o) { run<T>(tile, nb, a, n, o); });
 }
 
 }  // namespace

@@ -1,0 +1,336 @@
+// The K-quants (Q4_K, Q5_K, Q6_K) for prompt rows with AVX2, a tile of 8 weight rows at a time, the
+// way gguf_tile32.cpp runs the 32-element types. The tile's blocks are unpacked once into codes
+// (bytes, row by row) and their scales into vectors laid out for vpmaddwd; then every activation
+// row runs against it. Per 32 inputs the 8 rows' vpmaddubsw outputs are summed across rows by int16
+// horizontal adds (Q4_K / Q5_K: two rounds, codes < 32; Q6_K: one, codes < 64) and scaled by one
+// vpmaddwd per 4 (2) rows, which saves Zen 3's single multiply pipe a third of its work against
+// the row kernels. Per block the exact int32 sums (lane i = weight row i), then the float steps of
+// gguf_scalar.cpp: the same result as the row kernels and the portable path, bit for bit.
+#include <algorithm>
+#include <vector>
+
+#include "gguf_avx2.h"
+#include "gguf_blocks.h"
+
+namespace tokenmill::gguf {
+namespace {
+
+using namespace avx2;
+
+constexpr int kRows = 8;
+constexpr int64_t kTileRows = 4;  // from this many activation rows on, unpack the tile
+
+// one 256-block of a tile's 8 rows
+struct alignas(32) TileK {
+  uint8_t u[kRows][256];  // codes 0..31 (Q4_K / Q5_K) or 0..63 (Q6_K)
+  // Q4_K / Q5_K: per 32-sub-block j, rows 0..3 and 4..7 as int16 pairs (sc_r, sc_r) for the
+  // two-round sums [r0 r0 r1 r1 r2 r2 r3 r3] in both halves; Q6_K: per 32-group g and row pair p,
+  // the low half (sub-block 2g) [sc_r sc_r sc_r sc_r sc_r' ...], the high half sub-block 2g + 1
+  int16_t sc[8][4][16];
+  // Q4_K / Q5_K: mins as int16 pairs (m_2k, m_2k+1) per row, k = 0..3; Q6_K: scales as pairs
+  // (sc_2k, sc_2k+1) per row, k = 0..7 (for the -32 offset)
+  int16_t pairs[8][kRows][2];
+  float d[kRows], dmin[kRows];
+};
+
+// one row's block -> its 256 codes in element order (as gguf_scalar.cpp's codes(), unsigned), and
+// its scales (Q6_K: 16) or scales and mins (Q4_K / Q5_K: 8 each)
+template <int T>
+TM_AVX2 void unpack_row(const uint8_t* blk, uint8_t* u, int* sc, int* mn, float& d, float& dmin) {
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  const auto store = [&](int at, __m256i v) { _mm256_store_si256(reinterpret_cast<__m256i*>(u + at), v); };
+  if constexpr (T == Q6_K) {
+    const __m256i m2 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+      const auto top = [&](int shift) {
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, shift), m2), 4);
+      };
+      store(128 * h, _mm256_or_si256(_mm256_and_si256(l0, m4), top(0)));
+      store(128 * h + 32, _mm256_or_si256(_mm256_and_si256(l1, m4), top(2)));
+      store(128 * h + 64, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), top(4)));
+      store(128 * h + 96, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), top(6)));
+    }
+    for (int s = 0; s < 16; ++s) sc[s] = static_cast<int8_t>(blk[192 + s]);
+    d = fp16(blk + 208);
+    dmin = 0.f;
+  } else {
+    const uint8_t* qs = blk + (T == Q4_K ? 16 : 48);
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16));
+    const __m256i one = _mm256_set1_epi8(1);
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+      __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+      if (T == Q5_K) {  // bit 2c of qh byte l -> element 64c + l, bit 2c + 1 -> 64c + 32 + l
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+      }
+      store(64 * c, lo);
+      store(64 * c + 32, hi);
+    }
+    uint8_t s8[8], m8[8];
+    k_scales(blk + 4, s8, m8);
+    for (int j = 0; j < 8; ++j) sc[j] = s8[j], mn[j] = m8[j];
+    d = fp16(blk);
+    dmin = fp16(blk + 2);
+  }
+}
+
+template <int T>
+TM_AVX2 void unpack(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, TileK* tile) {
+  constexpr int bytes = T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
+  for (int64_t b = 0; b < nb; ++b) {
+    TileK& o = tile[b];
+    int sc[kRows][16] = {}, mn[kRows][8] = {};
+    for (int i = 0; i < kRows; ++i) {
+      if (i < n) {
+        unpack_row<T>(w + i * row_bytes + b * bytes, o.u[i], sc[i], mn[i], o.d[i], o.dmin[i]);
+      } else {  // a short tile: rows of zeros
+        std::fill(o.u[i], o.u[i] + 256, 0);
+        o.d[i] = o.dmin[i] = 0.f;
+      }
+    }
+    if constexpr (T == Q6_K) {
+      for (int g = 0; g < 8; ++g)
+        for (int p = 0; p < 4; ++p)
+          for (int e = 0; e < 16; ++e) {  // half e / 8 is sub-block 2g + e / 8; row 2p + (e % 8) / 4
+            o.sc[g][p][e] = static_cast<int16_t>(sc[2 * p + (e % 8) / 4][2 * g + e / 8]);
+          }
+      for (int k = 0; k < 8; ++k)
+        for (int i = 0; i < kRows; ++i) o.pairs[k][i][0] = sc[i][2 * k], o.pairs[k][i][1] = sc[i][2 * k + 1];
+    } else {
+      for (int j = 0; j < 8; ++j)
+        for (int h = 0; h < 2; ++h)  // rows 4h..4h+3
+          for (int e = 0; e < 16; ++e) o.sc[j][h][e] = static_cast<int16_t>(sc[4 * h + (e % 8) / 2][j]);
+      for (int k = 0; k < 4; ++k)
+        for (int i = 0; i < kRows; ++i) o.pairs[k][i][0] = mn[i][2 * k], o.pairs[k][i][1] = mn[i][2 * k + 1];
+    }
+  }
+}
+
+TM_AVX2 inline __m256i vload(const void* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// sum_k pairs_k . (v_2k, v_2k+1) for each row: v as int16 (activation sums)
+TM_AVX2 inline __m256i pair_dot(const TileK& o, const int16_t* v, int n_pairs) {
+  __m256i s = _mm256_setzero_si256();
+  for (int k = 0; k < n_pairs; ++k) {
+    int32_t both;
+    std::memcpy(&both, v + 2 * k, 4);
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(vload(o.pairs[k]), _mm256_set1_epi32(both)));
+  }
+  return s;
+}
+
+// one activation row (nb ActK blocks) against the tile -> out[0..n)
+template <int T>
+TM_AVX2 void run(const TileK* tile, int64_t nb, const ActK* a, int n, float* out) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const TileK& o = tile[b];
+    const ActK& x = a[b];
+    if constexpr (T == Q6_K) {
+      __m256i h[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (int g = 0; g < 8; ++g) {
+        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + 32 * g));
+        #pragma GCC unroll 4
+        for (int p = 0; p < 4; ++p) {  // rows 2p, 2p + 1: codes < 64, one int16 round fits
+          const __m256i s = _mm256_hadd_epi16(_mm256_maddubs_epi16(vload(o.u[2 * p] + 32 * g), av),
+                                              _mm256_maddubs_epi16(vload(o.u[2 * p + 1] + 32 * g), av));
+          h[p] = _mm256_add_epi32(h[p], _mm256_madd_epi16(s, vload(o.sc[g][p])));
+        }
+      }
+      // h[p]: [r r r' r' | r r r' r'] -> rows 0..3 / 4..7 per half, then the halves joined
+      const __m256i sum = join(_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]));
+      const __m256i off = _mm256_slli_epi32(pair_dot(o, x.bsum, 8), 5);  // 32 * sum_s sc_s * (sum of 16 a)
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, off)),
+                            _mm256_mul_ps(_mm256_load_ps(o.d), _mm256_set1_ps(x.d)), acc);
+    } else {
+      __m256i g0 = _mm256_setzero_si256(), g1 = _mm256_setzero_si256();
+      for (int j = 0; j < 8; ++j) {
+        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + 32 * j));
+        __m256i p[kRows];
+        #pragma GCC unroll 8
+        for (int i = 0; i < kRows; ++i) p[i] = _mm256_maddubs_epi16(vload(o.u[i] + 32 * j), av);
+        // codes < 32: four pair sums fit in int16 (4 * 2 * 31 * 127 < 32768)
+        const __m256i s0 = _mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3]));
+        const __m256i s1 = _mm256_hadd_epi16(_mm256_hadd_epi16(p[4], p[5]), _mm256_hadd_epi16(p[6], p[7]));
+        g0 = _mm256_add_epi32(g0, _mm256_madd_epi16(s0, vload(o.sc[j][0])));
+        g1 = _mm256_add_epi32(g1, _mm256_madd_epi16(s1, vload(o.sc[j][1])));
+      }
+      int16_t sums32[8];  // the activations' sums of 32, from the sums of 16
+      for (int j = 0; j < 8; ++j) sums32[j] = static_cast<int16_t>(x.bsum[2 * j] + x.bsum[2 * j + 1]);
+      const __m256 sum = _mm256_cvtepi32_ps(join(g0, g1));
+      const __m256 summ = _mm256_cvtepi32_ps(pair_dot(o, sums32, 4));
+      const __m256 t = _mm256_fnmadd_ps(_mm256_load_ps(o.dmin), summ, _mm256_mul_ps(_mm256_load_ps(o.d), sum));
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(x.d), t, acc);
+    }
+  }
+  alignas(32) float tmp[kRows];
+  _mm256_store_ps(tmp, acc);
+  std::copy(tmp, tmp + n, out);
+}
+
+// a weight block's bytes kPrefetchBytes ahead (see gguf_avx2.h)
+inline void prefetch_ahead(const uint8_t* blk, int bytes) {
+  for (int off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + off), _MM_HINT_T0);
+}
+
+// control for _mm256_shuffle_epi8 broadcasting int16 element lo (low 128 bits) and hi (high)
+TM_AVX2 inline __m256i pick16(int lo, int hi) {
+  return _mm256_set_m128i(_mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * hi)),
+                          _mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * lo)));
+}
+
+// Q4_K / Q5_K 12 scale bytes (and 4 more, ignored) -> 8 scales (bytes 0..7) and 8 mins (8..15),
+// k_scales' numbers, in a few shuffles: scale / min j < 4 is byte j / j + 4 & 63; j >= 4 takes
+// its low 4 bits from byte j + 4 (low / high nibble) and its top 2 from the top of byte j - 4 / j
+TM_AVX2 inline __m128i k_scales_vec(const uint8_t* q) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  const __m128i low = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  const __m128i six = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+  const __m128i high_nib = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+  return _mm_or_si128(_mm_or_si128(_mm_and_si128(low, six), _mm_and_si128(_mm_srli_epi16(low, 4), high_nib)),
+                      _mm_and_si128(_mm_srli_epi16(top, 2), _mm_set1_epi8(0x30)));
+}
+
+// One weight row against one activation row (decode): per block the int32 lanes of
+// sum_j sc_j (codes . a) and of sum_j min_j (sums of 32 a) -> sums[b * kRows], mins[b * kRows].
+// Chunk by chunk, codes as in gguf_scalar.cpp, scales spread by shuffles.
+template <bool Q5>
+TM_AVX2 void row_parts_k45(const uint8_t* w, int64_t nb, const ActK* act, __m256i* sums, __m256i* mins) {
+  const __m256i m4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
+  __m256i pick[8];  // scale j in every lane: chunk c's low nibbles take 2c, its high ones 2c + 1
+  #pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) pick[j] = pick16(j, j);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * (Q5 ? 176 : 144);
+    prefetch_ahead(blk, Q5 ? 176 : 144);
+    const ActK& a = act[b];
+    const __m128i sm8 = k_scales_vec(blk + 4);
+    const __m256i sm = _mm256_cvtepu8_epi16(sm8);
+    const __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);  // 8 scales in both lanes
+    // mins, each twice: element 2j, 2j + 1 = min j, against the 16 sums of 16 activations
+    const __m256i mn = _mm256_cvtepu8_epi16(
+        _mm_shuffle_epi8(sm8, _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15)));
+    mins[b * kRows] = _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum)), mn);
+    const uint8_t* qs = blk + (Q5 ? 48 : 16);
+    const __m256i qh = Q5 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16)) : m4;
+    __m256i sum = _mm256_setzero_si256();
+    #pragma GCC unroll 8
+    for (int c = 0; c < 4; ++c) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * c));
+      __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+      if (Q5) {  // bit 2c of qh byte l -> element 64c + l, bit 2c + 1 -> 64c + 32 + l
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c), one), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * c + 1), one), 4));
+      }
+      const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 64 * c));
+      const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 64 * c + 32));
+      const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), _mm256_shuffle_epi8(scales, pick[2 * c]));
+      const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), _mm256_shuffle_epi8(scales, pick[2 * c + 1]));
+      sum = _mm256_add_epi32(sum, _mm256_add_epi32(p0, p1));
+      TM_KEEP(sum);
+    }
+    sums[b * kRows] = sum;
+  }
+}
+
+// Q6_K the same: per block the int32 lanes of sum_s sc_s (codes - 32) . a -> sums[b * kRows]
+TM_AVX2 void row_parts_q6k(const uint8_t* w, int64_t nb, const ActK* act, __m256i* sums) {
+  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+  __m256i pick[4];  // group g of a half: scale 2g (elements 0..15), 2g + 1 (16..31)
+  #pragma GCC unroll 8
+  for (int g = 0; g < 4; ++g) pick[g] = pick16(2 * g, 2 * g + 1);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * 210;
+    prefetch_ahead(blk, 210);
+    const ActK& a = act[b];
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
+    // the codes' offset first: -32 * sum_s sc_s * (sum of 16 activations)
+    __m256i sum = _mm256_sub_epi32(_mm256_setzero_si256(),
+        _mm256_slli_epi32(_mm256_madd_epi16(sc16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsum))), 5));
+    #pragma GCC unroll 8
+    for (int h = 0; h < 2; ++h) {
+      const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+      const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+      __m256i q[4];  // codes 0..63 of elements 128h + 32g + (0..31)
+      q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      // this half's 8 scales in both lanes
+      const __m256i sh = h ? _mm256_permute2x128_si256(sc16, sc16, 0x11) : _mm256_permute2x128_si256(sc16, sc16, 0x00);
+      #pragma GCC unroll 8
+      for (int g = 0; g < 4; ++g) {
+        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + 128 * h + 32 * g));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], av), _mm256_shuffle_epi8(sh, pick[g])));
+        TM_KEEP(sum);
+      }
+    }
+    sums[b * kRows] = sum;
+  }
+}
+
+// one activation row against 8 weight rows read one after another (decode; see gguf_tile32.cpp's
+// run_rows): each row's per-block sums kept, then the 8 rows' sums brought together block by block
+template <int T>
+TM_AVX2 void run_rows(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, const ActK* a, float* out) {
+  constexpr int bytes = T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
+  thread_local std::vector<__m256i> part;  // (nb, 2, 8): block b, sums / mins, row i
+  if (static_cast<int64_t>(part.size()) < 2 * nb * kRows) part.resize(2 * nb * kRows);
+  __m256i* sums = part.data();
+  __m256i* mins = part.data() + nb * kRows;
+  const uint8_t* rows[kRows];  // a short tile repeats its last row; those lanes are not stored
+  for (int i = 0; i < kRows; ++i) rows[i] = w + std::min(i, n - 1) * row_bytes;
+  for (int i = 0; i < kRows; ++i) {
+    if constexpr (T == Q6_K) row_parts_q6k(rows[i], nb, a, sums + i);
+    else row_parts_k45<T == Q5_K>(rows[i], nb, a, sums + i, mins + i);
+  }
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const ActK& x = a[b];
+    if constexpr (T == Q6_K) {
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(transpose_sum(sums + b * kRows)),
+                            _mm256_mul_ps(halves8(rows, b * bytes + 208), _mm256_set1_ps(x.d)), acc);
+    } else {
+      const __m256 sum = _mm256_cvtepi32_ps(transpose_sum(sums + b * kRows));
+      const __m256 summ = _mm256_cvtepi32_ps(transpose_sum(mins + b * kRows));
+      const __m256 t = _mm256_fnmadd_ps(halves8(rows, b * bytes + 2), summ, _mm256_mul_ps(halves8(rows, b * bytes), sum));
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(x.d), t, acc);
+    }
+  }
+  alignas(32) float tmp[kRows];
+  _mm256_store_ps(tmp, acc);
+  std::copy(tmp, tmp + n, out);
+}
+
+template <int T>
+TM_AVX2 void tile_k(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act, int64_t stride,
+                    int64_t M, float* out, int64_t ldo) {
+  const int64_t nb = K / 256;
+  drive_tile<TileK, ActK>(
+      nb, act, stride, M, out, ldo, kTileRows,
+      [&](const ActK* a, float* o) { run_rows<T>(w, row_bytes, n, nb, a, o); },
+      [&](TileK* tile) { unpack<T>(w, row_bytes, n, nb, tile); },
+      [&](const TileK* tile, const ActK* a, float* o) { run<T>(tile, nb, a, n, o); });
+}
+
+}  // namespace
+
+void dot_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
+                int64_t stride, int64_t M, float* out, int64_t ldo) {
+  switch (t) {
+    case Q4_K: return tile_k<Q4_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
+    case Q5_K: return tile_k<Q5_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
+    case Q6_K: return tile_k<Q6_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
+  }
+}
+
+}  // namespace tokenmill::gguf
