@@ -141,7 +141,7 @@ void dot_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, co
                 int64_t stride, int64_t M, float* out, int64_t ldo);
 // One weight row -> K float32 (embedding lookups).
 void dequantize_row(int t, const uint8_t* w, int64_t K, float* out);
-// Whether dot_rows runs the AVX2 code here (else it is dot_rows_scalar).
+// Whether the AVX2 code runs here: the tiles, and dot_rows for F16 / BF16 (else dot_rows_scalar).
 bool has_avx2();
 
 }  // namespace tokenmill::gguf

@@ -4,9 +4,10 @@
 // type: a Q4_K_M file keeps some v and down projections in Q6_K), each a (rows, row_bytes) uint8
 // tensor of whole blocks as the file stores them. Activations are quantized once per call for
 // every form the parts need; the parts' rows go out in tasks of 16 weight rows, each task running
-// every activation row against its rows: 8 weight rows unpacked once into a tile against all of
-// them (gguf_tile32.cpp, gguf_tilek.cpp), or for a K-quant and fewer than 4 activation rows, one
-// weight row against them (gguf_avx2.cpp). All give the same numbers for a row.
+// every activation row against its rows 8 at a time (gguf_tile32.cpp, gguf_tilek.cpp: a tile
+// unpacked once for prompt rows, the file's rows read through for a decode row). F16 / BF16 and
+// the portable path take one weight row at a time (gguf_avx2.cpp, gguf_scalar.cpp). All give the
+// same numbers for a row.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -76,41 +77,40 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
     for (int64_t n = 0; n < parts[i].size(0); n += kTaskRows) tasks.emplace_back(static_cast<int>(i), n);
   const auto dot = portable ? gg::dot_rows_scalar : gg::dot_rows;
   const bool tiled = !portable && gg::has_avx2();  // tiles give the portable path's numbers
-  const auto run_task = [&](int64_t ti) {
-    const auto [i, n0] = tasks[ti];
-    const int t = static_cast<int>(types[i]);
-    const auto kind = gg::act_kind(t);
-    const uint8_t* act = kind == gg::ActKind::K256 ? act_k.data()
-                         : kind == gg::ActKind::B32 ? act_32.data()
-                                                     : reinterpret_cast<const uint8_t*>(xp);
-    const int64_t stride = kind == gg::ActKind::K256 ? stride_k : kind == gg::ActKind::B32 ? stride_32 : K * 4;
-    const int64_t rb = parts[i].size(1), n1 = std::min(parts[i].size(0), n0 + kTaskRows);
-    const uint8_t* w = parts[i].data_ptr<uint8_t>();
-    // 8 weight rows against all M rows at a time
-    if (tiled && kind != gg::ActKind::Float) {
-      for (int64_t n = n0; n < n1; n += 8) {
-        const int rows = static_cast<int>(std::min<int64_t>(8, n1 - n));
-        const int64_t col = first_col[i] + n;
-        const auto tile = kind == gg::ActKind::B32 ? gg::dot_tile32 : gg::dot_tile_k;
-        tile(t, w + n * rb, rb, rows, K, act, stride, M, yp + col, N);
-        if (bp)
-          for (int64_t m = 0; m < M; ++m)
-            for (int r = 0; r < rows; ++r) yp[m * N + col + r] += bp[col + r];
-      }
-      return;
-    }
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const int R = static_cast<int>(std::min<int64_t>(4, M - m0));
-      for (int64_t n = n0; n < n1; ++n) {
-        float out[4];
-        dot(t, w + n * rb, K, act + m0 * stride, stride, R, out);
-        const int64_t col = first_col[i] + n;
-        for (int r = 0; r < R; ++r) yp[(m0 + r) * N + col] = out[r] + (bp ? bp[col] : 0.f);
-      }
-    }
-  };
   at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t ti = t0; ti < t1; ++ti) run_task(ti);
+    for (int64_t ti = t0; ti < t1; ++ti) {
+      const auto [i, n0] = tasks[ti];
+      const int t = static_cast<int>(types[i]);
+      const auto kind = gg::act_kind(t);
+      const uint8_t* act = kind == gg::ActKind::K256 ? act_k.data()
+                           : kind == gg::ActKind::B32 ? act_32.data()
+                                                       : reinterpret_cast<const uint8_t*>(xp);
+      const int64_t stride = kind == gg::ActKind::K256 ? stride_k : kind == gg::ActKind::B32 ? stride_32 : K * 4;
+      const int64_t rb = parts[i].size(1), n1 = std::min(parts[i].size(0), n0 + kTaskRows);
+      const uint8_t* w = parts[i].data_ptr<uint8_t>();
+      // 8 weight rows against all M rows at a time
+      if (tiled && kind != gg::ActKind::Float) {
+        for (int64_t n = n0; n < n1; n += 8) {
+          const int rows = static_cast<int>(std::min<int64_t>(8, n1 - n));
+          const int64_t col = first_col[i] + n;
+          const auto tile = kind == gg::ActKind::B32 ? gg::dot_tile32 : gg::dot_tile_k;
+          tile(t, w + n * rb, rb, rows, K, act, stride, M, yp + col, N);
+          if (bp)
+            for (int64_t m = 0; m < M; ++m)
+              for (int r = 0; r < rows; ++r) yp[m * N + col + r] += bp[col + r];
+        }
+        continue;
+      }
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int R = static_cast<int>(std::min<int64_t>(4, M - m0));
+        for (int64_t n = n0; n < n1; ++n) {
+          float out[4];
+          dot(t, w + n * rb, K, act + m0 * stride, stride, R, out);
+          const int64_t col = first_col[i] + n;
+          for (int r = 0; r < R; ++r) yp[(m0 + r) * N + col] = out[r] + (bp ? bp[col] : 0.f);
+        }
+      }
+    }
   });
   return y;
 }
