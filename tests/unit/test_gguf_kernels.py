@@ -86,6 +86,22 @@ def test_mixed_parts_bias_and_batch_invariance():
         assert torch.equal(layer(x[i:i + 1])[0], y[i])
 
 
+def test_long_prompts_run_in_chunks():
+    """A prompt longer than one chunk of activation rows (the kernels run a long prompt through
+    the tiles a chunk at a time, here 64 rows of K = 8192) gives the portable path's numbers, and
+    each row those it gets alone."""
+    rng = np.random.default_rng(11)
+    K = 8192
+    parts = [torch.from_numpy(random_blocks(name, 8, K, rng)) for name in ("Q4_K", "Q8_0")]
+    types = [int(GGMLQuantizationType[name]) for name in ("Q4_K", "Q8_0")]
+    bias = torch.randn(16)
+    x = torch.randn(150, K)
+    y = kernels().gguf_linear(x, parts, types, bias, False)
+    assert torch.equal(y, kernels().gguf_linear(x, parts, types, bias, True))
+    for i in (0, 63, 64, 149):
+        assert torch.equal(kernels().gguf_linear(x[i:i + 1], parts, types, bias, False)[0], y[i])
+
+
 def test_bad_parts_are_refused():
     raw = torch.zeros(4, 144, dtype=torch.uint8)
     x = torch.randn(2, 256)

@@ -69,6 +69,34 @@ TM_AVX2 inline __m256i transpose_sum(const __m256i* p) {
               _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7])));
 }
 
+// 8 vectors of 8 int32 -> their transpose: out[j] lane i = in[i] lane j. The tiles keep their
+// rows interleaved this way (4 codes of each row in a vector), so that one vpmaddubsw against 4
+// activations broadcast works on the 8 rows at once and each row's sum stays in its own lane.
+TM_AVX2 inline void transpose8(const __m256i* in, __m256i* out) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 4; ++i) {  // t[2i]: in[2i], in[2i+1] lanes 0 1 | 4 5; t[2i+1]: 2 3 | 6 7
+    t[2 * i] = _mm256_unpacklo_epi32(in[2 * i], in[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_epi32(in[2 * i], in[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // u[4h + j]: rows 4h .. 4h + 3, lanes j | j + 4
+    u[4 * h] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+    u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+    u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+    u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    out[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+    out[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+  }
+}
+
+// 4 activations (bytes at p) in every int32 lane
+TM_AVX2 inline __m256i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
 // 8 rows' fp16 at byte `at` of each -> 8 floats (gathered in a register: a store forwarded to a
 // wider load would stall)
 TM_AVX2 inline __m256 halves8(const uint8_t* const* rows, int64_t at) {

@@ -21,6 +21,7 @@ namespace gg = tokenmill::gguf;
 namespace {
 
 constexpr int64_t kTaskRows = 16;
+constexpr int64_t kChunkBytes = 160 << 10;  // a prompt chunk's quantized activations (see below)
 
 int64_t row_bytes(int t, int64_t K) { return K / gg::block_elems(t) * gg::block_bytes(t); }
 
@@ -77,40 +78,48 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
     for (int64_t n = 0; n < parts[i].size(0); n += kTaskRows) tasks.emplace_back(static_cast<int>(i), n);
   const auto dot = portable ? gg::dot_rows_scalar : gg::dot_rows;
   const bool tiled = !portable && gg::has_avx2();  // tiles give the portable path's numbers
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const auto [i, n0] = tasks[ti];
-      const int t = static_cast<int>(types[i]);
-      const auto kind = gg::act_kind(t);
-      const uint8_t* act = kind == gg::ActKind::K256 ? act_k.data()
-                           : kind == gg::ActKind::B32 ? act_32.data()
-                                                       : reinterpret_cast<const uint8_t*>(xp);
-      const int64_t stride = kind == gg::ActKind::K256 ? stride_k : kind == gg::ActKind::B32 ? stride_32 : K * 4;
-      const int64_t rb = parts[i].size(1), n1 = std::min(parts[i].size(0), n0 + kTaskRows);
-      const uint8_t* w = parts[i].data_ptr<uint8_t>();
-      // 8 weight rows against all M rows at a time
-      if (tiled && kind != gg::ActKind::Float) {
-        for (int64_t n = n0; n < n1; n += 8) {
-          const int rows = static_cast<int>(std::min<int64_t>(8, n1 - n));
-          const int64_t col = first_col[i] + n;
-          const auto tile = kind == gg::ActKind::B32 ? gg::dot_tile32 : gg::dot_tile_k;
-          tile(t, w + n * rb, rb, rows, K, act, stride, M, yp + col, N);
-          if (bp)
-            for (int64_t m = 0; m < M; ++m)
-              for (int r = 0; r < rows; ++r) yp[m * N + col + r] += bp[col + r];
-        }
-        continue;
+  // A prompt's activation rows go through a thread's tasks a chunk at a time, the chunk small
+  // enough to stay in the core's L2 while every tile of the thread runs against it (the tiles are
+  // unpacked again per chunk, which costs about two rows' work each).
+  const int64_t act_stride = std::max(stride_k, stride_32);
+  const int64_t chunk = act_stride ? std::max<int64_t>(64, kChunkBytes / act_stride) : M;
+  const auto run_task = [&](int64_t ti, int64_t m0, int64_t m1) {
+    const auto [i, n0] = tasks[ti];
+    const int t = static_cast<int>(types[i]);
+    const auto kind = gg::act_kind(t);
+    const int64_t stride = kind == gg::ActKind::K256 ? stride_k : kind == gg::ActKind::B32 ? stride_32 : K * 4;
+    const uint8_t* act = (kind == gg::ActKind::K256 ? act_k.data()
+                          : kind == gg::ActKind::B32 ? act_32.data()
+                                                      : reinterpret_cast<const uint8_t*>(xp)) + m0 * stride;
+    const int64_t rb = parts[i].size(1), n1 = std::min(parts[i].size(0), n0 + kTaskRows);
+    const uint8_t* w = parts[i].data_ptr<uint8_t>();
+    float* out = yp + m0 * N;
+    const int64_t rows_m = m1 - m0;
+    if (tiled && kind != gg::ActKind::Float) {  // 8 weight rows against the chunk's rows at a time
+      for (int64_t n = n0; n < n1; n += 8) {
+        const int rows = static_cast<int>(std::min<int64_t>(8, n1 - n));
+        const int64_t col = first_col[i] + n;
+        const auto tile = kind == gg::ActKind::B32 ? gg::dot_tile32 : gg::dot_tile_k;
+        tile(t, w + n * rb, rb, rows, K, act, stride, rows_m, out + col, N);
+        if (bp)
+          for (int64_t m = 0; m < rows_m; ++m)
+            for (int r = 0; r < rows; ++r) out[m * N + col + r] += bp[col + r];
       }
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int R = static_cast<int>(std::min<int64_t>(4, M - m0));
-        for (int64_t n = n0; n < n1; ++n) {
-          float out[4];
-          dot(t, w + n * rb, K, act + m0 * stride, stride, R, out);
-          const int64_t col = first_col[i] + n;
-          for (int r = 0; r < R; ++r) yp[(m0 + r) * N + col] = out[r] + (bp ? bp[col] : 0.f);
-        }
+      return;
+    }
+    for (int64_t r0 = 0; r0 < rows_m; r0 += 4) {
+      const int R = static_cast<int>(std::min<int64_t>(4, rows_m - r0));
+      for (int64_t n = n0; n < n1; ++n) {
+        float o4[4];
+        dot(t, w + n * rb, K, act + r0 * stride, stride, R, o4);
+        const int64_t col = first_col[i] + n;
+        for (int r = 0; r < R; ++r) out[(r0 + r) * N + col] = o4[r] + (bp ? bp[col] : 0.f);
       }
     }
+  };
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t m0 = 0; m0 < M; m0 += chunk)
+      for (int64_t ti = t0; ti < t1; ++ti) run_task(ti, m0, std::min(M, m0 + chunk));
   });
   return y;
 }

@@ -1,10 +1,12 @@
 // The 32-element GGUF types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) with AVX2, a tile of 8 weight rows at a
 // time. The tile's blocks are unpacked once into bytes (codes 0..31 for the 4- and 5-bit types, |q|
-// and q for Q8_0) and its rows' scales into float vectors; then every activation row runs against
-// it. Per block: one exact int32 sum per weight row (vpmaddubsw, vpmaddwd), the 8 rows' sums
-// brought into one vector by horizontal adds (lane i = row i), the codes' offset taken off with the
-// activation block's sum, and one float multiply-add for the 8 rows. Lane by lane those are
-// dot_rows_scalar's float steps: the portable path's result bit for bit, whatever M is.
+// and q for Q8_0), the 8 rows interleaved 4 codes at a time, and its rows' scales into float
+// vectors; then every activation row runs against it, 4 activations broadcast to the 8 rows per
+// vpmaddubsw, so each row's exact int32 block sum builds up in its own lane without horizontal
+// adds. The codes' offset is taken off with the activation block's sum, then one float
+// multiply-add for the 8 rows. Decode rows (run_rows) read the file's rows one after another and
+// bring their sums together by horizontal adds. Lane by lane those are dot_rows_scalar's float
+// steps: the portable path's result bit for bit, whatever M is.
 #include <algorithm>
 #include <vector>
 
@@ -29,11 +31,12 @@ constexpr int kOffset = T == Q4_0 ? 8 : T == Q5_0 ? 16 : 0;  // w = d * (code - 
 template <int T>
 constexpr bool kMin = T == Q4_1 || T == Q5_1;  // w = d * code + m
 
-// one block of a tile's 8 rows
+// one block of a tile's 8 rows, interleaved: u[s] holds codes 4s .. 4s + 3 of row i at bytes
+// 4i .. 4i + 3 (see transpose8)
 struct alignas(32) TileBlock {
   float d[kRows], m[kRows];
-  uint8_t u[kRows][32];  // codes, unsigned (|q| for Q8_0)
-  int8_t q[kRows][32];   // Q8_0's signed codes: their signs go onto the activations
+  uint8_t u[8][32];  // codes, unsigned (|q| for Q8_0)
+  int8_t q[8][32];   // Q8_0's signed codes: their signs go onto the activations
 };
 
 // a block's 32 codes as unsigned bytes (|q| for Q8_0, whose signed q goes to q)
@@ -54,27 +57,27 @@ TM_AVX2 inline __m256i codes(const uint8_t* blk, __m256i& q) {
 
 template <int T>
 TM_AVX2 void unpack(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, TileBlock* tile) {
-  for (int i = 0; i < kRows; ++i) {
-    for (int64_t b = 0; b < nb; ++b) {
-      TileBlock& o = tile[b];
+  for (int64_t b = 0; b < nb; ++b) {
+    TileBlock& o = tile[b];
+    __m256i u[kRows], q[kRows];
+    for (int i = 0; i < kRows; ++i) {
       if (i >= n) {  // a short tile: rows of zeros
         o.d[i] = o.m[i] = 0.f;
-        _mm256_store_si256(reinterpret_cast<__m256i*>(o.u[i]), _mm256_setzero_si256());
-        _mm256_store_si256(reinterpret_cast<__m256i*>(o.q[i]), _mm256_setzero_si256());
+        u[i] = q[i] = _mm256_setzero_si256();
         continue;
       }
       const uint8_t* blk = w + i * row_bytes + b * kBytes<T>;
       o.d[i] = half(blk);
-      if (kMin<T>) o.m[i] = half(blk + 2);
-      __m256i q;
-      _mm256_store_si256(reinterpret_cast<__m256i*>(o.u[i]), codes<T>(blk, q));
-      if (T == Q8_0) _mm256_store_si256(reinterpret_cast<__m256i*>(o.q[i]), q);
+      o.m[i] = kMin<T> ? half(blk + 2) : 0.f;
+      u[i] = codes<T>(blk, q[i]);
     }
+    transpose8(u, reinterpret_cast<__m256i*>(o.u));
+    if (T == Q8_0) transpose8(q, reinterpret_cast<__m256i*>(o.q));
   }
 }
 
-// 8 rows' vpmaddubsw outputs (16 int16 pair sums each) -> one vector of the 8 rows' int32 totals.
-// Zen 3 runs vpmaddubsw and vpmaddwd on one pipe, so vpmaddwd is spared where it can be: with
+// (decode) 8 rows' vpmaddubsw outputs (16 int16 pair sums each) -> one vector of the 8 rows' int32 totals.
+// vpmaddwd shares the integer multiply pipe with vpmaddubsw, so it is spared where it can be: with
 // codes < 32 (|sum| <= 4 * 2 * 31 * 127 < 32768) two rounds of int16 horizontal adds come first,
 // one vpmaddwd then widening 4 rows; Q8_0's pair sums need int32 at once.
 template <int T>
@@ -96,13 +99,41 @@ TM_AVX2 inline __m256i block_dot(__m256i u, __m256i q, __m256i av) {
   return _mm256_maddubs_epi16(u, T == Q8_0 ? _mm256_sign_epi8(av, q) : av);
 }
 
-// one block's step for the 8 rows: p their partial sums, d (m) their scales (mins)
+// one block's step for the 8 rows: s their exact sums (lane i = row i), d (m) their scales (mins)
 template <int T>
-TM_AVX2 inline void block_step(const __m256i* p, __m256 d, __m256 m, const Act32& a, __m256& acc, __m256& mins) {
-  __m256i s = transpose_pairs<T>(p);
+TM_AVX2 inline void block_step(__m256i s, __m256 d, __m256 m, const Act32& a, __m256& acc, __m256& mins) {
   if (kOffset<T>) s = _mm256_sub_epi32(s, _mm256_set1_epi32(kOffset<T> * a.sum));
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(a.d)), acc);
   if (kMin<T>) mins = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), mins);
+}
+
+// one interleaved block against 4 activations at a time, broadcast: lane i sums row i's products
+// (codes < 32: four vpmaddubsw outputs fit in int16, 4 * 2 * 31 * 127 < 32768, so one vpmaddwd
+// widens four; Q8_0's must widen each)
+template <int T>
+TM_AVX2 inline __m256i tile_sums(const TileBlock& o, const int8_t* a) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const auto u = [&](int s) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(o.u[s])); };
+  if constexpr (T == Q8_0) {
+    __m256i sum = _mm256_setzero_si256();
+    #pragma GCC unroll 8
+    for (int s = 0; s < 8; ++s) {
+      const __m256i q = _mm256_load_si256(reinterpret_cast<const __m256i*>(o.q[s]));
+      sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(u(s), _mm256_sign_epi8(bcast4(a + 4 * s), q)), ones));
+    }
+    return sum;
+  } else {
+    __m256i h[2];
+    #pragma GCC unroll 2
+    for (int k = 0; k < 2; ++k) {
+      const int s = 4 * k;
+      h[k] = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u(s), bcast4(a + 4 * s)),
+                                               _mm256_maddubs_epi16(u(s + 1), bcast4(a + 4 * s + 4))),
+                              _mm256_add_epi16(_mm256_maddubs_epi16(u(s + 2), bcast4(a + 4 * s + 8)),
+                                               _mm256_maddubs_epi16(u(s + 3), bcast4(a + 4 * s + 12))));
+    }
+    return _mm256_add_epi32(_mm256_madd_epi16(h[0], ones), _mm256_madd_epi16(h[1], ones));
+  }
 }
 
 TM_AVX2 inline void store_rows(__m256 acc, __m256 mins, bool with_mins, int n, float* out) {
@@ -122,13 +153,7 @@ TM_AVX2 void run(const TileBlock* tile, int64_t nb, const Act32* a, int n, float
   __m256 acc = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const TileBlock& o = tile[b];
-    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].q));
-    __m256i p[kRows];
-    #pragma GCC unroll 8
-    for (int i = 0; i < kRows; ++i)
-      p[i] = block_dot<T>(_mm256_load_si256(reinterpret_cast<const __m256i*>(o.u[i])),
-                          _mm256_load_si256(reinterpret_cast<const __m256i*>(o.q[i])), av);
-    block_step<T>(p, _mm256_load_ps(o.d), _mm256_load_ps(o.m), a[b], acc, mins);
+    block_step<T>(tile_sums<T>(o, a[b].q), _mm256_load_ps(o.d), _mm256_load_ps(o.m), a[b], acc, mins);
   }
   store_rows(acc, mins, kMin<T>, n, out);
 }
@@ -155,7 +180,7 @@ TM_AVX2 void run_rows(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, co
     const int64_t at = b * kBytes<T>;
     const __m256 d = halves8(rows, at);
     const __m256 m = kMin<T> ? halves8(rows, at + 2) : d;
-    block_step<T>(&part[b * kRows], d, m, a[b], acc, mins);
+    block_step<T>(transpose_pairs<T>(&part[b * kRows]), d, m, a[b], acc, mins);
   }
   store_rows(acc, mins, kMin<T>, n, out);
 }

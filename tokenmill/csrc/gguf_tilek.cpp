@@ -1,11 +1,11 @@
 // The K-quants (Q4_K, Q5_K, Q6_K) for prompt rows with AVX2, a tile of 8 weight rows at a time, the
-// way gguf_tile32.cpp runs the 32-element types. The tile's blocks are unpacked once into codes
-// (bytes, row by row) and their scales into vectors laid out for vpmaddwd; then every activation
-// row runs against it. Per 32 inputs the 8 rows' vpmaddubsw outputs are summed across rows by int16
-// horizontal adds (Q4_K / Q5_K: two rounds, codes < 32; Q6_K: one, codes < 64) and scaled by one
-// vpmaddwd per 4 (2) rows, which saves Zen 3's single multiply pipe a third of its work against
-// the row kernels. Per block the exact int32 sums (lane i = weight row i), then the float steps of
-// gguf_scalar.cpp: the same result as the row kernels and the portable path, bit for bit.
+// way gguf_tile32.cpp runs the 32-element types. The tile's blocks are unpacked once into codes,
+// the 8 rows interleaved 4 codes at a time (see transpose8), and their scales into vectors laid
+// out for vpmaddwd (lane i = row i); then every activation row runs against it, 4 activations
+// broadcast to the 8 rows per vpmaddubsw. Per 32 inputs four (Q6_K: two) vpmaddubsw outputs are
+// added in int16 (codes < 32: 4 * 2 * 31 * 127 < 32768; Q6_K's < 64) and one vpmaddwd scales and
+// widens them, each row's exact int32 block sum building up in its own lane. Then the float steps
+// of gguf_scalar.cpp: the same result as the row kernels and the portable path, bit for bit.
 #include <algorithm>
 #include <vector>
 
@@ -22,11 +22,11 @@ constexpr int64_t kTileRows = 4;  // from this many activation rows on, unpack t
 
 // one 256-block of a tile's 8 rows
 struct alignas(32) TileK {
-  uint8_t u[kRows][256];  // codes 0..31 (Q4_K / Q5_K) or 0..63 (Q6_K)
-  // Q4_K / Q5_K: per 32-sub-block j, rows 0..3 and 4..7 as int16 pairs (sc_r, sc_r) for the
-  // two-round sums [r0 r0 r1 r1 r2 r2 r3 r3] in both halves; Q6_K: per 32-group g and row pair p,
-  // the low half (sub-block 2g) [sc_r sc_r sc_r sc_r sc_r' ...], the high half sub-block 2g + 1
-  int16_t sc[8][4][16];
+  uint8_t u[8][8][32];  // [32-sub-block j][step s]: codes 32j + 4s .. + 3 of row i at bytes 4i ..
+                        // 4i + 3; codes 0..31 (Q4_K / Q5_K) or 0..63 (Q6_K)
+  // lane i: row i's scale as an int16 pair (sc_i, sc_i); Q4_K / Q5_K: per 32-sub-block (8),
+  // Q6_K: per 16-sub-block (16)
+  int16_t sc[16][16];
   // Q4_K / Q5_K: mins as int16 pairs (m_2k, m_2k+1) per row, k = 0..3; Q6_K: scales as pairs
   // (sc_2k, sc_2k+1) per row, k = 0..7 (for the -32 offset)
   int16_t pairs[8][kRows][2];
@@ -81,32 +81,31 @@ TM_AVX2 void unpack_row(const uint8_t* blk, uint8_t* u, int* sc, int* mn, float&
 template <int T>
 TM_AVX2 void unpack(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, TileK* tile) {
   constexpr int bytes = T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
+  alignas(32) uint8_t u[kRows][256];
   for (int64_t b = 0; b < nb; ++b) {
     TileK& o = tile[b];
     int sc[kRows][16] = {}, mn[kRows][8] = {};
     for (int i = 0; i < kRows; ++i) {
       if (i < n) {
-        unpack_row<T>(w + i * row_bytes + b * bytes, o.u[i], sc[i], mn[i], o.d[i], o.dmin[i]);
+        unpack_row<T>(w + i * row_bytes + b * bytes, u[i], sc[i], mn[i], o.d[i], o.dmin[i]);
       } else {  // a short tile: rows of zeros
-        std::fill(o.u[i], o.u[i] + 256, 0);
+        std::fill(u[i], u[i] + 256, 0);
         o.d[i] = o.dmin[i] = 0.f;
       }
     }
-    if constexpr (T == Q6_K) {
-      for (int g = 0; g < 8; ++g)
-        for (int p = 0; p < 4; ++p)
-          for (int e = 0; e < 16; ++e) {  // half e / 8 is sub-block 2g + e / 8; row 2p + (e % 8) / 4
-            o.sc[g][p][e] = static_cast<int16_t>(sc[2 * p + (e % 8) / 4][2 * g + e / 8]);
-          }
-      for (int k = 0; k < 8; ++k)
-        for (int i = 0; i < kRows; ++i) o.pairs[k][i][0] = sc[i][2 * k], o.pairs[k][i][1] = sc[i][2 * k + 1];
-    } else {
-      for (int j = 0; j < 8; ++j)
-        for (int h = 0; h < 2; ++h)  // rows 4h..4h+3
-          for (int e = 0; e < 16; ++e) o.sc[j][h][e] = static_cast<int16_t>(sc[4 * h + (e % 8) / 2][j]);
-      for (int k = 0; k < 4; ++k)
-        for (int i = 0; i < kRows; ++i) o.pairs[k][i][0] = mn[i][2 * k], o.pairs[k][i][1] = mn[i][2 * k + 1];
+    for (int j = 0; j < 8; ++j) {
+      __m256i rows[kRows];
+      for (int i = 0; i < kRows; ++i) rows[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(u[i] + 32 * j));
+      transpose8(rows, reinterpret_cast<__m256i*>(o.u[j]));
     }
+    constexpr int subs = T == Q6_K ? 16 : 8;
+    for (int t = 0; t < subs; ++t)
+      for (int e = 0; e < 16; ++e) o.sc[t][e] = static_cast<int16_t>(sc[e / 2][t]);
+    for (int k = 0; k < (T == Q6_K ? 8 : 4); ++k)
+      for (int i = 0; i < kRows; ++i) {
+        const int* v = T == Q6_K ? sc[i] : mn[i];
+        o.pairs[k][i][0] = static_cast<int16_t>(v[2 * k]), o.pairs[k][i][1] = static_cast<int16_t>(v[2 * k + 1]);
+      }
   }
 }
 
@@ -123,6 +122,11 @@ TM_AVX2 inline __m256i pair_dot(const TileK& o, const int16_t* v, int n_pairs) {
   return s;
 }
 
+// the 8 rows' products of codes (4 at a time, from step s of sub-block j) and 4 activations
+TM_AVX2 inline __m256i dot4(const TileK& o, const ActK& x, int j, int s) {
+  return _mm256_maddubs_epi16(vload(o.u[j][s]), bcast4(x.q + 32 * j + 4 * s));
+}
+
 // one activation row (nb ActK blocks) against the tile -> out[0..n)
 template <int T>
 TM_AVX2 void run(const TileK* tile, int64_t nb, const ActK* a, int n, float* out) {
@@ -130,40 +134,33 @@ TM_AVX2 void run(const TileK* tile, int64_t nb, const ActK* a, int n, float* out
   for (int64_t b = 0; b < nb; ++b) {
     const TileK& o = tile[b];
     const ActK& x = a[b];
+    __m256i sum = _mm256_setzero_si256();
     if constexpr (T == Q6_K) {
-      __m256i h[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-      for (int g = 0; g < 8; ++g) {
-        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + 32 * g));
+      #pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j)
         #pragma GCC unroll 4
-        for (int p = 0; p < 4; ++p) {  // rows 2p, 2p + 1: codes < 64, one int16 round fits
-          const __m256i s = _mm256_hadd_epi16(_mm256_maddubs_epi16(vload(o.u[2 * p] + 32 * g), av),
-                                              _mm256_maddubs_epi16(vload(o.u[2 * p + 1] + 32 * g), av));
-          h[p] = _mm256_add_epi32(h[p], _mm256_madd_epi16(s, vload(o.sc[g][p])));
+        for (int h = 0; h < 4; ++h) {  // 8 inputs of 16-sub-block 2j + h / 2: two outputs fit in int16
+          const __m256i p = _mm256_add_epi16(dot4(o, x, j, 2 * h), dot4(o, x, j, 2 * h + 1));
+          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, vload(o.sc[2 * j + h / 2])));
+          TM_KEEP(sum);
         }
-      }
-      // h[p]: [r r r' r' | r r r' r'] -> rows 0..3 / 4..7 per half, then the halves joined
-      const __m256i sum = join(_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]));
       const __m256i off = _mm256_slli_epi32(pair_dot(o, x.bsum, 8), 5);  // 32 * sum_s sc_s * (sum of 16 a)
       acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, off)),
                             _mm256_mul_ps(_mm256_load_ps(o.d), _mm256_set1_ps(x.d)), acc);
     } else {
-      __m256i g0 = _mm256_setzero_si256(), g1 = _mm256_setzero_si256();
-      for (int j = 0; j < 8; ++j) {
-        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + 32 * j));
-        __m256i p[kRows];
-        #pragma GCC unroll 8
-        for (int i = 0; i < kRows; ++i) p[i] = _mm256_maddubs_epi16(vload(o.u[i] + 32 * j), av);
-        // codes < 32: four pair sums fit in int16 (4 * 2 * 31 * 127 < 32768)
-        const __m256i s0 = _mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3]));
-        const __m256i s1 = _mm256_hadd_epi16(_mm256_hadd_epi16(p[4], p[5]), _mm256_hadd_epi16(p[6], p[7]));
-        g0 = _mm256_add_epi32(g0, _mm256_madd_epi16(s0, vload(o.sc[j][0])));
-        g1 = _mm256_add_epi32(g1, _mm256_madd_epi16(s1, vload(o.sc[j][1])));
-      }
+      #pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j)
+        #pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {  // 16 inputs: four outputs fit in int16
+          const __m256i p = _mm256_add_epi16(_mm256_add_epi16(dot4(o, x, j, 4 * h), dot4(o, x, j, 4 * h + 1)),
+                                             _mm256_add_epi16(dot4(o, x, j, 4 * h + 2), dot4(o, x, j, 4 * h + 3)));
+          sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, vload(o.sc[j])));
+          TM_KEEP(sum);
+        }
       int16_t sums32[8];  // the activations' sums of 32, from the sums of 16
       for (int j = 0; j < 8; ++j) sums32[j] = static_cast<int16_t>(x.bsum[2 * j] + x.bsum[2 * j + 1]);
-      const __m256 sum = _mm256_cvtepi32_ps(join(g0, g1));
       const __m256 summ = _mm256_cvtepi32_ps(pair_dot(o, sums32, 4));
-      const __m256 t = _mm256_fnmadd_ps(_mm256_load_ps(o.dmin), summ, _mm256_mul_ps(_mm256_load_ps(o.d), sum));
+      const __m256 t = _mm256_fnmadd_ps(_mm256_load_ps(o.dmin), summ, _mm256_mul_ps(_mm256_load_ps(o.d), _mm256_cvtepi32_ps(sum)));
       acc = _mm256_fmadd_ps(_mm256_set1_ps(x.d), t, acc);
     }
   }
