@@ -32,6 +32,19 @@ def test_silu_mul():
     torch.testing.assert_close(kernels().silu_mul(gate_up), F.silu(gate) * up, rtol=1e-6, atol=1e-6)
 
 
+def test_gelu_mul():
+    """GeGLU's gelu (tanh form) times up in one pass: as PyTorch's to float32 rounding, over the
+    range where exp saturates too, for a row length that leaves a scalar tail."""
+    torch.manual_seed(0)
+    gate_up = torch.randn(5, 2 * 1027) * 4
+    gate_up[0, :12] = torch.tensor([-100., -30., -10., -1e-3, 0., 1e-3, 10., 30., 100., -5.5, 5.5, 2.])
+    gate, up = gate_up.chunk(2, dim=-1)
+    got = kernels().gelu_mul(gate_up)
+    torch.testing.assert_close(got, F.gelu(gate, approximate="tanh") * up, rtol=2e-6, atol=1e-6)
+    for i in range(5):  # rows alone = rows batched
+        assert torch.equal(kernels().gelu_mul(gate_up[i:i + 1]), got[i:i + 1])
+
+
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_rope_and_cache_equal_the_pytorch_path(cache_dtype):
     torch.manual_seed(0)

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "attention_work.h"
 
@@ -156,6 +158,65 @@ AVX2 void pv_heads(const float* p, int64_t ld_p, const C* v, const int64_t* off,
   for (; d0 < D; d0 += 8) pv_tile<C, GN, 1>(p, ld_p, v, off, n, d0, out, ld_out);
 }
 
+// Scores (GR, n) of int8 keys, 2 heads x 4 keys a tile
+AVX2 void qk_all(const float*, const int8_t* qi, const float* qscale, int64_t GR, int64_t D,
+                 const int8_t* k, const int64_t* off, int64_t n, float* scores, int64_t ld) {
+  for (int64_t j = 0; j < n; j += 4) {
+    const int64_t m = std::min<int64_t>(4, n - j);
+    const int8_t* rows[4];  // past the last key: the first key again (computed, not stored)
+    for (int i = 0; i < 4; ++i) rows[i] = k + off[j + (i < m ? i : 0)];
+    for (int64_t g0 = 0; g0 < GR; g0 += 2) {
+      if (g0 + 1 < GR) qk_tile_i8<2>(qi, qscale, D, rows, g0, scores, ld, j, m);
+      else qk_tile_i8<1>(qi, qscale, D, rows, g0, scores, ld, j, m);
+    }
+  }
+}
+
+// The same for float32 keys, 3 heads x 4 keys a tile (12 accumulators: the FMA pipes stay busy
+// on 7 loads)
+AVX2 void qk_all(const float* qs, const int8_t*, const float*, int64_t GR, int64_t D, const float* k,
+                 const int64_t* off, int64_t n, float* scores, int64_t ld) {
+  for (int64_t j = 0; j < n; j += 4) {
+    const int64_t m = std::min<int64_t>(4, n - j);
+    const float* rows[4];
+    for (int i = 0; i < 4; ++i) rows[i] = k + off[j + (i < m ? i : 0)];
+    int64_t g0 = 0;
+    for (; g0 + 3 <= GR; g0 += 3) qk_tile<float, 3>(qs, D, rows, g0, scores, ld, j, m);
+    if (g0 + 2 <= GR) qk_tile<float, 2>(qs, D, rows, g0, scores, ld, j, m), g0 += 2;
+    if (g0 < GR) qk_tile<float, 1>(qs, D, rows, g0, scores, ld, j, m);
+  }
+}
+
+// P.V of int8 values, 2 heads a tile
+AVX2 void pv_all(const float* p, int64_t ld_p, int64_t GR, const int8_t* v, const int64_t* off, int64_t n,
+                 int64_t D, float* out, int64_t ld_out) {
+  for (int64_t g0 = 0; g0 < GR; g0 += 2) {
+    if (g0 + 1 < GR) pv_heads<int8_t, 2>(p + g0 * ld_p, ld_p, v, off, n, D, out + g0 * ld_out, ld_out);
+    else pv_heads<int8_t, 1>(p + g0 * ld_p, ld_p, v, off, n, D, out + g0 * ld_out, ld_out);
+  }
+}
+
+// float32 values: 6 heads x 16 values a tile (12 accumulators, 2 loads and 6 broadcasts a key)
+AVX2 void pv_all(const float* p, int64_t ld_p, int64_t GR, const float* v, const int64_t* off, int64_t n,
+                 int64_t D, float* out, int64_t ld_out) {
+  int64_t g0 = 0;
+  for (; g0 + 6 <= GR; g0 += 6) {
+    int64_t d0 = 0;
+    for (; d0 + 16 <= D; d0 += 16) pv_tile<float, 6, 2>(p + g0 * ld_p, ld_p, v, off, n, d0, out + g0 * ld_out, ld_out);
+    for (; d0 < D; d0 += 8) pv_tile<float, 6, 1>(p + g0 * ld_p, ld_p, v, off, n, d0, out + g0 * ld_out, ld_out);
+  }
+  for (; g0 + 2 <= GR; g0 += 2) pv_heads<float, 2>(p + g0 * ld_p, ld_p, v, off, n, D, out + g0 * ld_out, ld_out);
+  if (g0 < GR) pv_heads<float, 1>(p + g0 * ld_p, ld_p, v, off, n, D, out + g0 * ld_out, ld_out);
+}
+
+// n rows of D float16 at src + off[j] -> float32 dst (n, D), the rows' offsets to dense_off
+AVX2 void widen(const at::Half* src, const int64_t* off, int64_t n, int64_t D, float* dst, int64_t* dense_off) {
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(dst + j * D + d, load8(src + off[j] + d));
+    dense_off[j] = j * D;
+  }
+}
+
 }  // namespace
 
 bool has_avx2() {
@@ -170,19 +231,17 @@ AVX2 void chunk_avx2(const float* qs, const int8_t* qi, const float* qscale, int
                      const int64_t* n_row, int64_t R, float softcap, float* scores, int64_t ld_scores,
                      float* pr) {
   const int64_t n_all = n_row[R - 1];
-  for (int64_t j = 0; j < n_all; j += 4) {  // scores (GR, n_all), 4 keys and 2 heads a tile
-    const int64_t m = std::min<int64_t>(4, n_all - j);
-    const C* rows[4];  // past the last key: the first key again (computed, not stored)
-    for (int i = 0; i < 4; ++i) rows[i] = k + off[j + (i < m ? i : 0)];
-    for (int64_t g0 = 0; g0 < GR; g0 += 2) {
-      if constexpr (kScaled<C>) {
-        if (g0 + 1 < GR) qk_tile_i8<2>(qi, qscale, D, rows, g0, scores, ld_scores, j, m);
-        else qk_tile_i8<1>(qi, qscale, D, rows, g0, scores, ld_scores, j, m);
-      } else {
-        if (g0 + 1 < GR) qk_tile<C, 2>(qs, D, rows, g0, scores, ld_scores, j, m);
-        else qk_tile<C, 1>(qs, D, rows, g0, scores, ld_scores, j, m);
-      }
-    }
+  // float16 caches: the chunk's keys (later its values) widened to float32 once, not once per tile
+  constexpr bool kWiden = std::is_same_v<C, at::Half>;
+  thread_local std::vector<float> wide;
+  thread_local std::vector<int64_t> dense;
+  if constexpr (kWiden) {
+    wide.resize(kChunk * D);
+    dense.resize(kChunk);
+    widen(k, off, n_all, D, wide.data(), dense.data());
+    qk_all(qs, qi, qscale, GR, D, wide.data(), dense.data(), n_all, scores, ld_scores);
+  } else {
+    qk_all(qs, qi, qscale, GR, D, k, off, n_all, scores, ld_scores);
   }
   if (softcap > 0.f) {
     for (int64_t g = 0; g < GR; ++g)
@@ -222,11 +281,11 @@ AVX2 void chunk_avx2(const float* qs, const int8_t* qi, const float* qscale, int
       for (int64_t g = 0; g < GR; ++g) scores[g * ld_scores + j] *= vs;
     }
   }
-  for (int64_t g0 = 0; g0 < GR; g0 += 2) {
-    const float* p = scores + g0 * ld_scores;
-    float* out = pr + g0 * (D + 2);
-    if (g0 + 1 < GR) pv_heads<C, 2>(p, ld_scores, v, off, n_all, D, out, D + 2);
-    else pv_heads<C, 1>(p, ld_scores, v, off, n_all, D, out, D + 2);
+  if constexpr (kWiden) {
+    widen(v, off, n_all, D, wide.data(), dense.data());
+    pv_all(scores, ld_scores, GR, wide.data(), dense.data(), n_all, D, pr, D + 2);
+  } else {
+    pv_all(scores, ld_scores, GR, v, off, n_all, D, pr, D + 2);
   }
 }
 

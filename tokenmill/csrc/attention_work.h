@@ -37,9 +37,11 @@ bool has_avx2();
 // busy), then the chunks are merged in order. Chunk edges depend only on the row's own length.
 constexpr int64_t kChunk = 256;
 // A prompt's consecutive rows go in groups of up to kGroupRows (and kMaxHeads query heads) per
-// task: they share every key's load and conversion.
-constexpr int64_t kGroupRows = 8;
-constexpr int64_t kMaxHeads = 24;
+// task: they share every key's load and conversion (int8 caches: half as many rows, up to
+// kMaxHeadsInt8 heads).
+constexpr int64_t kGroupRows = 16;
+constexpr int64_t kMaxHeads = 48;
+constexpr int64_t kMaxHeadsInt8 = 24;
 
 // One thread's working memory for tasks and merges.
 struct AttentionScratch {

@@ -32,6 +32,7 @@ torch::Tensor family_layers(torch::Tensor x, torch::Tensor positions, std::vecto
                             std::vector<int64_t> ints, torch::Tensor out_rows);
 torch::Tensor add_rms_norm(torch::Tensor x, torch::Tensor residual, torch::Tensor w, double eps);
 torch::Tensor silu_mul(torch::Tensor gate_up);
+torch::Tensor gelu_mul(torch::Tensor gate_up);
 void rope_and_cache(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos,
                     torch::Tensor sin, torch::Tensor k_cache, torch::Tensor v_cache,
                     torch::Tensor slot_mapping, int64_t Hq, int64_t Hkv);
@@ -65,6 +66,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, py::call_guard<py::gil_scoped_release>(), "RMSNorm of each row");
   m.def("add_rms_norm", &add_rms_norm, py::call_guard<py::gil_scoped_release>(), "residual += x in place, then RMSNorm of residual");
   m.def("silu_mul", &silu_mul, py::call_guard<py::gil_scoped_release>(), "silu(gate) * up of [gate | up] rows");
+  m.def("gelu_mul", &gelu_mul, py::call_guard<py::gil_scoped_release>(), "gelu_tanh(gate) * up of [gate | up] rows");
   m.def("rope_and_cache", &rope_and_cache, py::call_guard<py::gil_scoped_release>(), "rotary on q, k in place; k, v into the paged cache");
   m.def("grammar_mask", &grammar_mask, py::call_guard<py::gil_scoped_release>(), "a grammar's token mask with prefix credit, one row");
   m.def("int8_linear_has_vnni", &int8_linear_has_vnni, "whether the AVX-512 VNNI row loop runs here");

@@ -70,14 +70,7 @@ at::Tensor attention(at::Tensor x, const at::Tensor* w, const Switches& s, const
 // MLP.forward
 at::Tensor mlp(at::Tensor x, const at::Tensor* w, const Switches& s) {
   at::Tensor gate_up = linear(x, w + kNorms + 2 * kLinearSlots);  // (T, 2 I)
-  at::Tensor act;
-  if (s.gelu) {  // GeGLU, as F.gelu(gate, approximate="tanh") * up
-    const int64_t I = gate_up.size(1) / 2;
-    act = at::gelu(gate_up.narrow(1, 0, I), "tanh") * gate_up.narrow(1, I, I);
-  } else {
-    act = silu_mul(gate_up);
-  }
-  return linear(act, w + kNorms + 3 * kLinearSlots);
+  return linear(s.gelu ? gelu_mul(gate_up) : silu_mul(gate_up), w + kNorms + 3 * kLinearSlots);
 }
 
 }  // namespace

@@ -47,14 +47,35 @@ double sum_squares_avx512(const float* x, int64_t H) {
   return ss;
 }
 
+// the same with AVX2: 16 values a step in four accumulators of 4 (the scalar chain took 5% of a
+// Gemma 3 prompt, whose layers have four norms)
+__attribute__((target("avx2,fma")))
+double sum_squares_avx2(const float* x, int64_t H) {
+  __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+  int64_t i = 0;
+  for (; i + 16 <= H; i += 16)
+    for (int k = 0; k < 4; ++k) {
+      const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4 * k));
+      a[k] = _mm256_fmadd_pd(v, v, a[k]);
+    }
+  const __m256d s = _mm256_add_pd(_mm256_add_pd(a[0], a[1]), _mm256_add_pd(a[2], a[3]));
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+  double ss = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  for (; i < H; ++i) ss += double(x[i]) * double(x[i]);
+  return ss;
+}
+
 }  // namespace
 
 // out = x * rsqrt(mean(x^2) + eps) * w, summed in float64 (so the mean is exact to float).
 void rms_norm_row(const float* x, const float* w, int64_t H, float eps, float* out) {
   static const bool avx512 = __builtin_cpu_supports("avx512f");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   double ss = 0.0;
   if (avx512) {
     ss = sum_squares_avx512(x, H);
+  } else if (avx2) {
+    ss = sum_squares_avx2(x, H);
   } else {
     for (int64_t i = 0; i < H; ++i) ss += double(x[i]) * double(x[i]);
   }
@@ -131,8 +152,31 @@ void tokenmill::silu_mul_row(const float* gate_up, int64_t I, float* out) {
     silu_mul_scalar(gate_up, gate_up + I, I, out);
 }
 
-// gate_up: (T, 2I) = [gate | up] -> silu(gate) * up, (T, I).
-at::Tensor silu_mul(at::Tensor gate_up) {
+namespace {
+
+// gelu with tanh (GeGLU): 0.5 x (1 + tanh(y)), y = sqrt(2 / pi) (x + 0.044715 x^3), which is
+// x / (1 + exp(-2 y)): 8 at a time with fast_exp256, the row's last few (and CPUs without AVX2)
+// with libm's exp. (at::gelu took 5% of a Gemma 3 prompt, and a pass more for the product.)
+constexpr float kGeluC0 = -2.0f * 0.7978845608028654f, kGeluC1 = kGeluC0 * 0.044715f;
+
+inline float gelu_tanh(float x) { return x / (1.0f + std::exp(x * (kGeluC0 + kGeluC1 * (x * x)))); }
+
+__attribute__((target("avx2,fma")))
+void gelu_mul_row_avx2(const float* g, const float* u, int64_t I, float* o) {
+  int64_t i = 0;
+  for (; i + 8 <= I; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256 z = _mm256_mul_ps(x, _mm256_add_ps(_mm256_set1_ps(kGeluC0),
+                                                    _mm256_mul_ps(_mm256_set1_ps(kGeluC1), _mm256_mul_ps(x, x))));
+    const __m256 y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), tokenmill::fast_exp256(z)));
+    _mm256_storeu_ps(o + i, _mm256_mul_ps(y, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < I; ++i) o[i] = gelu_tanh(g[i]) * u[i];
+}
+
+// gate_up: (T, 2I) = [gate | up] -> act(gate) * up, (T, I), act(gate, up, I, out) a row's op
+template <typename Act>
+at::Tensor gated(at::Tensor gate_up, Act act) {
   check_rows(gate_up, "gate_up");
   const int64_t T = gate_up.size(0), I = gate_up.size(1) / 2;
   auto out = at::empty({T, I}, gate_up.options());
@@ -140,9 +184,28 @@ at::Tensor silu_mul(at::Tensor gate_up) {
   float* op = out.data_ptr<float>();
   const int64_t ld = gate_up.stride(0);
   at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) tokenmill::silu_mul_row(gp + t * ld, I, op + t * I);
+    for (int64_t t = t0; t < t1; ++t) act(gp + t * ld, gp + t * ld + I, I, op + t * I);
   });
   return out;
+}
+
+}  // namespace
+
+// gate_up: (T, 2I) = [gate | up] -> silu(gate) * up, (T, I).
+at::Tensor silu_mul(at::Tensor gate_up) {
+  return gated(gate_up, [](const float* g, const float*, int64_t I, float* o) { tokenmill::silu_mul_row(g, I, o); });
+}
+
+// gate_up: (T, 2I) = [gate | up] -> gelu_tanh(gate) * up, (T, I) (GeGLU).
+at::Tensor gelu_mul(at::Tensor gate_up) {
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return gated(gate_up, [](const float* g, const float* u, int64_t I, float* o) {
+    if (avx2) {
+      gelu_mul_row_avx2(g, u, I, o);
+    } else {
+      for (int64_t i = 0; i < I; ++i) o[i] = gelu_tanh(g[i]) * u[i];
+    }
+  });
 }
 
 template <typename C>

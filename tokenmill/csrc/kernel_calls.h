@@ -13,6 +13,7 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
 at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double eps);
 at::Tensor silu_mul(at::Tensor gate_up);
+at::Tensor gelu_mul(at::Tensor gate_up);
 void rope_and_cache(at::Tensor qkv, at::Tensor positions, at::Tensor cos, at::Tensor sin,
                     at::Tensor k_cache, at::Tensor v_cache, at::Tensor slot_mapping, int64_t Hq,
                     int64_t Hkv);

@@ -27,7 +27,7 @@
 namespace {
 
 using tokenmill::fast_exp512;
-using tokenmill::kMaxHeads;  // query heads a task for qk_scores_i8
+using tokenmill::kMaxHeadsInt8;  // query heads a task for qk_scores_i8
 
 constexpr int kLanes = 16;  // fixed lane order: the same rounding whatever the build vectorizes
 
@@ -208,7 +208,7 @@ void qk_scores_i8(const int8_t* qi, const float* qscale, int64_t G, int64_t D, c
                   const int8_t* v, const int64_t* off, int64_t n, float* scores, int64_t ld_scores) {
   const int64_t row_bytes = D + 4;
   const __m512i k128 = _mm512_set1_epi8(static_cast<char>(0x80));
-  int32_t corr[kMaxHeads];
+  int32_t corr[kMaxHeadsInt8];
   for (int64_t g = 0; g < G; ++g) {
     int32_t sum = 0;
     for (int64_t d = 0; d < D; ++d) sum += qi[g * D + d];
@@ -227,7 +227,7 @@ void qk_scores_i8(const int8_t* qi, const float* qscale, int64_t G, int64_t D, c
       rows[i] = k + off[j + (i < m ? i : 0)];
       s[i] = row_scale(rows[i], D);
     }
-    __m512i acc[kMaxHeads];
+    __m512i acc[kMaxHeadsInt8];
     for (int64_t g = 0; g < G; ++g) acc[g] = _mm512_setzero_si512();
     for (int64_t d = 0; d < D; d += 64) {
       __m512i t[16];
@@ -368,8 +368,14 @@ std::atomic<bool> portable_only{false};  // tests: the portable loop on any mach
 
 namespace tokenmill {
 
-// Rows a task may hold: up to kGroupRows, and kMaxHeads query heads (G a row) in all.
-inline int64_t group_rows(int64_t G) { return std::max<int64_t>(1, std::min<int64_t>(kGroupRows, kMaxHeads / G)); }
+// Rows a task may hold: up to kGroupRows, and kMaxHeads query heads (G a row) in all; with int8
+// caches half as many rows, and kMaxHeadsInt8 heads (qk_scores_i8 keeps every head's sums in
+// registers).
+template <typename C>
+inline int64_t group_rows(int64_t G) {
+  const int64_t rows = kScaled<C> ? kGroupRows / 2 : kGroupRows, heads = kScaled<C> ? kMaxHeadsInt8 : kMaxHeads;
+  return std::max<int64_t>(1, std::min<int64_t>(rows, heads / G));
+}
 
 template <typename C>
 void AttentionWork<C>::plan() {
@@ -382,7 +388,7 @@ void AttentionWork<C>::plan() {
   const int64_t chunks = first_task[T], G = Hq / Hkv;
   // Rows in groups: consecutive rows of one sequence (a prompt's, or a draft's), one key more each,
   // as many chunks each, up to group_rows(G).
-  const int64_t most = group_rows(G);
+  const int64_t most = group_rows<C>(G);
   unit_row.clear();
   unit_rows.clear();
   unit_chunk.clear();
@@ -404,7 +410,7 @@ void AttentionWork<C>::plan() {
 
 template <typename C>
 AttentionScratch AttentionWork<C>::new_scratch() const {
-  const int64_t GR = Hq / Hkv * group_rows(Hq / Hkv);
+  const int64_t GR = Hq / Hkv * group_rows<C>(Hq / Hkv);
   return {std::vector<float>(GR * kChunk), std::vector<float>(GR * D), std::vector<int64_t>(kChunk),
           std::vector<float>(GR * (D + 2)), std::vector<int8_t>(GR * D), std::vector<float>(GR)};
 }
@@ -446,7 +452,7 @@ void AttentionWork<C>::run_task(int64_t z, AttentionScratch& scratch) const {
   // chunks may be masked, and scores may be soft-capped, which only the AVX2 path and the
   // portable loop take.
   const bool avx512 = window == 0 && softcap == 0.f && has_avx512() && !portable_only &&
-                      (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && R * G <= kMaxHeads));
+                      (!kScaled<C> || (tokenmill::has_vnni() && D % 64 == 0 && R * G <= kMaxHeadsInt8));
   if (!portable_only && (avx512 || tokenmill::has_avx2())) {
     float* pr = scratch.acc.data();  // (R G) x [D, max, sum], then each row's to its place
     if (avx512)

@@ -84,14 +84,11 @@ class MLP(nn.Module):
 
     def forward(self, x):
         gate_up = self.gate_up_proj(x)  # (T, 2 * intermediate)
-        if self.gelu:  # GeGLU (gemma)
-            gate, up = gate_up.chunk(2, dim=-1)
-            return self.down_proj(F.gelu(gate, approximate="tanh") * up)
         kern = fused_ops(gate_up)
-        if kern is not None:
-            return self.down_proj(kern.silu_mul(gate_up))
+        if kern is not None:  # GeGLU (gemma) or SwiGLU in one pass
+            return self.down_proj(kern.gelu_mul(gate_up) if self.gelu else kern.silu_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj((F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)) * up)
 
 
 class DecoderLayer(nn.Module):
