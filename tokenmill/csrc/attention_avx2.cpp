@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "attention_work.h"
+#include "fast_exp.h"
 
 namespace tokenmill {
 namespace {
@@ -40,18 +41,8 @@ AVX2 inline __m128i sum4(__m256i a, __m256i b, __m256i c, __m256i d) {
   return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
 }
 
-// exp(x) for x <= 0: 2^n * p(r), as fast_exp512 (|rel err| < 2e-7), 2^n added to the exponent bits
-AVX2 inline __m256 exp8(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.4426950408889634f));
-  const __m256 n = _mm256_floor_ps(t);
-  const __m256 r = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.6931471805599453f));
-  __m256 p = _mm256_set1_ps(0.0001984127f);
-  for (float c : {0.0013888889f, 0.008333334f, 0.041666668f, 0.16666667f, 0.5f, 1.0f, 1.0f})
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
-}
+// exp(x) for x <= 0 (fast_exp.h)
+AVX2 inline __m256 exp8(__m256 x) { return fast_exp256(x); }
 
 // cap * tanh(x / cap), by tanh|y| = (1 - e) / (1 + e) with e = exp(-2|y|) <= 1, then y's sign
 AVX2 inline __m256 softcap8(__m256 x, float cap) {

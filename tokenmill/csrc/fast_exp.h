@@ -1,4 +1,4 @@
-// exp for vectors of float32, shared by the attention softmax and silu.
+// exp for vectors of float32, shared by the attention softmax, silu and gelu.
 #pragma once
 #include <immintrin.h>
 
