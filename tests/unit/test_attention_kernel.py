@@ -86,6 +86,16 @@ def test_kernel_rows_do_not_depend_on_the_batch(cache_dtype, window, path):
         assert torch.equal(alone, batched[row:row + 1])
 
 
+def test_query_rows_may_be_apart():
+    """q as a view into qkv rows (the family loop passes it so, without a copy): the same output."""
+    q, k, v, kc, vc, meta = setup([(100, 30), (5, 1)], seed=2)
+    write_cache(k, v, kc, vc, meta)
+    qkv = torch.cat([q.reshape(q.shape[0], -1), torch.randn(q.shape[0], 2 * HKV * D)], dim=-1)
+    view = qkv[:, :H * D].view(q.shape[0], H, D)
+    assert not view.is_contiguous()
+    assert torch.equal(paged_attention(view, kc, vc, meta, 0.125), paged_attention(q, kc, vc, meta, 0.125))
+
+
 def _dense_window_reference(q, kc, vc, meta, scale, window, softcap=0.0):
     """Each row by hand: softmax over the last `window` keys of its context (scores soft-capped)."""
     out = torch.empty_like(q)

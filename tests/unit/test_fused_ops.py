@@ -25,6 +25,22 @@ def test_rms_norm_and_fused_residual_add():
         assert torch.equal(norm(x[i:i + 1]), norm(x)[i:i + 1])
 
 
+def test_head_norms_in_place_equal_rms_norm_rows():
+    """q and k norms of qwen3 / gemma3 normed in place inside qkv: rms_norm's numbers for the
+    (T * heads, D) rows, v untouched."""
+    torch.manual_seed(0)
+    T, Hq, Hkv, D = 5, 6, 2, 64
+    qkv = torch.randn(T, (Hq + 2 * Hkv) * D) * 3
+    wq, wk = torch.randn(D), torch.randn(D)
+    q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+    ref_q = kernels().rms_norm(q.reshape(-1, D), wq, 1e-6).view(T, -1)
+    ref_k = kernels().rms_norm(k.reshape(-1, D), wk, 1e-6).view(T, -1)
+    ref_v = v.clone()
+    kernels().rms_norm_heads_(qkv, wq, wk, Hq, Hkv, 1e-6)
+    assert torch.equal(qkv[:, :Hq * D], ref_q) and torch.equal(qkv[:, Hq * D:(Hq + Hkv) * D], ref_k)
+    assert torch.equal(qkv[:, (Hq + Hkv) * D:], ref_v)
+
+
 def test_silu_mul():
     torch.manual_seed(0)
     gate_up = torch.randn(5, 2 * 1536) * 4

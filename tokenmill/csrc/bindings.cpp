@@ -18,6 +18,7 @@ torch::Tensor gguf_linear(torch::Tensor x, std::vector<torch::Tensor> parts, std
 torch::Tensor gguf_dequantize_rows(torch::Tensor w, int64_t t, torch::Tensor ids, int64_t K);
 bool gguf_has_avx2();
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
+void rms_norm_heads_(torch::Tensor qkv, torch::Tensor wq, torch::Tensor wk, int64_t Hq, int64_t Hkv, double eps);
 torch::Tensor decode_layers(torch::Tensor x, torch::Tensor positions, std::vector<torch::Tensor> layers,
                             std::vector<torch::Tensor> k_caches, std::vector<torch::Tensor> v_caches,
                             torch::Tensor slot_mapping, torch::Tensor row_seq, torch::Tensor row_ctx,
@@ -64,6 +65,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("family_layers", &family_layers, py::call_guard<py::gil_scoped_release>(),
         "every decoder layer of a step in one call, any family's switches, any weight format");
   m.def("rms_norm", &rms_norm, py::call_guard<py::gil_scoped_release>(), "RMSNorm of each row");
+  m.def("rms_norm_heads_", &rms_norm_heads_, py::call_guard<py::gil_scoped_release>(), "RMSNorm of each q and k head of qkv rows, in place");
   m.def("add_rms_norm", &add_rms_norm, py::call_guard<py::gil_scoped_release>(), "residual += x in place, then RMSNorm of residual");
   m.def("silu_mul", &silu_mul, py::call_guard<py::gil_scoped_release>(), "silu(gate) * up of [gate | up] rows");
   m.def("gelu_mul", &gelu_mul, py::call_guard<py::gil_scoped_release>(), "gelu_tanh(gate) * up of [gate | up] rows");

@@ -44,16 +44,12 @@ at::Tensor attention(at::Tensor x, const at::Tensor* w, const Switches& s, const
                      const at::Tensor& row_seq, const at::Tensor& row_ctx, const at::Tensor& tables) {
   const int64_t T = x.size(0), QD = s.Hq * s.D, KD = s.Hkv * s.D;
   at::Tensor qkv = linear(x, w + kNorms);  // (T, (Hq + 2 Hkv) D)
-  if (s.qk_norm) {
-    at::Tensor q = qkv.narrow(1, 0, QD), k = qkv.narrow(1, QD, KD), v = qkv.narrow(1, QD + KD, KD);
-    if (s.qk_norm == 1) {  // (T * heads, D) rows
-      q = rms_norm(q.reshape({-1, s.D}), w[4], s.eps).view({T, QD});
-      k = rms_norm(k.reshape({-1, s.D}), w[5], s.eps).view({T, KD});
-    } else {
-      q = rms_norm(q.contiguous(), w[4], s.eps);
-      k = rms_norm(k.contiguous(), w[5], s.eps);
-    }
-    qkv = at::cat({q, k, v}, -1);
+  if (s.qk_norm == 1) {  // each head's D values, in place
+    rms_norm_heads_(qkv, w[4], w[5], s.Hq, s.Hkv, s.eps);
+  } else if (s.qk_norm == 2) {
+    at::Tensor q = rms_norm(qkv.narrow(1, 0, QD).contiguous(), w[4], s.eps);
+    at::Tensor k = rms_norm(qkv.narrow(1, QD, KD).contiguous(), w[5], s.eps);
+    qkv = at::cat({q, k, qkv.narrow(1, QD + KD, KD)}, -1);
   }
   // info: window, rotary (0/1); a layer without rotary writes its keys through a table of one
   // position that turns nothing (cos 1, sin 0)
@@ -62,7 +58,7 @@ at::Tensor attention(at::Tensor x, const at::Tensor* w, const Switches& s, const
   else
     rope_and_cache(qkv, at::zeros_like(positions), at::ones({1, s.D}, cos.options()),
                    at::zeros({1, s.D}, sin.options()), k_cache, v_cache, slots, s.Hq, s.Hkv);
-  at::Tensor q = qkv.narrow(1, 0, QD).reshape({T, s.Hq, s.D}).contiguous();
+  at::Tensor q = qkv.narrow(1, 0, QD).view({T, s.Hq, s.D});  // rows qkv's: the kernel takes their stride
   at::Tensor o = paged_attention_rows(q, k_cache, v_cache, row_seq, row_ctx, tables, s.scale, info[0], s.softcap);
   return linear(o.reshape({T, QD}), w + kNorms + kLinearSlots);
 }

@@ -105,6 +105,27 @@ at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps) {
   return out;
 }
 
+// qkv: (T, (Hq + 2 Hkv) D) with contiguous rows; each query head's D values normed in place with
+// wq (D,), each key head's with wk (qwen3 / gemma3 q and k norms): rms_norm's numbers for those
+// (T * heads, D) rows, without copying q and k out and back.
+void rms_norm_heads_(at::Tensor qkv, at::Tensor wq, at::Tensor wk, int64_t Hq, int64_t Hkv, double eps) {
+  check_rows(qkv, "qkv");
+  const int64_t T = qkv.size(0), D = wq.numel();
+  TORCH_CHECK(wk.numel() == D && qkv.size(1) == (Hq + 2 * Hkv) * D && wq.scalar_type() == at::kFloat &&
+              wk.scalar_type() == at::kFloat && wq.is_contiguous() && wk.is_contiguous(),
+              "rms_norm_heads_: qkv (T, (Hq + 2 Hkv) D), wq and wk (D,) float32");
+  float* p = qkv.data_ptr<float>();
+  const float *q_w = wq.data_ptr<float>(), *k_w = wk.data_ptr<float>();
+  const int64_t ld = qkv.stride(0);
+  at::parallel_for(0, T, 8, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t h = 0; h < Hq + Hkv; ++h) {
+        float* head = p + t * ld + h * D;
+        tokenmill::rms_norm_row(head, h < Hq ? q_w : k_w, D, float(eps), head);  // in place: reads first
+      }
+  });
+}
+
 // residual += x (in place, both (T, H)); returns RMSNorm(residual) * w.
 at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double eps) {
   check_rows(x, "x");

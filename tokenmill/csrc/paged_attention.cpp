@@ -564,14 +564,14 @@ template <typename C>
 at::Tensor attention_rows(at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                              at::Tensor row_seq, at::Tensor row_ctx,
                              at::Tensor block_tables, double scale, int64_t window, double softcap) {
-  q = q.contiguous();
   const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
-  auto out = at::empty_like(q);
+  if (q.stride(2) != 1 || q.stride(1) != D) q = q.contiguous();  // rows may be apart (a qkv's q)
+  auto out = at::empty({T, Hq, D}, q.options());
   tokenmill::AttentionWork<C> work;
   work.describe(k_cache, v_cache, row_seq, row_ctx, block_tables, T, Hq, D, scale);
   work.window = window;
   work.softcap = static_cast<float>(softcap);
-  work.q = q.data_ptr<float>(), work.ldq = Hq * D;
+  work.q = q.data_ptr<float>(), work.ldq = q.stride(0);
   work.out = out.data_ptr<float>(), work.ldo = Hq * D;
   work.plan();
   at::parallel_for(0, work.tasks(), 1, [&](int64_t begin, int64_t end) {

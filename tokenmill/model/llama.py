@@ -40,6 +40,12 @@ class Attention(nn.Module):
 
     def _norm_qk(self, qkv: torch.Tensor) -> torch.Tensor:
         # qkv: (T, (Hq + 2 Hkv) * D) -> the same with q and k normed
+        kern = fused_ops(qkv)
+        if (self.qk_norm == "head" and kern is not None and qkv.is_contiguous()
+                and self.q_norm.weight.dtype == torch.float32):  # each head in place
+            kern.rms_norm_heads_(qkv, self.q_norm.weight, self.k_norm.weight, self.num_heads,
+                                 self.num_kv_heads, self.q_norm.eps)
+            return qkv
         q, k, v = qkv.split(self.split, dim=-1)
         if self.qk_norm == "head":
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(q.shape)  # (T * Hq, D) rows
