@@ -96,7 +96,7 @@ def test_the_files_own_blocks_differ_only_at_near_ties(reference, path):
     a greedy answer may turn where the fp32 model's two best tokens are nearly tied, and only
     there: at the first token where the answers part, the fp32 model's log-probabilities of the
     two choices are within 0.35 of each other. (bench/gemma3_agreement.py counts the identical
-    answers: 6 of 12 here, as llama.cpp's on the same file; docs/benchmarks.md.)"""
+    answers: 7 of 12 here, llama.cpp 6 on the same file; docs/benchmarks.md.)"""
     ids, want = reference
     native = LLM(model=path, kv_cache_memory_gib=0.05)
     assert native.engine.weights["quantization"] == "gguf"  # Q4_K, Q6_K, Q5_0, Q8_0 as stored
