@@ -9,6 +9,11 @@ from server_process import Server, free_port
 
 @pytest.fixture(scope="session")
 def ray_cluster():
+    import os
+    # Serve kills a proxy that is not ready within 5 s (and serve.start then fails): on a busy
+    # 2-core machine starting one can take longer. The cluster's processes inherit these.
+    for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(name, "120")
     import ray  # the ray extra is part of the test install
     from ray import serve
     from ray.cluster_utils import Cluster

@@ -80,11 +80,13 @@ def test_generates_and_reports_through_the_engine(q4_k_m):
 def test_smollm2_in_its_blocks_against_float32(smollm2_path):
     """The bundled Q4_1 file in its own blocks against the same file in float32 (both with a
     float32 KV cache, so only the weights' path differs). Measured on this 135M model: perplexity
-    +0.75% on the bundled text, the first greedy token of 11 of these 12 chats the same; 32 greedy
-    tokens stay the same in only 4 (the int8 activations tip near ties that then compound; with
-    float activations in the layers it was 10 of 12). The bounds leave a little room."""
+    +0.75% on the bundled text, the first greedy token of 11 of these 12 chats the same on an
+    Intel Xeon and 9 of 12 on an AMD Zen 5 (the other layers' float sums differ between CPUs; the
+    three that differ there are near ties, the float32 answer's top two 0.04, 0.08 and 0.11 nats
+    apart); 32 greedy tokens stay the same in only 4 (the int8 activations tip near ties that then
+    compound; with float activations in the layers it was 10 of 12)."""
     from tokenmill.benchmark.fidelity import against_float32
     answers, ppl = against_float32(smollm2_path, max_tokens=8)
     first = sum(a[0] == b[0] for a, b in zip(answers["gguf"], answers["none"]))
-    assert first >= 10, first
+    assert first >= 9, first
     assert abs(ppl["gguf"] / ppl["none"] - 1) < 0.015, ppl
