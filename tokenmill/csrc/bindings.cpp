@@ -14,9 +14,10 @@ torch::Tensor int8_linear_packed(torch::Tensor x, torch::Tensor wp, torch::Tenso
 torch::Tensor q4_pack(torch::Tensor codes, torch::Tensor d, torch::Tensor m);
 torch::Tensor q4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor bias, int64_t N);
 torch::Tensor gguf_linear(torch::Tensor x, std::vector<torch::Tensor> parts, std::vector<int64_t> types,
-                          torch::Tensor bias, bool portable);
+                          torch::Tensor bias, int64_t path);
 torch::Tensor gguf_dequantize_rows(torch::Tensor w, int64_t t, torch::Tensor ids, int64_t K);
 bool gguf_has_avx2();
+bool gguf_has_vnni();
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps);
 void rms_norm_heads_(torch::Tensor qkv, torch::Tensor wq, torch::Tensor wk, int64_t Hq, int64_t Hkv, double eps);
 torch::Tensor decode_layers(torch::Tensor x, torch::Tensor positions, std::vector<torch::Tensor> layers,
@@ -61,6 +62,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_linear", &gguf_linear, py::call_guard<py::gil_scoped_release>(), "linear on a GGUF file's own blocks (parts of any supported types)");
   m.def("gguf_dequantize_rows", &gguf_dequantize_rows, py::call_guard<py::gil_scoped_release>(), "rows of a GGUF weight as float32 (embedding lookups)");
   m.def("gguf_has_avx2", &gguf_has_avx2, "whether the GGUF dot products run their AVX2 code here");
+  m.def("gguf_has_vnni", &gguf_has_vnni, "whether GGUF prompt rows run the AVX-512 VNNI tiles here");
   m.def("decode_layers", &decode_layers, py::call_guard<py::gil_scoped_release>(), "every decoder layer of a decode step in one call");
   m.def("family_layers", &family_layers, py::call_guard<py::gil_scoped_release>(),
         "every decoder layer of a step in one call, any family's switches, any weight format");

@@ -25,7 +25,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor* w) {
     const int64_t n = w[0].numel();
     std::vector<at::Tensor> parts(w + 1, w + 1 + n);
     std::vector<int64_t> types(w[0].data_ptr<int64_t>(), w[0].data_ptr<int64_t>() + n);
-    return gguf_linear(x, parts, types, w[4], false);
+    return gguf_linear(x, parts, types, w[4], 0);
   }
   if (w[0].scalar_type() == at::kByte) return q4_linear(x, w[0], w[3], 16 * w[0].size(0));
   return int8_linear_packed(x, w[0], w[1], w[2], w[3], w[1].size(0));

@@ -43,7 +43,7 @@ struct Act32 {
 };
 
 // block size in elements and bytes; 0 for a type we do not run
-inline int block_elems(int t) {
+constexpr int block_elems(int t) {
   switch (t) {
     case Q4_K: case Q5_K: case Q6_K: return 256;
     case Q4_0: case Q4_1: case Q5_0: case Q5_1: case Q8_0: return 32;
@@ -139,9 +139,14 @@ void dot_tile32(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, co
 // The K-quants the same way (prompt rows: worth unpacking a tile from 4 activation rows on).
 void dot_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
                 int64_t stride, int64_t M, float* out, int64_t ldo);
+// Both kinds with AVX-512 VNNI, n (1..16) weight rows (gguf_vnni.cpp): the same numbers again.
+void dot_tile_vnni(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
+                   int64_t stride, int64_t M, float* out, int64_t ldo);
 // One weight row -> K float32 (embedding lookups).
 void dequantize_row(int t, const uint8_t* w, int64_t K, float* out);
 // Whether the AVX2 code runs here: the tiles, and dot_rows for F16 / BF16 (else dot_rows_scalar).
 bool has_avx2();
+// Whether dot_tile_vnni runs here (AVX-512 F, BW, VL and VNNI).
+bool has_vnni512();
 
 }  // namespace tokenmill::gguf

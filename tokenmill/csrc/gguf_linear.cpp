@@ -5,7 +5,8 @@
 // tensor of whole blocks as the file stores them. Activations are quantized once per call for
 // every form the parts need; the parts' rows go out in tasks of 16 weight rows, each task running
 // every activation row against its rows 8 at a time (gguf_tile32.cpp, gguf_tilek.cpp: a tile
-// unpacked once for prompt rows, the file's rows read through for a decode row). F16 / BF16 and
+// unpacked once for prompt rows, the file's rows read through for a decode row), or, with AVX-512
+// VNNI and from kVnniFrom activation rows on, 16 at a time (gguf_vnni.cpp). F16 / BF16 and
 // the portable path take one weight row at a time (gguf_avx2.cpp, gguf_scalar.cpp). All give the
 // same numbers for a row.
 #include <ATen/ATen.h>
@@ -22,6 +23,7 @@ namespace {
 
 constexpr int64_t kTaskRows = 16;
 constexpr int64_t kChunkBytes = 160 << 10;  // a prompt chunk's quantized activations (see below)
+constexpr int64_t kVnniFrom = 4;  // fewer activation rows read the file's rows (gguf_avx2 row kernels)
 
 int64_t row_bytes(int t, int64_t K) { return K / gg::block_elems(t) * gg::block_bytes(t); }
 
@@ -37,9 +39,12 @@ void check_part(const at::Tensor& p, int64_t t, int64_t K) {
 }  // namespace
 
 // x (M, K) float32; parts[i] (n_i, row_bytes_i) uint8 of types[i]; bias float32 (sum n_i,) or
-// empty -> y (M, sum n_i). portable: run the plain C++ dot products (tests, CPUs without AVX2).
+// empty -> y (M, sum n_i). path: 0 the fastest this CPU has, 1 the plain C++ dot products (tests,
+// CPUs without AVX2), 2 AVX2 without the VNNI tiles (tests). Every path gives the same numbers.
 at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<int64_t> types,
-                       at::Tensor bias, bool portable) {
+                       at::Tensor bias, int64_t path) {
+  TORCH_CHECK(path >= 0 && path <= 2, "path is 0 (fastest), 1 (portable) or 2 (AVX2)");
+  const bool portable = path == 1;
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(), "x must be (M, K) float32 on CPU");
   TORCH_CHECK(!parts.empty() && parts.size() == types.size(), "one type per part");
   x = x.contiguous();
@@ -78,6 +83,7 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
     for (int64_t n = 0; n < parts[i].size(0); n += kTaskRows) tasks.emplace_back(static_cast<int>(i), n);
   const auto dot = portable ? gg::dot_rows_scalar : gg::dot_rows;
   const bool tiled = !portable && gg::has_avx2();  // tiles give the portable path's numbers
+  const bool vnni = tiled && path == 0 && M >= kVnniFrom && gg::has_vnni512();
   // A prompt's activation rows go through a thread's tasks a chunk at a time, the chunk small
   // enough to stay in the core's L2 while every tile of the thread runs against it (the tiles are
   // unpacked again per chunk, which costs about two rows' work each).
@@ -95,11 +101,12 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
     const uint8_t* w = parts[i].data_ptr<uint8_t>();
     float* out = yp + m0 * N;
     const int64_t rows_m = m1 - m0;
-    if (tiled && kind != gg::ActKind::Float) {  // 8 weight rows against the chunk's rows at a time
-      for (int64_t n = n0; n < n1; n += 8) {
-        const int rows = static_cast<int>(std::min<int64_t>(8, n1 - n));
+    if (tiled && kind != gg::ActKind::Float) {  // 8 (16) weight rows against the chunk's rows at a time
+      const int64_t step = vnni ? 16 : 8;
+      for (int64_t n = n0; n < n1; n += step) {
+        const int rows = static_cast<int>(std::min<int64_t>(step, n1 - n));
         const int64_t col = first_col[i] + n;
-        const auto tile = kind == gg::ActKind::B32 ? gg::dot_tile32 : gg::dot_tile_k;
+        const auto tile = vnni ? gg::dot_tile_vnni : kind == gg::ActKind::B32 ? gg::dot_tile32 : gg::dot_tile_k;
         tile(t, w + n * rb, rb, rows, K, act, stride, rows_m, out + col, N);
         if (bp)
           for (int64_t m = 0; m < rows_m; ++m)
@@ -141,3 +148,4 @@ at::Tensor gguf_dequantize_rows(at::Tensor w, int64_t t, at::Tensor ids, int64_t
 }
 
 bool gguf_has_avx2() { return gg::has_avx2(); }
+bool gguf_has_vnni() { return gg::has_avx2() && gg::has_vnni512(); }

@@ -12,16 +12,14 @@
 
 #include "gguf_avx2.h"
 #include "gguf_blocks.h"
-
-
-
+#include "gguf_tiles.h"
 
 namespace tokenmill::gguf {
 namespace {
 
 using namespace avx2;
 
-constexpr int kRows = 8;
+constexpr int kRows = kTileRows;
 constexpr int64_t kDirectRows = 1;  // up to this many activation rows skip the tile
 
 template <int T>
@@ -30,14 +28,6 @@ template <int T>
 constexpr int kOffset = T == Q4_0 ? 8 : T == Q5_0 ? 16 : 0;  // w = d * (code - offset)
 template <int T>
 constexpr bool kMin = T == Q4_1 || T == Q5_1;  // w = d * code + m
-
-// one block of a tile's 8 rows, interleaved: u[s] holds codes 4s .. 4s + 3 of row i at bytes
-// 4i .. 4i + 3 (see transpose8)
-struct alignas(32) TileBlock {
-  float d[kRows], m[kRows];
-  uint8_t u[8][32];  // codes, unsigned (|q| for Q8_0)
-  int8_t q[8][32];   // Q8_0's signed codes: their signs go onto the activations
-};
 
 // a block's 32 codes as unsigned bytes (|q| for Q8_0, whose signed q goes to q)
 template <int T>
@@ -198,15 +188,17 @@ TM_AVX2 void tile32(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const
 
 }  // namespace
 
+void unpack_tile32(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t nb, TileBlock* tile) {
+  with_type(t, [&](auto T) {
+    if constexpr (block_elems(T) == 32) unpack<T>(w, row_bytes, n, nb, tile);
+  });
+}
+
 void dot_tile32(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
                 int64_t stride, int64_t M, float* out, int64_t ldo) {
-  switch (t) {
-    case Q4_0: return tile32<Q4_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q4_1: return tile32<Q4_1>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q5_0: return tile32<Q5_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q5_1: return tile32<Q5_1>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q8_0: return tile32<Q8_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
-  }
+  with_type(t, [&](auto T) {
+    if constexpr (block_elems(T) == 32) tile32<T>(w, row_bytes, n, K, act, stride, M, out, ldo);
+  });
 }
 
 }  // namespace tokenmill::gguf

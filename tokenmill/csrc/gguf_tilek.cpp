@@ -11,27 +11,15 @@
 
 #include "gguf_avx2.h"
 #include "gguf_blocks.h"
+#include "gguf_tiles.h"
 
 namespace tokenmill::gguf {
 namespace {
 
 using namespace avx2;
 
-constexpr int kRows = 8;
-constexpr int64_t kTileRows = 4;  // from this many activation rows on, unpack the tile
-
-// one 256-block of a tile's 8 rows
-struct alignas(32) TileK {
-  uint8_t u[8][8][32];  // [32-sub-block j][step s]: codes 32j + 4s .. + 3 of row i at bytes 4i ..
-                        // 4i + 3; codes 0..31 (Q4_K / Q5_K) or 0..63 (Q6_K)
-  // lane i: row i's scale as an int16 pair (sc_i, sc_i); Q4_K / Q5_K: per 32-sub-block (8),
-  // Q6_K: per 16-sub-block (16)
-  int16_t sc[16][16];
-  // Q4_K / Q5_K: mins as int16 pairs (m_2k, m_2k+1) per row, k = 0..3; Q6_K: scales as pairs
-  // (sc_2k, sc_2k+1) per row, k = 0..7 (for the -32 offset)
-  int16_t pairs[8][kRows][2];
-  float d[kRows], dmin[kRows];
-};
+constexpr int kRows = kTileRows;
+constexpr int64_t kTileFrom = 4;  // from this many activation rows on, unpack the tile
 
 // one row's block -> its 256 codes in element order (as gguf_scalar.cpp's codes(), unsigned), and
 // its scales (Q6_K: 16) or scales and mins (Q4_K / Q5_K: 8 each)
@@ -313,7 +301,7 @@ TM_AVX2 void tile_k(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const
                     int64_t M, float* out, int64_t ldo) {
   const int64_t nb = K / 256;
   drive_tile<TileK, ActK>(
-      nb, act, stride, M, out, ldo, kTileRows,
+      nb, act, stride, M, out, ldo, kTileFrom,
       [&](const ActK* a, float* o) { run_rows<T>(w, row_bytes, n, nb, a, o); },
       [&](TileK* tile) { unpack<T>(w, row_bytes, n, nb, tile); },
       [&](const TileK* tile, const ActK* a, float* o) { run<T>(tile, nb, a, n, o); });
@@ -321,13 +309,17 @@ TM_AVX2 void tile_k(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const
 
 }  // namespace
 
+void unpack_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t nb, TileK* tile) {
+  with_type(t, [&](auto T) {
+    if constexpr (block_elems(T) == 256) unpack<T>(w, row_bytes, n, nb, tile);
+  });
+}
+
 void dot_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
                 int64_t stride, int64_t M, float* out, int64_t ldo) {
-  switch (t) {
-    case Q4_K: return tile_k<Q4_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q5_K: return tile_k<Q5_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q6_K: return tile_k<Q6_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
-  }
+  with_type(t, [&](auto T) {
+    if constexpr (block_elems(T) == 256) tile_k<T>(w, row_bytes, n, K, act, stride, M, out, ldo);
+  });
 }
 
 }  // namespace tokenmill::gguf

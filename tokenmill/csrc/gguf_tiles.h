@@ -3,6 +3,9 @@
 // side by side as one 16-row tile.
 #pragma once
 #include <cstdint>
+#include <type_traits>
+
+#include "gguf_blocks.h"
 
 namespace tokenmill::gguf {
 
@@ -28,6 +31,22 @@ struct alignas(32) TileK {
   int16_t pairs[8][kTileRows][2];
   float d[kTileRows], dmin[kTileRows];
 };
+
+// f(std::integral_constant<int, T>{}) for the quantized type t, T its compile-time value (the
+// kernels are templates on the type); F16, BF16 and unknown types: nothing
+template <typename F>
+inline void with_type(int t, F f) {
+  switch (t) {
+    case Q4_0: return f(std::integral_constant<int, Q4_0>{});
+    case Q4_1: return f(std::integral_constant<int, Q4_1>{});
+    case Q5_0: return f(std::integral_constant<int, Q5_0>{});
+    case Q5_1: return f(std::integral_constant<int, Q5_1>{});
+    case Q8_0: return f(std::integral_constant<int, Q8_0>{});
+    case Q4_K: return f(std::integral_constant<int, Q4_K>{});
+    case Q5_K: return f(std::integral_constant<int, Q5_K>{});
+    case Q6_K: return f(std::integral_constant<int, Q6_K>{});
+  }
+}
 
 // n (0..8) weight rows of type t, row_bytes apart, nb blocks each -> nb tile blocks (rows past n
 // are zeros). AVX2.

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "gguf_blocks.h"
@@ -96,6 +97,20 @@ TM_VNNI inline void store(const __m512* acc, int n, float* out, int64_t ldo) {
   for (int r = 0; r < G; ++r) _mm512_mask_storeu_ps(out + r * ldo, keep, acc[r]);
 }
 
+// p[r] = S steps of codes (u[0 .. S): 4 inputs of each of the 16 rows) times activation row r's
+// q[r][0 .. 4 S), 4 broadcast at a time: the 16 rows' exact int32 sums, lane by lane
+template <int G, int S>
+TM_VNNI inline void dot_steps(const uint8_t (*u)[64], const int8_t* const* q, __m512i* p) {
+  #pragma GCC unroll 4
+  for (int r = 0; r < G; ++r) p[r] = _mm512_setzero_si512();
+  #pragma GCC unroll 8
+  for (int k = 0; k < S; ++k) {
+    const __m512i v = vload(u[k]);
+    #pragma GCC unroll 4
+    for (int r = 0; r < G; ++r) p[r] = _mm512_dpbusd_epi32(p[r], v, bcast4(q[r] + 4 * k));
+  }
+}
+
 // G activation rows (a[r]: nb Act32 blocks) against the tile -> out[r * ldo + 0 .. n)
 template <int T, int G>
 TM_VNNI void run32(const Block32* tile, int64_t nb, const Act32* const* a, int n, float* out, int64_t ldo) {
@@ -104,15 +119,11 @@ TM_VNNI void run32(const Block32* tile, int64_t nb, const Act32* const* a, int n
   for (int r = 0; r < G; ++r) acc[r] = mins[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const Block32& o = tile[b];
-    __m512i s[G];
+    const int8_t* q[G];
     #pragma GCC unroll 4
-    for (int r = 0; r < G; ++r) s[r] = _mm512_setzero_si512();
-    #pragma GCC unroll 8
-    for (int k = 0; k < 8; ++k) {
-      const __m512i u = vload(o.u[k]);
-      #pragma GCC unroll 4
-      for (int r = 0; r < G; ++r) s[r] = _mm512_dpbusd_epi32(s[r], u, bcast4(a[r][b].q + 4 * k));
-    }
+    for (int r = 0; r < G; ++r) q[r] = a[r][b].q;
+    __m512i s[G];
+    dot_steps<G, 8>(o.u, q, s);
     const __m512 d = _mm512_load_ps(o.d);
     #pragma GCC unroll 4
     for (int r = 0; r < G; ++r) {  // block_step of gguf_tile32.cpp
@@ -153,16 +164,11 @@ TM_VNNI void run_k(const BlockK* tile, int64_t nb, const ActK* const* a, int n, 
     for (int r = 0; r < G; ++r) sum[r] = _mm512_setzero_si512();
     #pragma GCC unroll 16
     for (int t = 0; t < subs; ++t) {
-      __m512i p[G];
+      const int8_t* q[G];  // sub-block t's inputs
       #pragma GCC unroll 4
-      for (int r = 0; r < G; ++r) p[r] = _mm512_setzero_si512();
-      #pragma GCC unroll 8
-      for (int k = 0; k < steps; ++k) {
-        const int at = t * steps + k;  // the block's step: inputs 4 at .. 4 at + 3
-        const __m512i u = vload(o.u[at]);
-        #pragma GCC unroll 4
-        for (int r = 0; r < G; ++r) p[r] = _mm512_dpbusd_epi32(p[r], u, bcast4(a[r][b].q + 4 * at));
-      }
+      for (int r = 0; r < G; ++r) q[r] = a[r][b].q + 4 * steps * t;
+      __m512i p[G];
+      dot_steps<G, steps>(o.u + steps * t, q, p);
       const __m512i sc = vload(o.sc[t]);
       #pragma GCC unroll 4
       for (int r = 0; r < G; ++r) sum[r] = _mm512_add_epi32(sum[r], _mm512_mullo_epi32(p[r], sc));
@@ -187,52 +193,39 @@ TM_VNNI void run_k(const BlockK* tile, int64_t nb, const ActK* const* a, int n, 
   store<G>(acc, n, out, ldo);
 }
 
-// Unpack the tile once (into this thread's buffer), then the M activation rows kGroup at a time.
-template <typename Block, typename Act, typename Unpack, typename Run>
-void drive(int64_t nb, const void* act, int64_t stride, int64_t M, float* out, int64_t ldo, Unpack unpack,
-           Run run) {
+// f(std::integral_constant<int, G>{}) for g = 1 .. kGroup activation rows
+template <typename F>
+void with_group(int g, F f) {
+  switch (g) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
+}
+
+// Unpack the tile once (into this thread's buffer), then run the M activation rows kGroup at a time.
+template <int T>
+void tile(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act, int64_t stride, int64_t M,
+          float* out, int64_t ldo) {
+  constexpr bool k_quant = block_elems(T) == 256;
+  using Block = std::conditional_t<k_quant, BlockK, Block32>;
+  using Act = std::conditional_t<k_quant, ActK, Act32>;
+  const int64_t nb = K / block_elems(T);
   thread_local std::vector<Block> tile;
   if (static_cast<int64_t>(tile.size()) < nb) tile.resize(nb);
-  unpack(tile.data());
+  if constexpr (k_quant) unpack_k<T>(w, row_bytes, n, nb, tile.data());
+  else unpack32<T>(w, row_bytes, n, nb, tile.data());
   const Act* rows[kGroup];
   for (int64_t m = 0; m < M; m += kGroup) {
     const int g = static_cast<int>(std::min<int64_t>(kGroup, M - m));
     for (int r = 0; r < g; ++r)
       rows[r] = reinterpret_cast<const Act*>(static_cast<const uint8_t*>(act) + (m + r) * stride);
-    run(tile.data(), rows, g, out + m * ldo);
+    with_group(g, [&](auto G) {
+      if constexpr (k_quant) run_k<T, G>(tile.data(), nb, rows, n, out + m * ldo, ldo);
+      else run32<T, G>(tile.data(), nb, rows, n, out + m * ldo, ldo);
+    });
   }
-}
-
-template <int T>
-void tile32(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act, int64_t stride, int64_t M,
-            float* out, int64_t ldo) {
-  const int64_t nb = K / 32;
-  drive<Block32, Act32>(
-      nb, act, stride, M, out, ldo, [&](Block32* tile) { unpack32<T>(w, row_bytes, n, nb, tile); },
-      [&](const Block32* tile, const Act32* const* a, int g, float* o) {
-        switch (g) {
-          case 1: return run32<T, 1>(tile, nb, a, n, o, ldo);
-          case 2: return run32<T, 2>(tile, nb, a, n, o, ldo);
-          case 3: return run32<T, 3>(tile, nb, a, n, o, ldo);
-          default: return run32<T, 4>(tile, nb, a, n, o, ldo);
-        }
-      });
-}
-
-template <int T>
-void tile_k(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act, int64_t stride, int64_t M,
-            float* out, int64_t ldo) {
-  const int64_t nb = K / 256;
-  drive<BlockK, ActK>(
-      nb, act, stride, M, out, ldo, [&](BlockK* tile) { unpack_k<T>(w, row_bytes, n, nb, tile); },
-      [&](const BlockK* tile, const ActK* const* a, int g, float* o) {
-        switch (g) {
-          case 1: return run_k<T, 1>(tile, nb, a, n, o, ldo);
-          case 2: return run_k<T, 2>(tile, nb, a, n, o, ldo);
-          case 3: return run_k<T, 3>(tile, nb, a, n, o, ldo);
-          default: return run_k<T, 4>(tile, nb, a, n, o, ldo);
-        }
-      });
 }
 
 }  // namespace
@@ -245,16 +238,7 @@ bool has_vnni512() {
 
 void dot_tile_vnni(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act, int64_t stride,
                    int64_t M, float* out, int64_t ldo) {
-  switch (t) {
-    case Q4_0: return tile32<Q4_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q4_1: return tile32<Q4_1>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q5_0: return tile32<Q5_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q5_1: return tile32<Q5_1>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q8_0: return tile32<Q8_0>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q4_K: return tile_k<Q4_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q5_K: return tile_k<Q5_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
-    case Q6_K: return tile_k<Q6_K>(w, row_bytes, n, K, act, stride, M, out, ldo);
-  }
+  with_type(t, [&](auto T) { tile<T>(w, row_bytes, n, K, act, stride, M, out, ldo); });
 }
 
 }  // namespace tokenmill::gguf

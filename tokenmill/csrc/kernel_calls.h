@@ -9,7 +9,7 @@ at::Tensor int8_linear_packed(at::Tensor x, at::Tensor wp, at::Tensor wscale, at
                               at::Tensor bias, int64_t N);
 at::Tensor q4_linear(at::Tensor x, at::Tensor packed, at::Tensor bias, int64_t N);
 at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<int64_t> types,
-                       at::Tensor bias, bool portable);
+                       at::Tensor bias, int64_t path);
 at::Tensor rms_norm(at::Tensor x, at::Tensor w, double eps);
 void rms_norm_heads_(at::Tensor qkv, at::Tensor wq, at::Tensor wk, int64_t Hq, int64_t Hkv, double eps);
 at::Tensor add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double eps);

@@ -109,7 +109,7 @@ class GGUFLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
         bias = self.bias.data if self.bias is not None else torch.empty(0)
-        y = kernels().gguf_linear(x2, self._data, self._types, bias, self.portable)
+        y = kernels().gguf_linear(x2, self._data, self._types, bias, int(self.portable))
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
