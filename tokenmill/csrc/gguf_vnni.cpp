@@ -1,8 +1,8 @@
 // Prompt rows on GGUF blocks with AVX-512 VNNI: a tile of 16 weight rows (two of the AVX2 kernels'
 // 8-row tiles side by side, gguf_tiles.h), every step one vpdpbusd of a 64-byte vector (4 codes of
 // each of the 16 rows) against 4 activations broadcast from memory, which adds the 4 products into
-// the row's own int32 lane: no int16 stage, no horizontal adds. 4 activation rows run at a time,
-// so each vector of codes loaded serves 4 vpdpbusd. The codes' scales multiply exact int32 sums
+// the row's own int32 lane: no int16 stage, no horizontal adds. 8 activation rows run at a time,
+// so each vector of codes loaded serves 8 vpdpbusd. The codes' scales multiply exact int32 sums
 // (one vpmulld per 16 or 32 inputs), then the float steps of gguf_scalar.cpp lane by lane: the
 // AVX2 tiles' and the portable path's numbers, bit for bit. Decode rows stay with the AVX2 row
 // kernels (reading the weights from memory is their cost, not the multiplies).
@@ -21,7 +21,9 @@ namespace tokenmill::gguf {
 namespace {
 
 constexpr int kRows = 16;
-constexpr int kGroup = 4;  // activation rows per pass over the tile
+// activation rows per pass over the tile: 8 independent vpdpbusd chains keep the multiply pipes
+// busy (4 left them waiting on each other's latency), and each code vector loaded serves 8
+constexpr int kGroup = 8;
 
 // one 32-block of 16 rows: u[s] bytes 4i .. 4i + 3 = codes 4s .. 4s + 3 of row i (Q8_0: q + 128)
 struct alignas(64) Block32 {
@@ -93,7 +95,7 @@ TM_VNNI inline __m512i vload(const void* p) { return _mm512_load_si512(p); }
 template <int G>
 TM_VNNI inline void store(const __m512* acc, int n, float* out, int64_t ldo) {
   const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int r = 0; r < G; ++r) _mm512_mask_storeu_ps(out + r * ldo, keep, acc[r]);
 }
 
@@ -101,12 +103,12 @@ TM_VNNI inline void store(const __m512* acc, int n, float* out, int64_t ldo) {
 // q[r][0 .. 4 S), 4 broadcast at a time: the 16 rows' exact int32 sums, lane by lane
 template <int G, int S>
 TM_VNNI inline void dot_steps(const uint8_t (*u)[64], const int8_t* const* q, __m512i* p) {
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int r = 0; r < G; ++r) p[r] = _mm512_setzero_si512();
   #pragma GCC unroll 8
   for (int k = 0; k < S; ++k) {
     const __m512i v = vload(u[k]);
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int r = 0; r < G; ++r) p[r] = _mm512_dpbusd_epi32(p[r], v, bcast4(q[r] + 4 * k));
   }
 }
@@ -115,17 +117,17 @@ TM_VNNI inline void dot_steps(const uint8_t (*u)[64], const int8_t* const* q, __
 template <int T, int G>
 TM_VNNI void run32(const Block32* tile, int64_t nb, const Act32* const* a, int n, float* out, int64_t ldo) {
   __m512 acc[G], mins[G];
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int r = 0; r < G; ++r) acc[r] = mins[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const Block32& o = tile[b];
     const int8_t* q[G];
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int r = 0; r < G; ++r) q[r] = a[r][b].q;
     __m512i s[G];
     dot_steps<G, 8>(o.u, q, s);
     const __m512 d = _mm512_load_ps(o.d);
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int r = 0; r < G; ++r) {  // block_step of gguf_tile32.cpp
       const Act32& x = a[r][b];
       if (kOffset<T>) s[r] = _mm512_sub_epi32(s[r], _mm512_set1_epi32(kOffset<T> * x.sum));
@@ -133,7 +135,7 @@ TM_VNNI void run32(const Block32* tile, int64_t nb, const Act32* const* a, int n
       if (kMin<T>) mins[r] = _mm512_fmadd_ps(_mm512_load_ps(o.m), _mm512_set1_ps(x.s), mins[r]);
     }
   }
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int r = 0; r < G; ++r)
     if (kMin<T>) acc[r] = _mm512_add_ps(acc[r], mins[r]);
   store<G>(acc, n, out, ldo);
@@ -155,25 +157,25 @@ template <int T, int G>
 TM_VNNI void run_k(const BlockK* tile, int64_t nb, const ActK* const* a, int n, float* out, int64_t ldo) {
   constexpr int subs = T == Q6_K ? 16 : 8, steps = 64 / subs;  // steps of 4 inputs per scale
   __m512 acc[G];
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int r = 0; r < G; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const BlockK& o = tile[b];
     __m512i sum[G];
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int r = 0; r < G; ++r) sum[r] = _mm512_setzero_si512();
     #pragma GCC unroll 16
     for (int t = 0; t < subs; ++t) {
       const int8_t* q[G];  // sub-block t's inputs
-      #pragma GCC unroll 4
+      #pragma GCC unroll 8
       for (int r = 0; r < G; ++r) q[r] = a[r][b].q + 4 * steps * t;
       __m512i p[G];
       dot_steps<G, steps>(o.u + steps * t, q, p);
       const __m512i sc = vload(o.sc[t]);
-      #pragma GCC unroll 4
+      #pragma GCC unroll 8
       for (int r = 0; r < G; ++r) sum[r] = _mm512_add_epi32(sum[r], _mm512_mullo_epi32(p[r], sc));
     }
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int r = 0; r < G; ++r) {  // the float steps of gguf_tilek.cpp's run
       const ActK& x = a[r][b];
       if constexpr (T == Q6_K) {
@@ -193,15 +195,13 @@ TM_VNNI void run_k(const BlockK* tile, int64_t nb, const ActK* const* a, int n, 
   store<G>(acc, n, out, ldo);
 }
 
-// f(std::integral_constant<int, G>{}) for g = 1 .. kGroup activation rows
+// f(std::integral_constant<int, G>{}) for the largest G in {1, 2, 4, 8} that is at most g
 template <typename F>
-void with_group(int g, F f) {
-  switch (g) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    default: return f(std::integral_constant<int, 4>{});
-  }
+void with_group(int64_t g, F f) {
+  if (g >= 8) return f(std::integral_constant<int, 8>{});
+  if (g >= 4) return f(std::integral_constant<int, 4>{});
+  if (g >= 2) return f(std::integral_constant<int, 2>{});
+  return f(std::integral_constant<int, 1>{});
 }
 
 // Unpack the tile once (into this thread's buffer), then run the M activation rows kGroup at a time.
@@ -217,13 +217,13 @@ void tile(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act
   if constexpr (k_quant) unpack_k<T>(w, row_bytes, n, nb, tile.data());
   else unpack32<T>(w, row_bytes, n, nb, tile.data());
   const Act* rows[kGroup];
-  for (int64_t m = 0; m < M; m += kGroup) {
-    const int g = static_cast<int>(std::min<int64_t>(kGroup, M - m));
-    for (int r = 0; r < g; ++r)
-      rows[r] = reinterpret_cast<const Act*>(static_cast<const uint8_t*>(act) + (m + r) * stride);
-    with_group(g, [&](auto G) {
+  for (int64_t m = 0; m < M;) {
+    with_group(M - m, [&](auto G) {
+      for (int r = 0; r < G; ++r)
+        rows[r] = reinterpret_cast<const Act*>(static_cast<const uint8_t*>(act) + (m + r) * stride);
       if constexpr (k_quant) run_k<T, G>(tile.data(), nb, rows, n, out + m * ldo, ldo);
       else run32<T, G>(tile.data(), nb, rows, n, out + m * ldo, ldo);
+      m += G;
     });
   }
 }
