@@ -108,6 +108,24 @@ TM_AVX2 inline __m256 halves8(const uint8_t* const* rows, int64_t at) {
   return _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)));
 }
 
+// a weight block's bytes `ahead` bytes ahead
+inline void prefetch_ahead(const uint8_t* blk, int bytes, int ahead = kPrefetchBytes) {
+  for (int off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + ahead + off), _MM_HINT_T0);
+}
+
+// Q4_K / Q5_K 12 scale bytes (and 4 more, ignored) -> 8 scales (bytes 0..7) and 8 mins (8..15),
+// k_scales' numbers, in a few shuffles: scale / min j < 4 is byte j / j + 4 & 63; j >= 4 takes
+// its low 4 bits from byte j + 4 (low / high nibble) and its top 2 from the top of byte j - 4 / j
+TM_AVX2 inline __m128i k_scales_vec(const uint8_t* q) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  const __m128i low = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  const __m128i six = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+  const __m128i high_nib = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+  return _mm_or_si128(_mm_or_si128(_mm_and_si128(low, six), _mm_and_si128(_mm_srli_epi16(low, 4), high_nib)),
+                      _mm_and_si128(_mm_srli_epi16(top, 2), _mm_set1_epi8(0x30)));
+}
+
 // A tile kernel's driver over M activation rows (Act blocks, stride bytes apart) -> out[m * ldo]:
 // fewer than tile_from rows run against the file's rows as they are (rows(a, out)); more unpack
 // the 8 weight rows once into a per-thread tile of nb blocks (unpack(tile)) and run every

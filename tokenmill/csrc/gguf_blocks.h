@@ -136,9 +136,10 @@ void dot_rows_scalar(int t, const uint8_t* w, int64_t K, const void* act, int64_
 // end for Q4_1 / Q5_1): the same float steps as dot_rows_scalar, for any M. AVX2 only.
 void dot_tile32(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
                 int64_t stride, int64_t M, float* out, int64_t ldo);
-// The K-quants the same way (prompt rows: worth unpacking a tile from 4 activation rows on).
+// The K-quants the same way (prompt rows: worth unpacking a tile from 4 activation rows on; fewer
+// read the file's rows, with AVX-512 where rows512: row_parts_vnni, the same sums).
 void dot_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
-                int64_t stride, int64_t M, float* out, int64_t ldo);
+                int64_t stride, int64_t M, float* out, int64_t ldo, bool rows512);
 // Both kinds with AVX-512 VNNI, n (1..16) weight rows (gguf_vnni.cpp): the same numbers again.
 void dot_tile_vnni(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
                    int64_t stride, int64_t M, float* out, int64_t ldo);

@@ -86,7 +86,8 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
     for (int64_t n = 0; n < parts[i].size(0); n += kTaskRows) tasks.emplace_back(static_cast<int>(i), n);
   const auto dot = portable ? gg::dot_rows_scalar : gg::dot_rows;
   const bool tiled = !portable && gg::has_avx2();  // tiles give the portable path's numbers
-  const bool vnni = tiled && path == 0 && M >= kVnniFrom && gg::has_vnni512();
+  const bool rows512 = tiled && path == 0 && gg::has_vnni512();  // K-quant decode rows (gguf_rows_vnni.cpp)
+  const bool vnni = rows512 && M >= kVnniFrom;
   // A prompt's activation rows go through a thread's tasks a chunk at a time, the chunk small
   // enough to stay in the core's L2 while every tile of the thread runs against it (the tiles are
   // unpacked again per chunk, which costs about two rows' work each).
@@ -109,8 +110,9 @@ at::Tensor gguf_linear(at::Tensor x, std::vector<at::Tensor> parts, std::vector<
       for (int64_t n = n0; n < n1; n += step) {
         const int rows = static_cast<int>(std::min<int64_t>(step, n1 - n));
         const int64_t col = first_col[i] + n;
-        const auto tile = vnni ? gg::dot_tile_vnni : kind == gg::ActKind::B32 ? gg::dot_tile32 : gg::dot_tile_k;
-        tile(t, w + n * rb, rb, rows, K, act, stride, rows_m, out + col, N);
+        if (vnni) gg::dot_tile_vnni(t, w + n * rb, rb, rows, K, act, stride, rows_m, out + col, N);
+        else if (kind == gg::ActKind::B32) gg::dot_tile32(t, w + n * rb, rb, rows, K, act, stride, rows_m, out + col, N);
+        else gg::dot_tile_k(t, w + n * rb, rb, rows, K, act, stride, rows_m, out + col, N, rows512);
         if (bp)
           for (int64_t m = 0; m < rows_m; ++m)
             for (int r = 0; r < rows; ++r) out[m * N + col + r] += bp[col + r];

@@ -157,28 +157,10 @@ TM_AVX2 void run(const TileK* tile, int64_t nb, const ActK* a, int n, float* out
   std::copy(tmp, tmp + n, out);
 }
 
-// a weight block's bytes kPrefetchBytes ahead (see gguf_avx2.h)
-inline void prefetch_ahead(const uint8_t* blk, int bytes) {
-  for (int off = 0; off < bytes; off += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + off), _MM_HINT_T0);
-}
-
 // control for _mm256_shuffle_epi8 broadcasting int16 element lo (low 128 bits) and hi (high)
 TM_AVX2 inline __m256i pick16(int lo, int hi) {
   return _mm256_set_m128i(_mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * hi)),
                           _mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * lo)));
-}
-
-// Q4_K / Q5_K 12 scale bytes (and 4 more, ignored) -> 8 scales (bytes 0..7) and 8 mins (8..15),
-// k_scales' numbers, in a few shuffles: scale / min j < 4 is byte j / j + 4 & 63; j >= 4 takes
-// its low 4 bits from byte j + 4 (low / high nibble) and its top 2 from the top of byte j - 4 / j
-TM_AVX2 inline __m128i k_scales_vec(const uint8_t* q) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-  const __m128i low = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
-  const __m128i top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
-  const __m128i six = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
-  const __m128i high_nib = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
-  return _mm_or_si128(_mm_or_si128(_mm_and_si128(low, six), _mm_and_si128(_mm_srli_epi16(low, 4), high_nib)),
-                      _mm_and_si128(_mm_srli_epi16(top, 2), _mm_set1_epi8(0x30)));
 }
 
 // One weight row against one activation row (decode): per block the int32 lanes of
@@ -266,7 +248,8 @@ TM_AVX2 void row_parts_q6k(const uint8_t* w, int64_t nb, const ActK* act, __m256
 // one activation row against 8 weight rows read one after another (decode; see gguf_tile32.cpp's
 // run_rows): each row's per-block sums kept, then the 8 rows' sums brought together block by block
 template <int T>
-TM_AVX2 void run_rows(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, const ActK* a, float* out) {
+TM_AVX2 void run_rows(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, const ActK* a, float* out,
+                      bool rows512) {
   constexpr int bytes = T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
   thread_local std::vector<__m256i> part;  // (nb, 2, 8): block b, sums / mins, row i
   if (static_cast<int64_t>(part.size()) < 2 * nb * kRows) part.resize(2 * nb * kRows);
@@ -275,7 +258,8 @@ TM_AVX2 void run_rows(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, co
   const uint8_t* rows[kRows];  // a short tile repeats its last row; those lanes are not stored
   for (int i = 0; i < kRows; ++i) rows[i] = w + std::min(i, n - 1) * row_bytes;
   for (int i = 0; i < kRows; ++i) {
-    if constexpr (T == Q6_K) row_parts_q6k(rows[i], nb, a, sums + i);
+    if (rows512) row_parts_vnni(T, rows[i], nb, a, sums + i, mins + i);
+    else if constexpr (T == Q6_K) row_parts_q6k(rows[i], nb, a, sums + i);
     else row_parts_k45<T == Q5_K>(rows[i], nb, a, sums + i, mins + i);
   }
   __m256 acc = _mm256_setzero_ps();
@@ -298,11 +282,11 @@ TM_AVX2 void run_rows(const uint8_t* w, int64_t row_bytes, int n, int64_t nb, co
 
 template <int T>
 TM_AVX2 void tile_k(const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act, int64_t stride,
-                    int64_t M, float* out, int64_t ldo) {
+                    int64_t M, float* out, int64_t ldo, bool rows512) {
   const int64_t nb = K / 256;
   drive_tile<TileK, ActK>(
       nb, act, stride, M, out, ldo, kTileFrom,
-      [&](const ActK* a, float* o) { run_rows<T>(w, row_bytes, n, nb, a, o); },
+      [&](const ActK* a, float* o) { run_rows<T>(w, row_bytes, n, nb, a, o, rows512); },
       [&](TileK* tile) { unpack<T>(w, row_bytes, n, nb, tile); },
       [&](const TileK* tile, const ActK* a, float* o) { run<T>(tile, nb, a, n, o); });
 }
@@ -316,9 +300,9 @@ void unpack_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t nb
 }
 
 void dot_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t K, const void* act,
-                int64_t stride, int64_t M, float* out, int64_t ldo) {
+                int64_t stride, int64_t M, float* out, int64_t ldo, bool rows512) {
   with_type(t, [&](auto T) {
-    if constexpr (block_elems(T) == 256) tile_k<T>(w, row_bytes, n, K, act, stride, M, out, ldo);
+    if constexpr (block_elems(T) == 256) tile_k<T>(w, row_bytes, n, K, act, stride, M, out, ldo, rows512);
   });
 }
 

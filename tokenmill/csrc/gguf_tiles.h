@@ -2,6 +2,8 @@
 // gguf_tilek.cpp), shared with the AVX-512 VNNI kernels (gguf_vnni.cpp), which lay two of them
 // side by side as one 16-row tile.
 #pragma once
+#include <immintrin.h>
+
 #include <cstdint>
 #include <type_traits>
 
@@ -52,5 +54,11 @@ inline void with_type(int t, F f) {
 // are zeros). AVX2.
 void unpack_tile32(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t nb, TileBlock* tile);
 void unpack_tile_k(int t, const uint8_t* w, int64_t row_bytes, int n, int64_t nb, TileK* tile);
+
+// One weight row of type t (Q4_K, Q5_K, Q6_K), nb blocks, against one activation row with AVX-512
+// (gguf_rows_vnni.cpp, where has_vnni512()): per block b, int32 lanes whose total is the block's exact
+// sum of scale x codes x activations (Q6_K: with its -32 offset) at sums[b * kTileRows], and for
+// Q4_K / Q5_K those of its mins x activation sums at mins[b * kTileRows]: the AVX2 rows' totals.
+void row_parts_vnni(int t, const uint8_t* w, int64_t nb, const ActK* act, __m256i* sums, __m256i* mins);
 
 }  // namespace tokenmill::gguf
