@@ -52,6 +52,8 @@ def test_loop_lag_under_the_heaviest_requests(long_model, tmp_path):
         total, ok = lag_counts(s)
         ticks, late = total - total0, (total - total0) - (ok - ok0)
         assert ticks > 50
-        assert late / ticks < 0.01, f"{late} of {ticks} ticks were more than 50 ms late"
+        # p99 of ~100 ticks is their maximum: one tick delayed by the OS on a shared 2-core machine
+        # (seen on a Zen 5, 1 of 85) is allowed, work on the loop makes many late
+        assert late <= max(1, 0.01 * ticks), f"{late} of {ticks} ticks were more than 50 ms late"
     finally:
         s.stop()
